@@ -1,0 +1,429 @@
+//! The command line: `run` (production), `demo` (everything embedded) and `generate`
+//! (synthetic traffic into any broker). Thin: parsing and wiring only.
+
+use crate::codec::WireFormat;
+use crate::config::{RawConfig, Settings, TopicNames, system_time_ms};
+use crate::event::{Channel, Stream};
+use crate::generate::producer::{Encoder, ProduceOptions, ProduceReport, produce};
+use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Profile};
+use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use crate::sink::http;
+use crate::source::KafkaSource;
+use crate::telemetry::{Health, Metrics, window_label};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// storepulse: real-time e-commerce funnel, sales and fulfillment metrics from Kafka to
+/// Parquet and Prometheus.
+#[derive(Debug, Parser)]
+#[command(name = "storepulse", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the clickstream, orders and logistics topics and write metrics (production).
+    Run(RunArgs),
+    /// Run an embedded Kafka cluster, the traffic generator and the pipeline in one process.
+    Demo(DemoArgs),
+    /// Produce synthetic storefront traffic to a Kafka-protocol broker.
+    Generate(GenerateArgs),
+}
+
+/// `storepulse run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see deploy/storepulse.toml for every key).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Consume up to the end offsets seen at start, close every window, write, commit and exit
+    /// (a bounded replay) instead of running until SIGTERM.
+    #[arg(long)]
+    pub bounded: bool,
+}
+
+/// Traffic model and fault injection, shared by `demo` and `generate`.
+#[derive(Debug, Clone, Args)]
+pub struct TrafficArgs {
+    /// Random seed; the same seed, start and count give the same events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Event time of the first event (RFC 3339).
+    #[arg(long, default_value = "2026-11-10T15:00:00Z")]
+    pub start: String,
+    /// Stop after this many model events (injected extras come on top). Default: unbounded.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Traffic shape.
+    #[arg(long, value_enum, default_value_t = Profile::Double11)]
+    pub profile: Profile,
+    /// Base visitor arrival rate, visitors per event-time second.
+    #[arg(long, default_value_t = 10.0)]
+    pub visitors_per_sec: f64,
+    /// Pace sending to at most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Pace sending to this many event-time seconds per wall-clock second.
+    #[arg(long)]
+    pub speed: Option<f64>,
+    /// Write every message sent, as one JSON line with its topic, to this file (ground truth).
+    #[arg(long)]
+    pub events_file: Option<PathBuf>,
+    /// Inject a conversion drop for this channel (e.g. live_stream).
+    #[arg(long, value_parser = parse_channel)]
+    pub drop_channel: Option<Channel>,
+    /// Conversion drop starts this long after --start (e.g. 20m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20m")]
+    pub drop_after: Duration,
+    /// Conversion drop lasts this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20m")]
+    pub drop_for: Duration,
+    /// Purchase probability multiplier during the drop (0.2 = 80 % fewer purchases).
+    #[arg(long, default_value_t = 0.2)]
+    pub drop_factor: f64,
+    /// Fraction of events sent late (after their window closed).
+    #[arg(long, default_value_t = 0.0)]
+    pub late_fraction: f64,
+    /// How late a late event is sent, in event time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub late_by: Duration,
+    /// Fraction of events sent twice with the same event_id.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_fraction: f64,
+    /// Fraction of events sent out of order (within --out-of-order-max).
+    #[arg(long, default_value_t = 0.0)]
+    pub out_of_order_fraction: f64,
+    /// Largest out-of-order delay; keep it under the pipeline's allowed out-of-orderness.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub out_of_order_max: Duration,
+    /// Fraction of model events followed by a malformed message.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_fraction: f64,
+}
+
+fn parse_channel(s: &str) -> Result<Channel, String> {
+    Channel::ALL
+        .iter()
+        .copied()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| format!("unknown channel {s:?}; one of {}", Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")))
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl TrafficArgs {
+    /// The generator configuration these flags describe.
+    ///
+    /// # Errors
+    /// When `--start` is not RFC 3339 or a fraction is outside [0, 1].
+    pub fn generator_config(&self) -> anyhow::Result<GeneratorConfig> {
+        let start = humantime::parse_rfc3339_weak(&self.start).with_context(|| format!("--start {:?} is not RFC 3339", self.start))?;
+        let start_ms = system_time_ms(start);
+        for (flag, value) in [
+            ("--late-fraction", self.late_fraction),
+            ("--duplicate-fraction", self.duplicate_fraction),
+            ("--out-of-order-fraction", self.out_of_order_fraction),
+            ("--malformed-fraction", self.malformed_fraction),
+            ("--drop-factor", self.drop_factor),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                bail!("{flag} must be between 0 and 1, got {value}");
+            }
+        }
+        if self.visitors_per_sec <= 0.0 {
+            bail!("--visitors-per-sec must be positive");
+        }
+        Ok(GeneratorConfig {
+            seed: self.seed,
+            start_ms,
+            count: self.count,
+            profile: self.profile,
+            visitors_per_sec: self.visitors_per_sec,
+            injections: Injections {
+                conversion_drop: self.drop_channel.map(|channel| ConversionDrop {
+                    channel,
+                    from_ms: start_ms + duration_ms(self.drop_after),
+                    until_ms: start_ms + duration_ms(self.drop_after) + duration_ms(self.drop_for),
+                    factor: self.drop_factor,
+                }),
+                late_fraction: self.late_fraction,
+                late_by_ms: duration_ms(self.late_by),
+                duplicate_fraction: self.duplicate_fraction,
+                out_of_order_fraction: self.out_of_order_fraction,
+                out_of_order_max_ms: duration_ms(self.out_of_order_max),
+                malformed_fraction: self.malformed_fraction,
+            },
+        })
+    }
+}
+
+/// `storepulse demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this long (e.g. 60s, 5m); Ctrl-C stops earlier. Either way the demo drains
+    /// what was produced, closes every window and writes it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Directory for the Parquet tables.
+    #[arg(long, default_value = "./storepulse-data")]
+    pub out: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Partitions per topic in the embedded cluster.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Wire format the generator writes and the pipeline reads.
+    #[arg(long, value_enum, default_value_t = WireFormat::Confluent)]
+    pub format: WireFormat,
+    /// Seconds between Parquet flushes.
+    #[arg(long, default_value_t = 10)]
+    pub flush_interval_secs: u64,
+    /// Traffic.
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+/// `storepulse generate`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Bootstrap servers of the target broker.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Wire format of the messages.
+    #[arg(long, value_enum, default_value_t = WireFormat::Confluent)]
+    pub format: WireFormat,
+    /// Register the schemas in this Confluent-compatible registry and use its ids
+    /// (otherwise the bundled ids 1, 2, 3).
+    #[arg(long)]
+    pub schema_registry_url: Option<String>,
+    /// Clickstream topic.
+    #[arg(long, default_value = "clickstream")]
+    pub clickstream_topic: String,
+    /// Orders topic.
+    #[arg(long, default_value = "orders")]
+    pub orders_topic: String,
+    /// Logistics topic.
+    #[arg(long, default_value = "logistics")]
+    pub logistics_topic: String,
+    /// Traffic.
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+/// Any failure, with context for the user.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run_job(&args),
+        Command::Demo(args) => run_demo(&args),
+        Command::Generate(args) => run_generate(&args),
+    }
+}
+
+fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let topics = TopicNames {
+        clickstream: args.clickstream_topic.clone(),
+        orders: args.orders_topic.clone(),
+        logistics: args.logistics_topic.clone(),
+    };
+    let encoder = match &args.schema_registry_url {
+        Some(url) => Encoder::with_registry(args.format, url, &topics)?,
+        None => Encoder::new(args.format),
+    };
+    let options = ProduceOptions {
+        brokers: args.brokers.clone(),
+        topics,
+        encoder,
+        rate: args.traffic.rate,
+        speed: args.traffic.speed,
+        events_file: args.traffic.events_file.clone(),
+        client: Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_on_signal = Arc::clone(&stop);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        stop_on_signal.store(true, Ordering::Relaxed);
+    });
+    let started = Instant::now();
+    let report = produce(Generator::new(args.traffic.generator_config()?), &options, &stop, &AtomicU64::new(0))?;
+    eprintln!(
+        "sent {} messages to {} in {:.1}s; last event time {}",
+        report.sent,
+        options.brokers,
+        started.elapsed().as_secs_f64(),
+        format_ms(report.last_event_ms)
+    );
+    Ok(())
+}
+
+fn format_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+/// Starts the HTTP endpoint on a background runtime; returns a handle that stops it on drop.
+fn start_http(runtime: &tokio::runtime::Runtime, addr: SocketAddr, metrics: Metrics, health: Arc<Health>) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    let listener = runtime.block_on(http::bind(addr)).with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        if let Err(error) = http::serve(listener, metrics, health, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(stop_tx)
+}
+
+fn run_pipeline_thread(settings: Settings, metrics: Metrics, health: Arc<Health>, control: Arc<AtomicU8>, progress: bool) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).context("creating the Kafka consumer")?;
+            let pipeline = Pipeline::new(settings, metrics, health, progress).context("creating the dead-letter producer")?;
+            Ok(pipeline.run(&source, &control)?)
+        })
+        .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
+}
+
+fn run_job(args: &RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(&args.config)?;
+    let metrics = Metrics::new(&window_label(settings.time.window_ms))?;
+    let health = Health::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
+    tracing::info!(brokers = %settings.brokers, group = %settings.group_id, metrics = %settings.metrics_addr, output = %settings.output_dir.display(), "storepulse starting");
+    let control = Arc::new(AtomicU8::new(if args.bounded { CONTROL_DRAIN } else { CONTROL_RUN }));
+    let signal_control = Arc::clone(&control);
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; writing closed windows and committing");
+        signal_control.store(CONTROL_STOP, Ordering::Relaxed);
+    });
+    let pipeline = run_pipeline_thread(settings, metrics, health, control, false);
+    let report = pipeline.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))??;
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &RunReport) {
+    eprintln!(
+        "consumed {} messages: {} events, {} dead letters, {} late; {} windows closed; {} Parquet files written",
+        r.consumed, r.decoded, r.rejected, r.late, r.windows_closed, r.files
+    );
+}
+
+fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).context("starting the embedded Kafka cluster")?;
+    let raw = RawConfig::default();
+    let mut settings = Settings::try_from(raw)?;
+    settings.brokers = cluster.bootstrap_servers();
+    settings.group_id = "storepulse-demo".into();
+    settings.format = args.format;
+    settings.output_dir = args.out.clone();
+    settings.metrics_addr = args.metrics_addr;
+    settings.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
+    for stream in Stream::ALL {
+        cluster.create_topic(settings.topics.of(stream), args.partitions, 1).with_context(|| format!("creating topic {}", stream.as_str()))?;
+    }
+    let generator_config = args.traffic.generator_config()?;
+    let metrics = Metrics::new(&window_label(settings.time.window_ms))?;
+    let health = Health::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
+    println!(
+        "storepulse demo: embedded Kafka at {}, Parquet under {}, metrics at http://{}/metrics, for {}",
+        settings.brokers,
+        settings.output_dir.display(),
+        settings.metrics_addr,
+        humantime::format_duration(args.duration)
+    );
+
+    let stop_generator = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let options = ProduceOptions {
+        brokers: settings.brokers.clone(),
+        topics: settings.topics.clone(),
+        encoder: Encoder::new(args.format),
+        rate: args.traffic.rate,
+        speed: Some(args.traffic.speed.unwrap_or(60.0)),
+        events_file: args.traffic.events_file.clone(),
+        client: Default::default(),
+    };
+    let generator = {
+        let (stop, sent) = (Arc::clone(&stop_generator), Arc::clone(&sent));
+        std::thread::Builder::new()
+            .name("generator".into())
+            .spawn(move || produce(Generator::new(generator_config), &options, &stop, &sent))?
+    };
+    let control = Arc::new(AtomicU8::new(CONTROL_RUN));
+    let pipeline = run_pipeline_thread(settings, metrics, health, Arc::clone(&control), true);
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let (interrupted, control) = (Arc::clone(&interrupted), Arc::clone(&control));
+        runtime.spawn(async move {
+            shutdown_signal().await;
+            interrupted.store(true, Ordering::Relaxed);
+            println!("stopping: draining what was produced (Ctrl-C again to stop at once)");
+            shutdown_signal().await;
+            control.store(CONTROL_STOP, Ordering::Relaxed);
+        });
+    }
+    let deadline = Instant::now() + args.duration;
+    while Instant::now() < deadline && !interrupted.load(Ordering::Relaxed) && !generator.is_finished() && !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_generator.store(true, Ordering::Relaxed);
+    let produced: ProduceReport = generator.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+    let _ = control.compare_exchange(CONTROL_RUN, CONTROL_DRAIN, Ordering::Relaxed, Ordering::Relaxed);
+    let report = pipeline.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))??;
+    println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
+    print_report(&report);
+    println!(
+        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*.parquet' GROUP BY ALL ORDER BY ALL\"",
+        args.out.display()
+    );
+    drop(cluster);
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

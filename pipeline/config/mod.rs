@@ -1,0 +1,543 @@
+//! Configuration: the TOML file's serde structs ([`RawConfig`]) and the validated runtime
+//! settings ([`Settings`]) they convert into. Cross-field checks live in one place,
+//! `TryFrom<RawConfig> for Settings`; every error names the offending key.
+
+use crate::codec::{ValidationRules, WireFormat};
+use crate::event::Stream;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An invalid configuration: which key, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// The TOML error, which names the key and line.
+        message: String,
+    },
+    /// A key has a value that cannot work.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `time.window_secs`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The configuration file as written (TOML).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Kafka connection and consumer group.
+    #[serde(default)]
+    pub kafka: RawKafka,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: RawTopics,
+    /// Message format and writer schemas.
+    #[serde(default)]
+    pub codec: RawCodec,
+    /// Bounds every event must satisfy.
+    #[serde(default)]
+    pub validation: RawValidation,
+    /// Event-time windowing.
+    #[serde(default)]
+    pub time: RawTime,
+    /// Parquet output.
+    #[serde(default)]
+    pub output: RawOutput,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap servers, comma separated `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group id; instances with the same id share the partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// librdkafka settings passed through as they are (security.protocol, sasl.*, ssl.*, ...).
+    /// A value `env:NAME` is read from the environment, `file:PATH` from a file; values are never logged.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        RawKafka { brokers: default_brokers(), group_id: default_group_id(), client: BTreeMap::new() }
+    }
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group_id() -> String {
+    "storepulse".into()
+}
+
+/// `[topics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopics {
+    /// Clickstream topic (key visitor_id).
+    #[serde(default = "default_clickstream")]
+    pub clickstream: String,
+    /// Orders topic (key order_id).
+    #[serde(default = "default_orders")]
+    pub orders: String,
+    /// Logistics topic (key order_id, same partition count as orders).
+    #[serde(default = "default_logistics")]
+    pub logistics: String,
+    /// Optional dead-letter topic; rejected messages are also produced here, raw, with headers.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        RawTopics {
+            clickstream: default_clickstream(),
+            orders: default_orders(),
+            logistics: default_logistics(),
+            dead_letter: None,
+        }
+    }
+}
+
+fn default_clickstream() -> String {
+    "clickstream".into()
+}
+fn default_orders() -> String {
+    "orders".into()
+}
+fn default_logistics() -> String {
+    "logistics".into()
+}
+
+/// `[codec]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodec {
+    /// `confluent` (Avro, Confluent wire format), `avro-datum` or `json`.
+    #[serde(default = "default_format")]
+    pub format: WireFormat,
+    /// Confluent-compatible schema registry base URL; when set, writer schemas come from it.
+    #[serde(default)]
+    pub schema_registry_url: Option<String>,
+    /// Directory of writer schemas named `<id>.avsc` or `<id>-<name>.avsc`, used without a registry.
+    #[serde(default)]
+    pub writer_schemas_dir: Option<PathBuf>,
+}
+
+impl Default for RawCodec {
+    fn default() -> Self {
+        RawCodec { format: default_format(), schema_registry_url: None, writer_schemas_dir: None }
+    }
+}
+
+fn default_format() -> WireFormat {
+    WireFormat::Confluent
+}
+
+/// `[validation]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidation {
+    /// Earliest accepted event time, RFC 3339.
+    #[serde(default = "default_min_event_time")]
+    pub min_event_time: String,
+    /// How far ahead of the wall clock an event time may be, seconds.
+    #[serde(default = "default_max_future_skew_secs")]
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for RawValidation {
+    fn default() -> Self {
+        RawValidation { min_event_time: default_min_event_time(), max_future_skew_secs: default_max_future_skew_secs() }
+    }
+}
+
+fn default_min_event_time() -> String {
+    "2000-01-01T00:00:00Z".into()
+}
+fn default_max_future_skew_secs() -> u64 {
+    86_400
+}
+
+/// `[time]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTime {
+    /// Tumbling window size, seconds.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Watermark = max event time seen on a partition minus this, seconds.
+    #[serde(default = "default_out_of_orderness_secs")]
+    pub allowed_out_of_orderness_secs: u64,
+    /// A window closes when the watermark passes its end plus this, seconds.
+    #[serde(default)]
+    pub allowed_lateness_secs: u64,
+    /// A caught-up partition quiet for this long stops holding the instance watermark back, seconds.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RawTime {
+    fn default() -> Self {
+        RawTime {
+            window_secs: default_window_secs(),
+            allowed_out_of_orderness_secs: default_out_of_orderness_secs(),
+            allowed_lateness_secs: 0,
+            idle_timeout_secs: default_idle_timeout_secs(),
+        }
+    }
+}
+
+fn default_window_secs() -> u64 {
+    60
+}
+fn default_out_of_orderness_secs() -> u64 {
+    5
+}
+fn default_idle_timeout_secs() -> u64 {
+    30
+}
+
+/// `[output]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    /// Root directory of the Parquet tables.
+    #[serde(default = "default_output_dir")]
+    pub dir: PathBuf,
+    /// How often buffered rows become Parquet files, seconds. Larger means fewer, bigger files.
+    #[serde(default = "default_flush_interval_secs")]
+    pub flush_interval_secs: u64,
+}
+
+impl Default for RawOutput {
+    fn default() -> Self {
+        RawOutput { dir: default_output_dir(), flush_interval_secs: default_flush_interval_secs() }
+    }
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("./storepulse-data")
+}
+fn default_flush_interval_secs() -> u64 {
+    60
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics { listen_addr: default_listen_addr() }
+    }
+}
+
+fn default_listen_addr() -> String {
+    "127.0.0.1:9464".into()
+}
+
+/// Validated runtime settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// librdkafka pass-through settings with secrets resolved.
+    pub kafka_client: BTreeMap<String, String>,
+    /// Topic of each stream.
+    pub topics: TopicNames,
+    /// Optional dead-letter topic.
+    pub dead_letter_topic: Option<String>,
+    /// Input wire format.
+    pub format: WireFormat,
+    /// Schema registry URL, if any.
+    pub schema_registry_url: Option<String>,
+    /// Writer schema directory, if any.
+    pub writer_schemas_dir: Option<PathBuf>,
+    /// Event validation bounds.
+    pub validation: ValidationRules,
+    /// Window, watermark and lateness settings.
+    pub time: TimeSettings,
+    /// Parquet root directory.
+    pub output_dir: PathBuf,
+    /// Parquet flush interval.
+    pub flush_interval: Duration,
+    /// Metrics endpoint address.
+    pub metrics_addr: SocketAddr,
+}
+
+/// Topic names of the three streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    /// Clickstream topic.
+    pub clickstream: String,
+    /// Orders topic.
+    pub orders: String,
+    /// Logistics topic.
+    pub logistics: String,
+}
+
+impl TopicNames {
+    /// The topic of `stream`.
+    pub fn of(&self, stream: Stream) -> &str {
+        match stream {
+            Stream::Clickstream => &self.clickstream,
+            Stream::Orders => &self.orders,
+            Stream::Logistics => &self.logistics,
+        }
+    }
+
+    /// The stream a topic carries, if it is one of ours.
+    pub fn stream_of(&self, topic: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| self.of(*s) == topic)
+    }
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        TopicNames { clickstream: default_clickstream(), orders: default_orders(), logistics: default_logistics() }
+    }
+}
+
+/// Event-time settings in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeSettings {
+    /// Window size.
+    pub window_ms: i64,
+    /// Allowed out-of-orderness.
+    pub out_of_orderness_ms: i64,
+    /// Allowed lateness.
+    pub lateness_ms: i64,
+    /// Idle timeout.
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for TimeSettings {
+    fn default() -> Self {
+        TimeSettings { window_ms: 60_000, out_of_orderness_ms: 5_000, lateness_ms: 0, idle_timeout_ms: 30_000 }
+    }
+}
+
+/// librdkafka keys storepulse owns: overriding them would break offset management.
+const RESERVED_CLIENT_KEYS: &[&str] =
+    &["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"];
+
+impl RawConfig {
+    /// Reads and parses a TOML config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`], naming the file (and key, for parse errors).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+}
+
+impl TryFrom<RawConfig> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        if raw.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must list at least one host:port"));
+        }
+        if raw.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        let mut kafka_client = BTreeMap::new();
+        for (key, value) in raw.kafka.client {
+            let full_key = format!("kafka.client.\"{key}\"");
+            if RESERVED_CLIENT_KEYS.contains(&key.as_str()) {
+                return Err(invalid(full_key, "is managed by storepulse; use kafka.brokers / kafka.group_id or remove it"));
+            }
+            kafka_client.insert(key, resolve_secret(&full_key, &value)?);
+        }
+        let topics = TopicNames {
+            clickstream: raw.topics.clickstream,
+            orders: raw.topics.orders,
+            logistics: raw.topics.logistics,
+        };
+        for stream in Stream::ALL {
+            if topics.of(stream).trim().is_empty() {
+                return Err(invalid(format!("topics.{}", stream.as_str()), "must not be empty"));
+            }
+        }
+        let distinct: std::collections::BTreeSet<&str> = Stream::ALL.iter().map(|s| topics.of(*s)).collect();
+        if distinct.len() != 3 {
+            return Err(invalid("topics", "clickstream, orders and logistics must be three different topics"));
+        }
+        if let Some(dlq) = &raw.topics.dead_letter
+            && distinct.contains(dlq.as_str())
+        {
+            return Err(invalid("topics.dead_letter", "must differ from the input topics"));
+        }
+        if let Some(url) = &raw.codec.schema_registry_url
+            && !(url.starts_with("http://"))
+        {
+            return Err(invalid("codec.schema_registry_url", "must be an http:// URL (https is not supported yet)"));
+        }
+        if let Some(dir) = &raw.codec.writer_schemas_dir
+            && !dir.is_dir()
+        {
+            return Err(invalid("codec.writer_schemas_dir", format!("{} is not a directory", dir.display())));
+        }
+        let min_event_time = humantime::parse_rfc3339_weak(&raw.validation.min_event_time)
+            .map_err(|e| invalid("validation.min_event_time", format!("not an RFC 3339 time: {e}")))?;
+        let min_event_time_ms = system_time_ms(min_event_time);
+        let validation = ValidationRules {
+            min_event_time_ms,
+            max_future_skew_ms: secs_to_ms("validation.max_future_skew_secs", raw.validation.max_future_skew_secs)?,
+        };
+        if raw.time.window_secs == 0 {
+            return Err(invalid("time.window_secs", "must be at least 1"));
+        }
+        if 86_400 % raw.time.window_secs != 0 {
+            return Err(invalid("time.window_secs", "must divide a day evenly (e.g. 60, 300, 3600) so windows align to UTC"));
+        }
+        let time = TimeSettings {
+            window_ms: secs_to_ms("time.window_secs", raw.time.window_secs)?,
+            out_of_orderness_ms: secs_to_ms("time.allowed_out_of_orderness_secs", raw.time.allowed_out_of_orderness_secs)?,
+            lateness_ms: secs_to_ms("time.allowed_lateness_secs", raw.time.allowed_lateness_secs)?,
+            idle_timeout_ms: secs_to_ms("time.idle_timeout_secs", raw.time.idle_timeout_secs)?,
+        };
+        if raw.output.flush_interval_secs == 0 {
+            return Err(invalid("output.flush_interval_secs", "must be at least 1"));
+        }
+        let metrics_addr = raw.metrics.listen_addr.parse::<SocketAddr>().map_err(|e| {
+            invalid("metrics.listen_addr", format!("{:?} is not host:port ({e}); e.g. 0.0.0.0:9464", raw.metrics.listen_addr))
+        })?;
+        Ok(Settings {
+            brokers: raw.kafka.brokers,
+            group_id: raw.kafka.group_id,
+            kafka_client,
+            topics,
+            dead_letter_topic: raw.topics.dead_letter.filter(|t| !t.trim().is_empty()),
+            format: raw.codec.format,
+            schema_registry_url: raw.codec.schema_registry_url,
+            writer_schemas_dir: raw.codec.writer_schemas_dir,
+            validation,
+            time,
+            output_dir: raw.output.dir,
+            flush_interval: Duration::from_secs(raw.output.flush_interval_secs),
+            metrics_addr,
+        })
+    }
+}
+
+impl Settings {
+    /// Loads and validates a config file.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`], naming the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Settings::try_from(RawConfig::from_file(path)?)
+    }
+}
+
+fn secs_to_ms(key: &str, secs: u64) -> Result<i64, ConfigError> {
+    i64::try_from(secs).ok().and_then(|s| s.checked_mul(1000)).ok_or_else(|| invalid(key, "is too large"))
+}
+
+/// Milliseconds since the epoch of a system time (negative before 1970).
+pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Resolves `env:NAME` and `file:PATH` secret references; other values are literal.
+fn resolve_secret(key: &str, value: &str) -> Result<String, ConfigError> {
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| invalid(key, format!("environment variable {name} is not set")))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end().to_owned())
+            .map_err(|e| invalid(key, format!("cannot read secret file {path}: {e}")))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        Settings::try_from(raw)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let s = parse("").expect("defaults are valid");
+        assert_eq!(s.time, TimeSettings::default());
+        assert_eq!(s.topics, TopicNames::default());
+        assert_eq!(s.format, WireFormat::Confluent);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[time]\nwindow_size = 60\n").expect_err("unknown key");
+        assert!(err.to_string().contains("window_size"), "{err}");
+    }
+
+    #[test]
+    fn zero_window_is_refused_with_key() {
+        let err = parse("[time]\nwindow_secs = 0\n").expect_err("zero window");
+        assert!(err.to_string().contains("time.window_secs"), "{err}");
+    }
+
+    #[test]
+    fn reserved_client_key_is_refused() {
+        let err = parse("[kafka.client]\n\"enable.auto.commit\" = \"true\"\n").expect_err("reserved");
+        assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_environment_and_missing_ones_name_the_key() {
+        let err = parse("[kafka.client]\n\"sasl.password\" = \"env:STOREPULSE_TEST_UNSET_VAR\"\n").expect_err("unset");
+        assert!(err.to_string().contains("sasl.password") && err.to_string().contains("STOREPULSE_TEST_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_addr_names_the_key() {
+        let err = parse("[metrics]\nlisten_addr = \"nowhere\"\n").expect_err("bad addr");
+        assert!(err.to_string().contains("metrics.listen_addr"), "{err}");
+    }
+}

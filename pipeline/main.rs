@@ -1,0 +1,26 @@
+//! The `storepulse` binary: parses the command line and runs it.
+
+use clap::Parser;
+use std::process::ExitCode;
+use storepulse::cli::{Cli, run};
+use storepulse::config::ConfigError;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("storepulse: invalid configuration: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("storepulse: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

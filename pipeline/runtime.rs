@@ -1,0 +1,458 @@
+//! Wires the stages: Kafka source → decode → per-partition operators → Parquet, gauges and
+//! dead letters, with offsets committed after the rows they produced are written.
+//!
+//! The loop runs on one dedicated thread and owns all state, so no locks sit on the hot path;
+//! the HTTP endpoint only reads metrics and health flags.
+
+use crate::codec::{Decoder, WriterSchemaSource};
+use crate::config::{Settings, system_time_ms};
+use crate::event::{Channel, Event, Stream};
+use crate::operators::{FunnelOperator, FunnelRow, SalesOperator, SalesRow, channel_label};
+use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
+use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, Published, SinkError, TableRow};
+use crate::source::{KafkaSource, TopicPartition};
+use crate::summary::{SummaryBoard, WindowSummary};
+use crate::telemetry::{Health, Metrics, minor_to_major, window_label};
+use crate::time::{Late, PartitionProgress, PartitionWatermark, low_watermark};
+use rdkafka::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Keep consuming.
+pub const CONTROL_RUN: u8 = 0;
+/// Consume up to the end offsets as of now, close every window, write, commit, return.
+pub const CONTROL_DRAIN: u8 = 1;
+/// Write what is closed, commit, return now.
+pub const CONTROL_STOP: u8 = 2;
+
+/// A failure that stops the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Draining was requested but no partition was ever assigned.
+    #[error("no partitions were assigned within {0:?}; do the topics exist and is the broker reachable?")]
+    NoAssignment(Duration),
+    /// Parquet output could not be written at shutdown; the rows are not committed.
+    #[error("final Parquet write failed: {0}")]
+    FinalFlush(SinkError),
+}
+
+/// Counts of one run, for the final report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Messages consumed.
+    pub consumed: u64,
+    /// Events decoded and validated.
+    pub decoded: u64,
+    /// Messages sent to dead letters.
+    pub rejected: u64,
+    /// Events that missed their window.
+    pub late: u64,
+    /// Instance-wide windows closed.
+    pub windows_closed: u64,
+    /// Parquet files published.
+    pub files: u64,
+}
+
+enum Operator {
+    Funnel(FunnelOperator),
+    Sales(SalesOperator),
+    /// Logistics events advance the watermark; fulfillment metrics come with their operator.
+    WatermarkOnly,
+}
+
+struct Task {
+    watermark: PartitionWatermark,
+    progress: PartitionProgress,
+    operator: Operator,
+}
+
+#[derive(Default)]
+struct Buffers {
+    funnel: Vec<FunnelRow>,
+    sales: Vec<SalesRow>,
+    late: Vec<LateEventRow>,
+    dead: Vec<DeadLetterRow>,
+}
+
+/// The processing loop and everything it owns.
+pub struct Pipeline {
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    decoder: Decoder,
+    window_label: String,
+    tasks: BTreeMap<(Stream, i32), Task>,
+    positions: BTreeMap<TopicPartition, i64>,
+    buffers: Buffers,
+    writer: ParquetWriter,
+    board: SummaryBoard,
+    dead_letter_topic: Option<DeadLetterTopic>,
+    progress: bool,
+    report: RunReport,
+}
+
+impl Pipeline {
+    /// A pipeline for `settings`. With `progress`, closed windows and throughput are printed
+    /// to the terminal (the demo); otherwise they are logged.
+    ///
+    /// # Errors
+    /// When the dead-letter topic producer cannot be created.
+    pub fn new(settings: Settings, metrics: Metrics, health: Arc<Health>, progress: bool) -> Result<Self, rdkafka::error::KafkaError> {
+        let schemas = match &settings.schema_registry_url {
+            Some(url) => WriterSchemaSource::registry(url),
+            None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
+        };
+        let decoder = Decoder::new(settings.format, schemas, settings.validation);
+        let dead_letter_topic = settings
+            .dead_letter_topic
+            .as_deref()
+            .map(|topic| DeadLetterTopic::new(&settings.brokers, &settings.kafka_client, topic, metrics.clone()))
+            .transpose()?;
+        Ok(Pipeline {
+            writer: ParquetWriter::new(&settings.output_dir),
+            window_label: window_label(settings.time.window_ms),
+            settings,
+            metrics,
+            health,
+            decoder,
+            tasks: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            buffers: Buffers::default(),
+            board: SummaryBoard::default(),
+            dead_letter_topic,
+            progress,
+            report: RunReport::default(),
+        })
+    }
+
+    /// Runs until `control` says stop (or drain and the drain completes).
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when a drain cannot start or the final write fails.
+    pub fn run(mut self, source: &KafkaSource, control: &AtomicU8) -> Result<RunReport, RuntimeError> {
+        let started = Instant::now();
+        let mut drain_target: Option<BTreeMap<TopicPartition, (i64, i64)>> = None;
+        let mut drain_requested_at: Option<Instant> = None;
+        let mut last_tick = Instant::now();
+        let mut last_flush = Instant::now();
+        let mut last_status = (Instant::now(), 0u64);
+        let mut last_broker_warning = Instant::now();
+        let mut assignment_version = u64::MAX;
+        loop {
+            match control.load(Ordering::Relaxed) {
+                CONTROL_STOP => break,
+                CONTROL_DRAIN if drain_target.is_none() => {
+                    let since = *drain_requested_at.get_or_insert_with(Instant::now);
+                    if !source.assignment().is_empty() {
+                        match source.start_and_end_offsets(Duration::from_secs(10)) {
+                            Ok(target) => {
+                                tracing::info!(partitions = target.len(), "draining to the current end of every assigned partition");
+                                drain_target = Some(target);
+                            }
+                            Err(error) => tracing::warn!(%error, "cannot read end offsets yet; retrying"),
+                        }
+                    } else if since.elapsed() > Duration::from_secs(120) {
+                        return Err(RuntimeError::NoAssignment(since.elapsed()));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(target) = &drain_target
+                && self.reached(target)
+            {
+                self.close_all();
+                break;
+            }
+            match source.consumer().poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let topic = message.topic().to_owned();
+                    self.handle(&topic, message.partition(), message.offset(), message.key(), message.payload().unwrap_or_default());
+                }
+                Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
+                None => {}
+            }
+            if last_tick.elapsed() >= Duration::from_millis(200) {
+                last_tick = Instant::now();
+                let version = source.assignment_version();
+                if version != assignment_version {
+                    assignment_version = version;
+                    self.reconcile_assignment(source);
+                }
+                self.tick(source);
+            }
+            if last_flush.elapsed() >= self.settings.flush_interval {
+                last_flush = Instant::now();
+                if self.flush().is_ok() {
+                    self.commit(source);
+                }
+            }
+            if !self.health.brokers_up() && last_broker_warning.elapsed() >= Duration::from_secs(10) && started.elapsed() >= Duration::from_secs(5) {
+                last_broker_warning = Instant::now();
+                tracing::warn!(brokers = %self.settings.brokers, "cannot reach any Kafka broker; not ready, retrying");
+            }
+            if last_status.0.elapsed() >= Duration::from_secs(5) {
+                self.print_status(last_status);
+                last_status = (Instant::now(), self.report.consumed);
+            }
+        }
+        self.tick(source);
+        self.flush().map_err(RuntimeError::FinalFlush)?;
+        self.commit(source);
+        if let Some(dlq) = &self.dead_letter_topic {
+            dlq.flush(Duration::from_secs(10));
+        }
+        Ok(self.report)
+    }
+
+    fn reached(&self, target: &BTreeMap<TopicPartition, (i64, i64)>) -> bool {
+        target.iter().all(|(tp, (start, end))| self.positions.get(tp).copied().unwrap_or(*start) >= *end)
+    }
+
+    /// Processes one message.
+    fn handle(&mut self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        self.report.consumed += 1;
+        self.metrics.messages_consumed.with_label_values(&[topic]).inc();
+        self.positions.insert((topic.to_owned(), partition), offset + 1);
+        let Some(stream) = self.settings.topics.stream_of(topic) else { return };
+        let now_ms = system_time_ms(SystemTime::now());
+        let event = match self.decoder.decode(stream, payload, now_ms) {
+            Ok(event) => event,
+            Err(error) => {
+                self.report.rejected += 1;
+                self.metrics.events_rejected.with_label_values(&[stream.as_str(), error.reason()]).inc();
+                if let Some(dlq) = &self.dead_letter_topic {
+                    dlq.send(&Rejected { topic, partition, offset, key, payload, reason: error.reason() }, &self.metrics);
+                }
+                self.buffers.dead.push(DeadLetterRow {
+                    rejected_at: now_ms,
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                });
+                return;
+            }
+        };
+        self.report.decoded += 1;
+        self.metrics.events_decoded.with_label_values(&[stream.as_str()]).inc();
+        let time = self.settings.time;
+        let task = self.tasks.entry((stream, partition)).or_insert_with(|| Task {
+            watermark: PartitionWatermark::new(time.out_of_orderness_ms),
+            progress: PartitionProgress::default(),
+            operator: match stream {
+                Stream::Clickstream => Operator::Funnel(FunnelOperator::new(partition, time.window_ms, time.lateness_ms)),
+                Stream::Orders => Operator::Sales(SalesOperator::new(partition, time.window_ms, time.lateness_ms)),
+                Stream::Logistics => Operator::WatermarkOnly,
+            },
+        });
+        let recorded: Result<(), Late> = match (&mut task.operator, &event) {
+            (Operator::Funnel(op), Event::Click(e)) => op.record(e),
+            (Operator::Sales(op), Event::Order(e)) => op.record(e),
+            _ => Ok(()),
+        };
+        if let Err(late) = recorded {
+            self.report.late += 1;
+            self.metrics.events_late.with_label_values(&[stream.as_str()]).inc();
+            self.buffers.late.push(LateEventRow {
+                stream: stream.as_str(),
+                partition,
+                offset,
+                event_id: event.event_id().to_owned(),
+                event_time: event.event_time(),
+                missed_window_start: late.window_start,
+                behind_watermark_ms: late.behind_watermark_ms,
+            });
+        }
+        task.watermark.observe(event.event_time());
+        task.progress.last_event_at_ms = now_ms;
+        task.progress.watermark = task.watermark.current();
+        if let Some(watermark) = task.progress.watermark {
+            match &mut task.operator {
+                Operator::Funnel(op) => {
+                    let rows = op.advance_to(watermark);
+                    self.board.add_funnel(&rows);
+                    self.buffers.funnel.extend(rows);
+                }
+                Operator::Sales(op) => {
+                    let rows = op.advance_to(watermark);
+                    self.board.add_sales(&rows);
+                    self.buffers.sales.extend(rows);
+                }
+                Operator::WatermarkOnly => {}
+            }
+        }
+    }
+
+    /// Drops the state of partitions this instance no longer owns.
+    fn reconcile_assignment(&mut self, source: &KafkaSource) {
+        let assigned = source.assignment();
+        let topics = &self.settings.topics;
+        let metrics = &self.metrics;
+        self.tasks.retain(|(stream, partition), _| {
+            let keep = assigned.contains(&(topics.of(*stream).to_owned(), *partition));
+            if !keep {
+                let _ = metrics.partition_watermark.remove_label_values(&[topics.of(*stream), &partition.to_string()]);
+                tracing::info!(stream = stream.as_str(), partition, "partition revoked; its open windows are dropped");
+            }
+            keep
+        });
+    }
+
+    /// Periodic work: caught-up flags, watermark gauges, releasing instance-wide windows.
+    fn tick(&mut self, source: &KafkaSource) {
+        let highs = source.high_watermarks();
+        for ((stream, partition), task) in &mut self.tasks {
+            let tp = (self.settings.topics.of(*stream).to_owned(), *partition);
+            let position = self.positions.get(&tp).copied().unwrap_or(0);
+            task.progress.caught_up = highs.get(&tp).is_some_and(|high| position >= *high);
+            if let Some(w) = task.progress.watermark {
+                self.metrics.partition_watermark.with_label_values(&[tp.0.as_str(), &partition.to_string()]).set(w as f64 / 1000.0);
+            }
+        }
+        let now_ms = system_time_ms(SystemTime::now());
+        if let Some(low) = low_watermark(self.tasks.values().map(|t| &t.progress), now_ms, self.settings.time.idle_timeout_ms) {
+            let released = self.board.release_through(low - self.settings.time.lateness_ms);
+            for summary in released {
+                self.publish(&summary);
+            }
+        }
+    }
+
+    /// Closes every window of every partition (end of a drain).
+    fn close_all(&mut self) {
+        for task in self.tasks.values_mut() {
+            match &mut task.operator {
+                Operator::Funnel(op) => {
+                    let rows = op.close_all();
+                    self.board.add_funnel(&rows);
+                    self.buffers.funnel.extend(rows);
+                }
+                Operator::Sales(op) => {
+                    let rows = op.close_all();
+                    self.board.add_sales(&rows);
+                    self.buffers.sales.extend(rows);
+                }
+                Operator::WatermarkOnly => {}
+            }
+        }
+        for summary in self.board.release_all() {
+            self.publish(&summary);
+        }
+    }
+
+    /// Sets the business gauges to a closed window and reports it.
+    fn publish(&mut self, summary: &WindowSummary) {
+        self.report.windows_closed += 1;
+        let w = self.window_label.as_str();
+        self.metrics.window_end.with_label_values(&[w]).set(summary.window_end as f64 / 1000.0);
+        for channel in Channel::ALL.iter().copied().map(Some).chain([None]) {
+            let (visitors, purchasers) = summary.traffic.get(&channel).copied().unwrap_or_default();
+            let label = channel_label(channel);
+            self.metrics.funnel_visitors.with_label_values(&[w, label]).set(visitors as i64);
+            self.metrics.funnel_purchasing_visitors.with_label_values(&[w, label]).set(purchasers as i64);
+        }
+        let mut orders_by_channel: BTreeMap<&str, u64> = Channel::ALL.iter().map(|c| (c.as_str(), 0)).collect();
+        let mut amounts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for ((channel, currency), (orders, amount)) in &summary.sales {
+            *orders_by_channel.entry(channel.as_str()).or_default() += orders;
+            *orders_by_channel.entry("all").or_default() += orders;
+            *amounts.entry((channel.as_str(), currency.as_str())).or_default() += amount;
+            *amounts.entry(("all", currency.as_str())).or_default() += amount;
+        }
+        orders_by_channel.entry("all").or_default();
+        for (channel, orders) in orders_by_channel {
+            self.metrics.sales_orders_paid.with_label_values(&[w, channel]).set(orders as i64);
+        }
+        // Series of channels without sales this window go to zero rather than keep stale values.
+        for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
+            for currency in summary.sales_by_currency().keys() {
+                let amount = amounts.get(&(channel, currency)).copied().unwrap_or(0);
+                self.metrics.sales_paid_amount.with_label_values(&[w, channel, currency]).set(minor_to_major(amount, currency));
+            }
+        }
+        let (visitors, purchasers) = summary.all_traffic();
+        let conversion = if visitors == 0 { 0.0 } else { 100.0 * purchasers as f64 / visitors as f64 };
+        let sales: Vec<String> = summary
+            .sales_by_currency()
+            .into_iter()
+            .map(|(currency, (orders, amount))| format!("paid orders {orders:>5}  GMV {currency} {:>12.2}", minor_to_major(amount, currency)))
+            .collect();
+        let start = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(summary.window_start.max(0) as u64));
+        let line = format!(
+            "window {start}  visitors {visitors:>6}  purchasers {purchasers:>5}  paid conversion {conversion:>5.2}%  {}",
+            if sales.is_empty() { "paid orders     0".to_owned() } else { sales.join("  ") }
+        );
+        if self.progress {
+            println!("{line}");
+        } else {
+            tracing::info!(window_start = %start, visitors, purchasers, "window closed");
+        }
+    }
+
+    fn print_status(&self, since: (Instant, u64)) {
+        let secs = since.0.elapsed().as_secs_f64().max(1e-3);
+        let rate = (self.report.consumed - since.1) as f64 / secs;
+        let r = &self.report;
+        let line = format!(
+            "consumed {} ({rate:.0}/s)  decoded {}  dead letters {}  late {}  windows closed {}  files {}",
+            r.consumed, r.decoded, r.rejected, r.late, r.windows_closed, r.files
+        );
+        if self.progress {
+            println!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Writes buffered rows. Rows of a table whose write fails stay buffered for the next try.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let mut first_error = None;
+        let mut write = |result: Result<Option<Published>, SinkError>| match result {
+            Ok(published) => published,
+            Err(error) => {
+                first_error.get_or_insert(error);
+                None
+            }
+        };
+        let mut published = Vec::new();
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.funnel)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sales)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.late)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.dead)));
+        for p in &published {
+            self.report.files += 1;
+            self.metrics.parquet_files.with_label_values(&[p.table]).inc();
+            self.metrics.parquet_bytes.with_label_values(&[p.table]).inc_by(p.bytes);
+            tracing::debug!(table = p.table, path = %p.path.display(), rows = p.rows, "published Parquet file");
+        }
+        match first_error {
+            None => {
+                self.health.set_sinks_ok(true);
+                Ok(())
+            }
+            Some(error) => {
+                self.metrics.sink_errors.with_label_values(&["parquet"]).inc();
+                self.health.set_sinks_ok(false);
+                tracing::error!(%error, "Parquet write failed; rows stay buffered and offsets uncommitted until it succeeds");
+                Err(error)
+            }
+        }
+    }
+
+    fn commit(&self, source: &KafkaSource) {
+        if let Err(error) = source.commit(&self.positions) {
+            tracing::warn!(%error, "offset commit failed; will retry at the next flush");
+        }
+    }
+}
+
+fn flush_table<R: TableRow>(writer: &mut ParquetWriter, rows: &mut Vec<R>) -> Result<Option<Published>, SinkError> {
+    let published = writer.write(rows)?;
+    rows.clear();
+    Ok(published)
+}

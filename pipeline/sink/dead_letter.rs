@@ -1,0 +1,97 @@
+//! The optional dead-letter topic: rejected messages are produced there raw, with the reason
+//! and their origin in headers. The dead-letter Parquet table is written regardless, so a
+//! delivery failure here loses nothing; it is counted and logged.
+
+use crate::telemetry::Metrics;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use std::collections::BTreeMap;
+
+/// Counts and logs deliveries the dead-letter topic refused.
+pub struct DeliveryReport {
+    metrics: Metrics,
+    topic: String,
+}
+
+impl ClientContext for DeliveryReport {}
+
+impl ProducerContext for DeliveryReport {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.metrics.dead_letter_publish_errors.with_label_values(&[&self.topic]).inc();
+            tracing::error!(topic = %self.topic, %error, "dead-letter topic refused a message; it is kept in the dead_letters table");
+        }
+    }
+}
+
+/// Producer for the dead-letter topic.
+pub struct DeadLetterTopic {
+    producer: ThreadedProducer<DeliveryReport>,
+    topic: String,
+}
+
+/// Where a rejected message came from and why.
+pub struct Rejected<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub payload: &'a [u8],
+    /// Reason code.
+    pub reason: &'a str,
+}
+
+impl DeadLetterTopic {
+    /// A producer for `topic` on `brokers`, with the job's pass-through client settings.
+    ///
+    /// # Errors
+    /// When librdkafka refuses the configuration.
+    pub fn new(
+        brokers: &str,
+        client: &BTreeMap<String, String>,
+        topic: &str,
+        metrics: Metrics,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut config = ClientConfig::new();
+        for (k, v) in client {
+            config.set(k, v);
+        }
+        config.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "50");
+        let producer = config.create_with_context(DeliveryReport { metrics, topic: topic.to_owned() })?;
+        Ok(DeadLetterTopic { producer, topic: topic.to_owned() })
+    }
+
+    /// Queues one rejected message. A full local queue is counted as a publish error.
+    pub fn send(&self, rejected: &Rejected<'_>, metrics: &Metrics) {
+        let partition = rejected.partition.to_string();
+        let offset = rejected.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "storepulse.reason", value: Some(rejected.reason) })
+            .insert(Header { key: "storepulse.source.topic", value: Some(rejected.topic) })
+            .insert(Header { key: "storepulse.source.partition", value: Some(&partition) })
+            .insert(Header { key: "storepulse.source.offset", value: Some(&offset) });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(rejected.payload).headers(headers);
+        if let Some(key) = rejected.key {
+            record = record.key(key);
+        }
+        if let Err((error, _)) = self.producer.send(record) {
+            metrics.dead_letter_publish_errors.with_label_values(&[&self.topic]).inc();
+            tracing::error!(topic = %self.topic, %error, "cannot queue dead letter; it is kept in the dead_letters table");
+        }
+    }
+
+    /// Waits up to `timeout` for queued dead letters to be delivered.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if let Err(error) = rdkafka::producer::Producer::flush(&self.producer, timeout) {
+            tracing::warn!(topic = %self.topic, %error, "dead-letter topic flush incomplete");
+        }
+    }
+}

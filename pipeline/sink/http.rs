@@ -1,0 +1,59 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (process alive) and
+//! `/readyz` (brokers reachable, partitions assigned, sinks writing).
+
+use crate::telemetry::{Health, Metrics};
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Binds `addr`; the returned listener is then served by [`serve`].
+///
+/// # Errors
+/// When the address cannot be bound (in use, not local).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves the endpoints until `shutdown` completes.
+///
+/// # Errors
+/// When the server fails to accept connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics_health = Arc::clone(&health);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let ready = metrics_health.ready();
+                async move {
+                    metrics.ready.set(i64::from(ready));
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let health = Arc::clone(&health);
+                async move {
+                    let reasons = health.not_ready_reasons();
+                    if reasons.is_empty() {
+                        (StatusCode::OK, "ready\n".to_owned()).into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", reasons.join("; "))).into_response()
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

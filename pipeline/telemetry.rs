@@ -1,0 +1,214 @@
+//! Every Prometheus metric storepulse exports, in one place, plus the health flags behind
+//! `/readyz`. Names follow `storepulse_<what>_<unit>[_total]`; ratios are left to PromQL, so
+//! numerators and denominators are exported.
+
+use crate::codec::DecodeError;
+use crate::event::{Channel, Stream};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Flags that decide readiness, shared between the pipeline thread and the HTTP server.
+#[derive(Debug, Default)]
+pub struct Health {
+    brokers_up: AtomicBool,
+    assigned: AtomicBool,
+    sinks_ok: AtomicBool,
+}
+
+impl Health {
+    /// Fresh flags: not ready until brokers answer and partitions are assigned.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Health { brokers_up: AtomicBool::new(false), assigned: AtomicBool::new(false), sinks_ok: AtomicBool::new(true) })
+    }
+    /// Records whether at least one broker connection is up.
+    pub fn set_brokers_up(&self, up: bool) {
+        self.brokers_up.store(up, Ordering::Relaxed);
+    }
+    /// Records whether this instance has partitions assigned.
+    pub fn set_assigned(&self, assigned: bool) {
+        self.assigned.store(assigned, Ordering::Relaxed);
+    }
+    /// Records whether the last sink write succeeded.
+    pub fn set_sinks_ok(&self, ok: bool) {
+        self.sinks_ok.store(ok, Ordering::Relaxed);
+    }
+    /// Whether a broker connection is up.
+    pub fn brokers_up(&self) -> bool {
+        self.brokers_up.load(Ordering::Relaxed)
+    }
+    /// Ready: brokers reachable, partitions assigned, sinks writing.
+    pub fn ready(&self) -> bool {
+        self.brokers_up() && self.assigned.load(Ordering::Relaxed) && self.sinks_ok.load(Ordering::Relaxed)
+    }
+    /// Why the instance is not ready, for the `/readyz` body.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if !self.brokers_up() {
+            reasons.push("no Kafka broker connection");
+        }
+        if !self.assigned.load(Ordering::Relaxed) {
+            reasons.push("no partitions assigned");
+        }
+        if !self.sinks_ok.load(Ordering::Relaxed) {
+            reasons.push("last Parquet write failed");
+        }
+        reasons
+    }
+}
+
+/// All exported metric families.
+#[derive(Clone)]
+#[allow(missing_docs, reason = "each family carries its help text")]
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages_consumed: IntCounterVec,
+    pub events_decoded: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub events_late: IntCounterVec,
+    pub dead_letter_publish_errors: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub partition_watermark: GaugeVec,
+    pub kafka_connected: IntGauge,
+    pub ready: IntGauge,
+    pub parquet_files: IntCounterVec,
+    pub parquet_bytes: IntCounterVec,
+    pub sink_errors: IntCounterVec,
+    pub window_end: GaugeVec,
+    pub funnel_visitors: IntGaugeVec,
+    pub funnel_purchasing_visitors: IntGaugeVec,
+    pub sales_orders_paid: IntGaugeVec,
+    pub sales_paid_amount: GaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    ///
+    /// # Errors
+    /// Only on a programming error (duplicate or invalid metric names).
+    pub fn new(window: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Metrics {
+            messages_consumed: IntCounterVec::new(opts("storepulse_messages_consumed_total", "Kafka messages consumed, by topic."), &["topic"])?,
+            events_decoded: IntCounterVec::new(opts("storepulse_events_decoded_total", "Messages decoded and validated into events, by stream."), &["stream"])?,
+            events_rejected: IntCounterVec::new(
+                opts("storepulse_events_rejected_total", "Messages sent to the dead-letter outputs, by stream and reason."),
+                &["stream", "reason"],
+            )?,
+            events_late: IntCounterVec::new(
+                opts("storepulse_events_late_total", "Events whose window had closed, written to late_events, by stream."),
+                &["stream"],
+            )?,
+            dead_letter_publish_errors: IntCounterVec::new(
+                opts("storepulse_dead_letter_publish_errors_total", "Dead letters the dead-letter topic did not accept (they are still in the Parquet table)."),
+                &["topic"],
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                opts("storepulse_consumer_lag_messages", "Messages between the committed offset and the high watermark, per assigned partition."),
+                &["topic", "partition"],
+            )?,
+            partition_watermark: GaugeVec::new(
+                opts("storepulse_watermark_timestamp_seconds", "Event-time watermark of each assigned partition, Unix seconds."),
+                &["topic", "partition"],
+            )?,
+            kafka_connected: IntGauge::with_opts(opts("storepulse_kafka_connected", "1 when at least one broker connection is up."))?,
+            ready: IntGauge::with_opts(opts("storepulse_ready", "1 when /readyz answers 200."))?,
+            parquet_files: IntCounterVec::new(opts("storepulse_parquet_files_committed_total", "Parquet files published, by table."), &["table"])?,
+            parquet_bytes: IntCounterVec::new(opts("storepulse_parquet_bytes_committed_total", "Bytes of Parquet files published, by table."), &["table"])?,
+            sink_errors: IntCounterVec::new(opts("storepulse_sink_errors_total", "Failed sink writes (retried), by sink."), &["sink"])?,
+            window_end: GaugeVec::new(
+                opts("storepulse_window_end_timestamp_seconds", "End of the latest closed window the business gauges describe, Unix seconds."),
+                &["window"],
+            )?,
+            funnel_visitors: IntGaugeVec::new(
+                opts("storepulse_funnel_visitors", "Distinct visitors in the latest closed window, by channel; channel=\"all\" is exact, not a sum."),
+                &["window", "channel"],
+            )?,
+            funnel_purchasing_visitors: IntGaugeVec::new(
+                opts("storepulse_funnel_purchasing_visitors", "Distinct visitors with a purchase in the latest closed window, by channel; paid conversion = this / visitors."),
+                &["window", "channel"],
+            )?,
+            sales_orders_paid: IntGaugeVec::new(
+                opts("storepulse_sales_orders_paid", "Orders paid in the latest closed window, by channel."),
+                &["window", "channel"],
+            )?,
+            sales_paid_amount: GaugeVec::new(
+                opts("storepulse_sales_paid_amount", "Amount paid (GMV paid) in the latest closed window, in currency units, by channel and currency."),
+                &["window", "channel", "currency"],
+            )?,
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.messages_consumed.clone()),
+            Box::new(m.events_decoded.clone()),
+            Box::new(m.events_rejected.clone()),
+            Box::new(m.events_late.clone()),
+            Box::new(m.dead_letter_publish_errors.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.partition_watermark.clone()),
+            Box::new(m.kafka_connected.clone()),
+            Box::new(m.ready.clone()),
+            Box::new(m.parquet_files.clone()),
+            Box::new(m.parquet_bytes.clone()),
+            Box::new(m.sink_errors.clone()),
+            Box::new(m.window_end.clone()),
+            Box::new(m.funnel_visitors.clone()),
+            Box::new(m.funnel_purchasing_visitors.clone()),
+            Box::new(m.sales_orders_paid.clone()),
+            Box::new(m.sales_paid_amount.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c)?;
+        }
+        m.pre_register(window);
+        Ok(m)
+    }
+
+    /// Creates zero-valued series for every bounded label value, so that rates and absence
+    /// alerts work from the first scrape.
+    fn pre_register(&self, window: &str) {
+        for stream in Stream::ALL {
+            self.events_decoded.with_label_values(&[stream.as_str()]);
+            self.events_late.with_label_values(&[stream.as_str()]);
+            for reason in DecodeError::REASONS {
+                self.events_rejected.with_label_values(&[stream.as_str(), reason]);
+            }
+        }
+        for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
+            self.funnel_visitors.with_label_values(&[window, channel]);
+            self.funnel_purchasing_visitors.with_label_values(&[window, channel]);
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder.encode_to_string(&self.registry.gather()).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Converts integer minor units to currency units for export (ISO 4217 exponents).
+pub fn minor_to_major(amount_minor: i64, currency: &str) -> f64 {
+    let exponent = match currency {
+        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" => 0,
+        "BHD" | "KWD" | "OMR" | "JOD" | "TND" => 3,
+        _ => 2,
+    };
+    amount_minor as f64 / 10f64.powi(exponent)
+}
+
+/// The `window` label of a window size: `1m`, `1h`, otherwise seconds (`90s`).
+pub fn window_label(window_ms: i64) -> String {
+    let secs = window_ms / 1000;
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}

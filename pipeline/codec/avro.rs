@@ -256,11 +256,32 @@ pub(super) fn decode_plain_datum(stream: Stream, payload: &[u8]) -> Result<Event
     decode_datum(stream, reader_schema(stream), payload)
 }
 
+/// A reader over a datum that remembers whether the decoder tried to read past its end.
+///
+/// apache-avro decodes a union whose index is cut off by the end of input as `null`, so a
+/// datum truncated at a union boundary would otherwise decode "successfully" with nulls.
+struct EndAwareReader<'a> {
+    rest: &'a [u8],
+    read_past_end: bool,
+}
+
+impl std::io::Read for EndAwareReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.read_past_end = true;
+        }
+        self.rest.read(buf)
+    }
+}
+
 fn decode_datum(stream: Stream, writer: &Schema, datum: &[u8]) -> Result<Event, DecodeError> {
-    let mut rest = datum;
-    let value = apache_avro::from_avro_datum(writer, &mut rest, None).map_err(classify_avro_error)?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
+    let mut reader = EndAwareReader { rest: datum, read_past_end: false };
+    let value = apache_avro::from_avro_datum(writer, &mut reader, None).map_err(classify_avro_error)?;
+    if reader.read_past_end {
+        return Err(DecodeError::TruncatedDatum("datum ended inside the record".into()));
+    }
+    if !reader.rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(reader.rest.len()));
     }
     let value = value.resolve(reader_schema(stream)).map_err(|e| DecodeError::SchemaMismatch(e.to_string()))?;
     let mismatch = |e: apache_avro::Error| DecodeError::SchemaMismatch(e.to_string());

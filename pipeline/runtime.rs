@@ -140,6 +140,7 @@ impl Pipeline {
         let mut last_status = (Instant::now(), 0u64);
         let mut last_broker_warning = Instant::now();
         let mut assignment_version = u64::MAX;
+        let mut last_message = Instant::now();
         loop {
             match control.load(Ordering::Relaxed) {
                 CONTROL_STOP => break,
@@ -160,13 +161,14 @@ impl Pipeline {
                 _ => {}
             }
             if let Some(target) = &drain_target
-                && self.reached(target)
+                && self.reached(target, source, last_message)
             {
                 self.close_all();
                 break;
             }
             match source.consumer().poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
+                    last_message = Instant::now();
                     let topic = message.topic().to_owned();
                     self.handle(&topic, message.partition(), message.offset(), message.key(), message.payload().unwrap_or_default());
                 }
@@ -206,8 +208,19 @@ impl Pipeline {
         Ok(self.report)
     }
 
-    fn reached(&self, target: &BTreeMap<TopicPartition, (i64, i64)>) -> bool {
-        target.iter().all(|(tp, (start, end))| self.positions.get(tp).copied().unwrap_or(*start) >= *end)
+    /// Whether a drain is complete: every partition is at or past both the end offset read at
+    /// drain start and the high watermark of the latest fetch statistics, and nothing arrived
+    /// for a quiet second. Both sources and the quiet period are needed because some
+    /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with the last batch's base offset.
+    fn reached(&self, target: &BTreeMap<TopicPartition, (i64, i64)>, source: &KafkaSource, last_message: Instant) -> bool {
+        if last_message.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        let highs = source.high_watermarks();
+        target.iter().all(|(tp, (start, end))| {
+            let position = self.positions.get(tp).copied().unwrap_or(*start);
+            position >= *end && highs.get(tp).is_none_or(|high| position >= *high)
+        })
     }
 
     /// Processes one message.
@@ -306,16 +319,29 @@ impl Pipeline {
     /// Periodic work: caught-up flags, watermark gauges, releasing instance-wide windows.
     fn tick(&mut self, source: &KafkaSource) {
         let highs = source.high_watermarks();
+        let caught_up = |tp: &TopicPartition, positions: &BTreeMap<TopicPartition, i64>| {
+            highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high)
+        };
         for ((stream, partition), task) in &mut self.tasks {
             let tp = (self.settings.topics.of(*stream).to_owned(), *partition);
-            let position = self.positions.get(&tp).copied().unwrap_or(0);
-            task.progress.caught_up = highs.get(&tp).is_some_and(|high| position >= *high);
+            task.progress.caught_up = caught_up(&tp, &self.positions);
             if let Some(w) = task.progress.watermark {
                 self.metrics.partition_watermark.with_label_values(&[tp.0.as_str(), &partition.to_string()]).set(w as f64 / 1000.0);
             }
         }
+        // Assigned partitions that have delivered nothing yet hold the low watermark back
+        // unless they are known to be empty.
+        let unstarted: Vec<PartitionProgress> = source
+            .assignment()
+            .into_iter()
+            .filter(|(topic, partition)| {
+                self.settings.topics.stream_of(topic).is_some_and(|stream| !self.tasks.contains_key(&(stream, *partition)))
+            })
+            .map(|tp| PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: caught_up(&tp, &self.positions) })
+            .collect();
         let now_ms = system_time_ms(SystemTime::now());
-        if let Some(low) = low_watermark(self.tasks.values().map(|t| &t.progress), now_ms, self.settings.time.idle_timeout_ms) {
+        let progress = self.tasks.values().map(|t| &t.progress).chain(unstarted.iter());
+        if let Some(low) = low_watermark(progress, now_ms, self.settings.time.idle_timeout_ms) {
             let released = self.board.release_through(low - self.settings.time.lateness_ms);
             for summary in released {
                 self.publish(&summary);

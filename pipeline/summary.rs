@@ -41,16 +41,23 @@ impl WindowSummary {
 #[derive(Debug, Default)]
 pub struct SummaryBoard {
     pending: BTreeMap<i64, WindowSummary>,
+    /// End of the latest released window; rows for earlier windows (a partition that was idle
+    /// and resumed) are in Parquet but do not move the gauges backwards.
+    released_through: Option<i64>,
 }
 
 impl SummaryBoard {
+    fn already_released(&self, window_end: i64) -> bool {
+        self.released_through.is_some_and(|r| window_end <= r)
+    }
+
     fn window(&mut self, start: i64, end: i64) -> &mut WindowSummary {
         self.pending.entry(start).or_insert_with(|| WindowSummary { window_start: start, window_end: end, ..Default::default() })
     }
 
     /// Adds closed funnel rows of one partition.
     pub fn add_funnel(&mut self, rows: &[FunnelRow]) {
-        for r in rows {
+        for r in rows.iter().filter(|r| !self.already_released(r.window_end)).collect::<Vec<_>>() {
             let t = self.window(r.window_start, r.window_end).traffic.entry(r.channel).or_default();
             t.0 += r.visitors;
             t.1 += r.purchasing_visitors;
@@ -59,7 +66,7 @@ impl SummaryBoard {
 
     /// Adds closed sales rows of one partition.
     pub fn add_sales(&mut self, rows: &[SalesRow]) {
-        for r in rows {
+        for r in rows.iter().filter(|r| !self.already_released(r.window_end)).collect::<Vec<_>>() {
             let s = self.window(r.window_start, r.window_end).sales.entry((r.channel, r.currency.clone())).or_default();
             s.0 += r.orders_paid;
             s.1 += r.paid_amount_minor;
@@ -73,14 +80,20 @@ impl SummaryBoard {
             if entry.get().window_end > through {
                 break;
             }
-            out.push(entry.remove());
+            let summary = entry.remove();
+            self.released_through = Some(summary.window_end);
+            out.push(summary);
         }
         out
     }
 
     /// Releases every pending window.
     pub fn release_all(&mut self) -> Vec<WindowSummary> {
-        std::mem::take(&mut self.pending).into_values().collect()
+        let all: Vec<WindowSummary> = std::mem::take(&mut self.pending).into_values().collect();
+        if let Some(last) = all.last() {
+            self.released_through = Some(last.window_end);
+        }
+        all
     }
 }
 
@@ -103,6 +116,7 @@ mod tests {
         let released = board.release_through(60_000);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].all_traffic(), (12, 2));
-        assert_eq!(board.release_all().len(), 1);
+        board.add_funnel(&[row(0, 2, 3)]);
+        assert_eq!(board.release_all().len(), 1, "a released window is not published twice");
     }
 }

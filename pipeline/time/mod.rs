@@ -46,8 +46,9 @@ pub struct PartitionProgress {
 /// Minimum watermark over partitions, skipping those that are idle *and* caught up: a
 /// partition that is merely slow (lagging) holds the watermark back, never loses data.
 ///
-/// Returns `None` while no partition has a watermark. When every partition with a watermark is
-/// idle, the minimum over all of them is kept, so nothing is closed early.
+/// An assigned partition without a watermark yet (no event seen) holds everything back unless
+/// it is caught up (empty). Returns `None` while nothing can be closed. When every partition
+/// with a watermark is idle, the minimum over all of them is kept, so nothing closes early.
 pub fn low_watermark<'a>(
     partitions: impl IntoIterator<Item = &'a PartitionProgress>,
     now_ms: i64,
@@ -56,7 +57,12 @@ pub fn low_watermark<'a>(
     let mut active: Option<i64> = None;
     let mut all: Option<i64> = None;
     for p in partitions {
-        let Some(w) = p.watermark else { continue };
+        let Some(w) = p.watermark else {
+            if p.caught_up {
+                continue;
+            }
+            return None;
+        };
         all = Some(all.map_or(w, |a| a.min(w)));
         let idle = p.caught_up && now_ms - p.last_event_at_ms >= idle_timeout_ms;
         if !idle {
@@ -178,5 +184,9 @@ mod tests {
         assert_eq!(low_watermark([&busy, &quiet_lagging], 60_000, 30_000), Some(20_000));
         assert_eq!(low_watermark([&quiet_caught_up], 60_000, 30_000), Some(10_000));
         assert_eq!(low_watermark([&PartitionProgress::default()], 0, 1), None);
+        let empty = PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: true };
+        let not_started = PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: false };
+        assert_eq!(low_watermark([&busy, &empty], 60_000, 30_000), Some(100_000));
+        assert_eq!(low_watermark([&busy, &not_started], 60_000, 30_000), None, "a partition not yet read holds back");
     }
 }

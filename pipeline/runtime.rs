@@ -105,6 +105,10 @@ impl Pipeline {
             None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
         };
         let decoder = Decoder::new(settings.format, schemas, settings.validation);
+        // Series exist from the first scrape, so rate() and absence alerts work before traffic.
+        for stream in Stream::ALL {
+            metrics.messages_consumed.with_label_values(&[settings.topics.of(stream)]);
+        }
         let dead_letter_topic = settings
             .dead_letter_topic
             .as_deref()

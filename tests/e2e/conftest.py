@@ -1,0 +1,99 @@
+"""Fixtures for end-to-end tests: a real tansu broker per test, the storepulse binary, and
+helpers to run it and read its Parquet output with DuckDB (an independent reader)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STOREPULSE = os.environ.get("STOREPULSE_BIN", str(ROOT / "target" / "debug" / "storepulse"))
+TANSU = os.environ.get("TANSU_BIN", "tansu")
+TOPICS = ("clickstream", "orders", "logistics")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+class Broker:
+    def __init__(self, port: int, log: pathlib.Path):
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.url = f"tcp://127.0.0.1:{port}"
+        self.log = log
+
+    def create_topics(self, names=TOPICS, partitions: int = 4) -> None:
+        for name in names:
+            subprocess.run(
+                [TANSU, "topic", "create", name, "--broker", self.url, "--partitions", str(partitions)],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A fresh tansu broker with in-memory storage, stopped after the test."""
+    port = free_port()
+    log = tmp_path / "tansu.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [TANSU, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port)
+        yield Broker(port, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def storepulse(*args, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs the storepulse binary and returns its completed process (output captured)."""
+    result = subprocess.run([STOREPULSE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"storepulse {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}")
+    return result
+
+
+def write_config(path: pathlib.Path, broker: Broker, out: pathlib.Path, group: str, extra: str = "", topics=TOPICS) -> pathlib.Path:
+    path.write_text(
+        f"""
+[kafka]
+brokers = "{broker.address}"
+group_id = "{group}"
+
+[topics]
+clickstream = "{topics[0]}"
+orders = "{topics[1]}"
+logistics = "{topics[2]}"
+
+[output]
+dir = "{out}"
+flush_interval_secs = 5
+
+[metrics]
+listen_addr = "127.0.0.1:{free_port()}"
+{extra}
+"""
+    )
+    return path

@@ -1,0 +1,46 @@
+"""The README's first command: the embedded demo runs, serves /metrics while it runs, exits 0
+and leaves Parquet that DuckDB reads with non-zero visitors."""
+
+import subprocess
+import time
+import urllib.request
+
+import duckdb
+from conftest import STOREPULSE, free_port, wait_for_port
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path):
+    port = free_port()
+    out = tmp_path / "data"
+    proc = subprocess.Popen([STOREPULSE, "demo", "--duration", "60s", "--out", str(out), "--metrics-addr", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port)
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        visitors = 0
+        deadline = time.time() + 50
+        while time.time() < deadline and visitors == 0:
+            status, body = get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200 and "storepulse_messages_consumed_total" in body
+            for line in body.splitlines():
+                if line.startswith('storepulse_funnel_visitors{channel="all"'):
+                    visitors = float(line.rsplit(" ", 1)[1])
+            time.sleep(1)
+        assert visitors > 0, "the all-channel visitors gauge never moved"
+        assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "paid conversion" in output
+    con = duckdb.connect()
+    total = con.execute(f"SELECT sum(visitors) FROM read_parquet('{out}/funnel/*.parquet') WHERE channel = 'all'").fetchone()[0]
+    assert total and total > 0

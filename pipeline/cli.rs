@@ -111,11 +111,12 @@ pub struct TrafficArgs {
 }
 
 fn parse_channel(s: &str) -> Result<Channel, String> {
-    Channel::ALL
-        .iter()
-        .copied()
-        .find(|c| c.as_str() == s)
-        .ok_or_else(|| format!("unknown channel {s:?}; one of {}", Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")))
+    Channel::ALL.iter().copied().find(|c| c.as_str() == s).ok_or_else(|| {
+        format!(
+            "unknown channel {s:?}; one of {}",
+            Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 fn duration_ms(d: Duration) -> i64 {
@@ -128,7 +129,8 @@ impl TrafficArgs {
     /// # Errors
     /// When `--start` is not RFC 3339 or a fraction is outside [0, 1].
     pub fn generator_config(&self) -> anyhow::Result<GeneratorConfig> {
-        let start = humantime::parse_rfc3339_weak(&self.start).with_context(|| format!("--start {:?} is not RFC 3339", self.start))?;
+        let start = humantime::parse_rfc3339_weak(&self.start)
+            .with_context(|| format!("--start {:?} is not RFC 3339", self.start))?;
         let start_ms = system_time_ms(start);
         for (flag, value) in [
             ("--late-fraction", self.late_fraction),
@@ -277,8 +279,14 @@ fn format_ms(ms: i64) -> String {
 }
 
 /// Starts the HTTP endpoint on a background runtime; returns a handle that stops it on drop.
-fn start_http(runtime: &tokio::runtime::Runtime, addr: SocketAddr, metrics: Metrics, health: Arc<Health>) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
-    let listener = runtime.block_on(http::bind(addr)).with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
+fn start_http(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    let listener =
+        runtime.block_on(http::bind(addr)).with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {
         if let Err(error) = http::serve(listener, metrics, health, async {
@@ -292,12 +300,20 @@ fn start_http(runtime: &tokio::runtime::Runtime, addr: SocketAddr, metrics: Metr
     Ok(stop_tx)
 }
 
-fn run_pipeline_thread(settings: Settings, metrics: Metrics, health: Arc<Health>, control: Arc<AtomicU8>, progress: bool) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
+fn run_pipeline_thread(
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    control: Arc<AtomicU8>,
+    progress: bool,
+) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
     std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || {
-            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).context("creating the Kafka consumer")?;
-            let pipeline = Pipeline::new(settings, metrics, health, progress).context("creating the dead-letter producer")?;
+            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
+                .context("creating the Kafka consumer")?;
+            let pipeline =
+                Pipeline::new(settings, metrics, health, progress).context("creating the dead-letter producer")?;
             Ok(pipeline.run(&source, &control)?)
         })
         .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
@@ -341,7 +357,9 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     settings.metrics_addr = args.metrics_addr;
     settings.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
     for stream in Stream::ALL {
-        cluster.create_topic(settings.topics.of(stream), args.partitions, 1).with_context(|| format!("creating topic {}", stream.as_str()))?;
+        cluster
+            .create_topic(settings.topics.of(stream), args.partitions, 1)
+            .with_context(|| format!("creating topic {}", stream.as_str()))?;
     }
     let generator_config = args.traffic.generator_config()?;
     let metrics = Metrics::new(&window_label(settings.time.window_ms))?;
@@ -388,7 +406,11 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         });
     }
     let deadline = Instant::now() + args.duration;
-    while Instant::now() < deadline && !interrupted.load(Ordering::Relaxed) && !generator.is_finished() && !pipeline.is_finished() {
+    while Instant::now() < deadline
+        && !interrupted.load(Ordering::Relaxed)
+        && !generator.is_finished()
+        && !pipeline.is_finished()
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop_generator.store(true, Ordering::Relaxed);

@@ -99,7 +99,12 @@ impl Pipeline {
     ///
     /// # Errors
     /// When the dead-letter topic producer cannot be created.
-    pub fn new(settings: Settings, metrics: Metrics, health: Arc<Health>, progress: bool) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(
+        settings: Settings,
+        metrics: Metrics,
+        health: Arc<Health>,
+        progress: bool,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let schemas = match &settings.schema_registry_url {
             Some(url) => WriterSchemaSource::registry(url),
             None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
@@ -153,7 +158,10 @@ impl Pipeline {
                     if !source.assignment().is_empty() {
                         match source.start_and_end_offsets(Duration::from_secs(10)) {
                             Ok(target) => {
-                                tracing::info!(partitions = target.len(), "draining to the current end of every assigned partition");
+                                tracing::info!(
+                                    partitions = target.len(),
+                                    "draining to the current end of every assigned partition"
+                                );
                                 drain_target = Some(target);
                             }
                             Err(error) => tracing::warn!(%error, "cannot read end offsets yet; retrying"),
@@ -174,7 +182,13 @@ impl Pipeline {
                 Some(Ok(message)) => {
                     last_message = Instant::now();
                     let topic = message.topic().to_owned();
-                    self.handle(&topic, message.partition(), message.offset(), message.key(), message.payload().unwrap_or_default());
+                    self.handle(
+                        &topic,
+                        message.partition(),
+                        message.offset(),
+                        message.key(),
+                        message.payload().unwrap_or_default(),
+                    );
                 }
                 Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
                 None => {}
@@ -194,7 +208,10 @@ impl Pipeline {
                     self.commit(source);
                 }
             }
-            if !self.health.brokers_up() && last_broker_warning.elapsed() >= Duration::from_secs(10) && started.elapsed() >= Duration::from_secs(5) {
+            if !self.health.brokers_up()
+                && last_broker_warning.elapsed() >= Duration::from_secs(10)
+                && started.elapsed() >= Duration::from_secs(5)
+            {
                 last_broker_warning = Instant::now();
                 tracing::warn!(brokers = %self.settings.brokers, "cannot reach any Kafka broker; not ready, retrying");
             }
@@ -216,7 +233,12 @@ impl Pipeline {
     /// drain start and the high watermark of the latest fetch statistics, and nothing arrived
     /// for a quiet second. Both sources and the quiet period are needed because some
     /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with the last batch's base offset.
-    fn reached(&self, target: &BTreeMap<TopicPartition, (i64, i64)>, source: &KafkaSource, last_message: Instant) -> bool {
+    fn reached(
+        &self,
+        target: &BTreeMap<TopicPartition, (i64, i64)>,
+        source: &KafkaSource,
+        last_message: Instant,
+    ) -> bool {
         if last_message.elapsed() < Duration::from_secs(1) {
             return false;
         }
@@ -240,7 +262,10 @@ impl Pipeline {
                 self.report.rejected += 1;
                 self.metrics.events_rejected.with_label_values(&[stream.as_str(), error.reason()]).inc();
                 if let Some(dlq) = &self.dead_letter_topic {
-                    dlq.send(&Rejected { topic, partition, offset, key, payload, reason: error.reason() }, &self.metrics);
+                    dlq.send(
+                        &Rejected { topic, partition, offset, key, payload, reason: error.reason() },
+                        &self.metrics,
+                    );
                 }
                 self.buffers.dead.push(DeadLetterRow {
                     rejected_at: now_ms,
@@ -262,7 +287,9 @@ impl Pipeline {
             watermark: PartitionWatermark::new(time.out_of_orderness_ms),
             progress: PartitionProgress::default(),
             operator: match stream {
-                Stream::Clickstream => Operator::Funnel(FunnelOperator::new(partition, time.window_ms, time.lateness_ms)),
+                Stream::Clickstream => {
+                    Operator::Funnel(FunnelOperator::new(partition, time.window_ms, time.lateness_ms))
+                }
                 Stream::Orders => Operator::Sales(SalesOperator::new(partition, time.window_ms, time.lateness_ms)),
                 Stream::Logistics => Operator::WatermarkOnly,
             },
@@ -330,7 +357,10 @@ impl Pipeline {
             let tp = (self.settings.topics.of(*stream).to_owned(), *partition);
             task.progress.caught_up = caught_up(&tp, &self.positions);
             if let Some(w) = task.progress.watermark {
-                self.metrics.partition_watermark.with_label_values(&[tp.0.as_str(), &partition.to_string()]).set(w as f64 / 1000.0);
+                self.metrics
+                    .partition_watermark
+                    .with_label_values(&[tp.0.as_str(), &partition.to_string()])
+                    .set(w as f64 / 1000.0);
             }
         }
         // Assigned partitions that have delivered nothing yet hold the low watermark back
@@ -339,9 +369,16 @@ impl Pipeline {
             .assignment()
             .into_iter()
             .filter(|(topic, partition)| {
-                self.settings.topics.stream_of(topic).is_some_and(|stream| !self.tasks.contains_key(&(stream, *partition)))
+                self.settings
+                    .topics
+                    .stream_of(topic)
+                    .is_some_and(|stream| !self.tasks.contains_key(&(stream, *partition)))
             })
-            .map(|tp| PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: caught_up(&tp, &self.positions) })
+            .map(|tp| PartitionProgress {
+                watermark: None,
+                last_event_at_ms: 0,
+                caught_up: caught_up(&tp, &self.positions),
+            })
             .collect();
         let now_ms = system_time_ms(SystemTime::now());
         let progress = self.tasks.values().map(|t| &t.progress).chain(unstarted.iter());
@@ -402,7 +439,10 @@ impl Pipeline {
         for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
             for currency in summary.sales_by_currency().keys() {
                 let amount = amounts.get(&(channel, currency)).copied().unwrap_or(0);
-                self.metrics.sales_paid_amount.with_label_values(&[w, channel, currency]).set(minor_to_major(amount, currency));
+                self.metrics
+                    .sales_paid_amount
+                    .with_label_values(&[w, channel, currency])
+                    .set(minor_to_major(amount, currency));
             }
         }
         let (visitors, purchasers) = summary.all_traffic();
@@ -410,9 +450,13 @@ impl Pipeline {
         let sales: Vec<String> = summary
             .sales_by_currency()
             .into_iter()
-            .map(|(currency, (orders, amount))| format!("paid orders {orders:>5}  GMV {currency} {:>12.2}", minor_to_major(amount, currency)))
+            .map(|(currency, (orders, amount))| {
+                format!("paid orders {orders:>5}  GMV {currency} {:>12.2}", minor_to_major(amount, currency))
+            })
             .collect();
-        let start = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(summary.window_start.max(0) as u64));
+        let start = humantime::format_rfc3339_seconds(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(summary.window_start.max(0) as u64),
+        );
         let line = format!(
             "window {start}  visitors {visitors:>6}  purchasers {purchasers:>5}  paid conversion {conversion:>5.2}%  {}",
             if sales.is_empty() { "paid orders     0".to_owned() } else { sales.join("  ") }

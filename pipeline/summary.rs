@@ -52,7 +52,11 @@ impl SummaryBoard {
     }
 
     fn window(&mut self, start: i64, end: i64) -> &mut WindowSummary {
-        self.pending.entry(start).or_insert_with(|| WindowSummary { window_start: start, window_end: end, ..Default::default() })
+        self.pending.entry(start).or_insert_with(|| WindowSummary {
+            window_start: start,
+            window_end: end,
+            ..Default::default()
+        })
     }
 
     /// Adds closed funnel rows of one partition.

@@ -19,7 +19,11 @@ pub struct Health {
 impl Health {
     /// Fresh flags: not ready until brokers answer and partitions are assigned.
     pub fn new() -> Arc<Self> {
-        Arc::new(Health { brokers_up: AtomicBool::new(false), assigned: AtomicBool::new(false), sinks_ok: AtomicBool::new(true) })
+        Arc::new(Health {
+            brokers_up: AtomicBool::new(false),
+            assigned: AtomicBool::new(false),
+            sinks_ok: AtomicBool::new(true),
+        })
     }
     /// Records whether at least one broker connection is up.
     pub fn set_brokers_up(&self, up: bool) {
@@ -93,43 +97,85 @@ impl Metrics {
     pub fn new(window: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let m = Metrics {
-            messages_consumed: IntCounterVec::new(opts("storepulse_messages_consumed_total", "Kafka messages consumed, by topic."), &["topic"])?,
-            events_decoded: IntCounterVec::new(opts("storepulse_events_decoded_total", "Messages decoded and validated into events, by stream."), &["stream"])?,
+            messages_consumed: IntCounterVec::new(
+                opts("storepulse_messages_consumed_total", "Kafka messages consumed, by topic."),
+                &["topic"],
+            )?,
+            events_decoded: IntCounterVec::new(
+                opts("storepulse_events_decoded_total", "Messages decoded and validated into events, by stream."),
+                &["stream"],
+            )?,
             events_rejected: IntCounterVec::new(
-                opts("storepulse_events_rejected_total", "Messages sent to the dead-letter outputs, by stream and reason."),
+                opts(
+                    "storepulse_events_rejected_total",
+                    "Messages sent to the dead-letter outputs, by stream and reason.",
+                ),
                 &["stream", "reason"],
             )?,
             events_late: IntCounterVec::new(
-                opts("storepulse_events_late_total", "Events whose window had closed, written to late_events, by stream."),
+                opts(
+                    "storepulse_events_late_total",
+                    "Events whose window had closed, written to late_events, by stream.",
+                ),
                 &["stream"],
             )?,
             dead_letter_publish_errors: IntCounterVec::new(
-                opts("storepulse_dead_letter_publish_errors_total", "Dead letters the dead-letter topic did not accept (they are still in the Parquet table)."),
+                opts(
+                    "storepulse_dead_letter_publish_errors_total",
+                    "Dead letters the dead-letter topic did not accept (they are still in the Parquet table).",
+                ),
                 &["topic"],
             )?,
             consumer_lag: IntGaugeVec::new(
-                opts("storepulse_consumer_lag_messages", "Messages between the committed offset and the high watermark, per assigned partition."),
+                opts(
+                    "storepulse_consumer_lag_messages",
+                    "Messages between the committed offset and the high watermark, per assigned partition.",
+                ),
                 &["topic", "partition"],
             )?,
             partition_watermark: GaugeVec::new(
-                opts("storepulse_watermark_timestamp_seconds", "Event-time watermark of each assigned partition, Unix seconds."),
+                opts(
+                    "storepulse_watermark_timestamp_seconds",
+                    "Event-time watermark of each assigned partition, Unix seconds.",
+                ),
                 &["topic", "partition"],
             )?,
-            kafka_connected: IntGauge::with_opts(opts("storepulse_kafka_connected", "1 when at least one broker connection is up."))?,
+            kafka_connected: IntGauge::with_opts(opts(
+                "storepulse_kafka_connected",
+                "1 when at least one broker connection is up.",
+            ))?,
             ready: IntGauge::with_opts(opts("storepulse_ready", "1 when /readyz answers 200."))?,
-            parquet_files: IntCounterVec::new(opts("storepulse_parquet_files_committed_total", "Parquet files published, by table."), &["table"])?,
-            parquet_bytes: IntCounterVec::new(opts("storepulse_parquet_bytes_committed_total", "Bytes of Parquet files published, by table."), &["table"])?,
-            sink_errors: IntCounterVec::new(opts("storepulse_sink_errors_total", "Failed sink writes (retried), by sink."), &["sink"])?,
+            parquet_files: IntCounterVec::new(
+                opts("storepulse_parquet_files_committed_total", "Parquet files published, by table."),
+                &["table"],
+            )?,
+            parquet_bytes: IntCounterVec::new(
+                opts("storepulse_parquet_bytes_committed_total", "Bytes of Parquet files published, by table."),
+                &["table"],
+            )?,
+            sink_errors: IntCounterVec::new(
+                opts("storepulse_sink_errors_total", "Failed sink writes (retried), by sink."),
+                &["sink"],
+            )?,
             window_end: GaugeVec::new(
-                opts("storepulse_window_end_timestamp_seconds", "End of the latest closed window the business gauges describe, Unix seconds."),
+                opts(
+                    "storepulse_window_end_timestamp_seconds",
+                    "End of the latest closed window the business gauges describe, Unix seconds.",
+                ),
                 &["window"],
             )?,
             funnel_visitors: IntGaugeVec::new(
-                opts("storepulse_funnel_visitors", "Distinct visitors in the latest closed window, by channel; channel=\"all\" is exact, not a sum."),
+                opts(
+                    "storepulse_funnel_visitors",
+                    "Distinct visitors in the latest closed window, by channel; channel=\"all\" is exact, not a sum.",
+                ),
                 &["window", "channel"],
             )?,
             funnel_purchasing_visitors: IntGaugeVec::new(
-                opts("storepulse_funnel_purchasing_visitors", "Distinct visitors with a purchase in the latest closed window, by channel; paid conversion = this / visitors."),
+                opts(
+                    "storepulse_funnel_purchasing_visitors",
+                    "Distinct visitors with a purchase in the latest closed window, by channel; paid conversion = this / visitors.",
+                ),
                 &["window", "channel"],
             )?,
             sales_orders_paid: IntGaugeVec::new(
@@ -137,7 +183,10 @@ impl Metrics {
                 &["window", "channel"],
             )?,
             sales_paid_amount: GaugeVec::new(
-                opts("storepulse_sales_paid_amount", "Amount paid (GMV paid) in the latest closed window, in currency units, by channel and currency."),
+                opts(
+                    "storepulse_sales_paid_amount",
+                    "Amount paid (GMV paid) in the latest closed window, in currency units, by channel and currency.",
+                ),
                 &["window", "channel", "currency"],
             )?,
             registry,

@@ -1,1 +1,7 @@
+//! Integration tests of storepulse, compiled as one binary. End-to-end tests against a real
+//! broker, Prometheus and the DuckDB oracle live in `tests/e2e/` (pytest), run by `tests/run.sh`.
 
+/// Golden Avro payloads from older, newer and incompatible writer schemas (fastavro-encoded).
+mod codec_fixtures;
+/// Malformed messages through the whole pipeline on librdkafka's embedded mock cluster.
+mod dead_letters;

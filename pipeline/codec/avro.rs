@@ -100,19 +100,17 @@ impl WriterSchemaSource {
         WriterSchemaSource::Local { dir: dir.map(Path::to_path_buf), cache: SchemaCache::default() }
     }
 
-    /// The writer schema with `id`, checked readable by the reader schema of `stream`.
-    fn resolve(&mut self, id: u32, stream: Stream) -> Result<Arc<Schema>, DecodeError> {
+    /// The writer schema with `id`, and why it may not resolve against the reader schema of
+    /// `stream`. The verdict only explains a failed resolution: apache-avro's checker is
+    /// stricter than the Avro spec (it refuses new enum symbols that the reader's enum default
+    /// covers), so resolution itself decides.
+    fn resolve(&mut self, id: u32, stream: Stream) -> Result<(Arc<Schema>, Option<String>), DecodeError> {
         let schema = self.fetch(id)?;
         let cache = self.cache_mut();
         let verdict = cache.verdicts.entry((id, stream)).or_insert_with(|| {
             SchemaCompatibility::can_read(&schema, reader_schema(stream)).map_err(|e| e.to_string())
         });
-        match verdict {
-            Ok(()) => Ok(schema),
-            Err(message) => {
-                Err(DecodeError::IncompatibleWriterSchema { id, stream: stream.as_str(), message: message.clone() })
-            }
-        }
+        Ok((schema, verdict.clone().err()))
     }
 
     fn cache_mut(&mut self) -> &mut SchemaCache {
@@ -247,8 +245,13 @@ pub(super) fn decode_confluent(
         return Err(DecodeError::TruncatedHeader { len: payload.len() });
     };
     let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let writer = schemas.resolve(id, stream)?;
-    decode_datum(stream, &writer, datum)
+    let (writer, incompatibility) = schemas.resolve(id, stream)?;
+    decode_datum(stream, &writer, datum).map_err(|error| match (error, incompatibility) {
+        (DecodeError::SchemaMismatch(_), Some(message)) => {
+            DecodeError::IncompatibleWriterSchema { id, stream: stream.as_str(), message }
+        }
+        (error, _) => error,
+    })
 }
 
 /// Decodes a bare datum written with the bundled schema of `stream`.

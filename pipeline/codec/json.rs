@@ -22,8 +22,9 @@ mod tests {
 
     #[test]
     fn missing_field_is_a_schema_mismatch_naming_the_field() {
-        let err = decode(Stream::Clickstream, br#"{"event_id":"e1","event_type":"page_view","event_time":1,"device":"app"}"#)
-            .expect_err("visitor_id is required");
+        let err =
+            decode(Stream::Clickstream, br#"{"event_id":"e1","event_type":"page_view","event_time":1,"device":"app"}"#)
+                .expect_err("visitor_id is required");
         assert_eq!(err.reason(), "json_schema_mismatch");
         assert!(err.to_string().contains("visitor_id"), "{err}");
     }

@@ -9,9 +9,8 @@ mod json;
 mod validate;
 
 pub use avro::{
-    register_schema,
-    BUNDLED_SCHEMA_IDS, WriterSchemaSource, bundled_writer_schema_id, encode_avro_datum,
-    encode_confluent, reader_schema, reader_schema_text,
+    BUNDLED_SCHEMA_IDS, WriterSchemaSource, bundled_writer_schema_id, encode_avro_datum, encode_confluent,
+    reader_schema, reader_schema_text, register_schema,
 };
 pub use validate::ValidationRules;
 

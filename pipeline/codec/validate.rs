@@ -132,7 +132,10 @@ mod tests {
     fn rejects_lower_case_currency_and_empty_order_id() {
         let mut o = order();
         o.currency = "cny".into();
-        assert_eq!(ValidationRules::default().validate(&Event::Order(o), NOW).map_err(|e| e.reason()), Err("bad_currency"));
+        assert_eq!(
+            ValidationRules::default().validate(&Event::Order(o), NOW).map_err(|e| e.reason()),
+            Err("bad_currency")
+        );
         let mut o = order();
         o.order_id = " ".into();
         assert_eq!(ValidationRules::default().validate(&Event::Order(o), NOW), Err(DecodeError::MissingId("order_id")));

@@ -383,7 +383,10 @@ impl TryFrom<RawConfig> for Settings {
         for (key, value) in raw.kafka.client {
             let full_key = format!("kafka.client.\"{key}\"");
             if RESERVED_CLIENT_KEYS.contains(&key.as_str()) {
-                return Err(invalid(full_key, "is managed by storepulse; use kafka.brokers / kafka.group_id or remove it"));
+                return Err(invalid(
+                    full_key,
+                    "is managed by storepulse; use kafka.brokers / kafka.group_id or remove it",
+                ));
             }
             kafka_client.insert(key, resolve_secret(&full_key, &value)?);
         }
@@ -427,11 +430,17 @@ impl TryFrom<RawConfig> for Settings {
             return Err(invalid("time.window_secs", "must be at least 1"));
         }
         if 86_400 % raw.time.window_secs != 0 {
-            return Err(invalid("time.window_secs", "must divide a day evenly (e.g. 60, 300, 3600) so windows align to UTC"));
+            return Err(invalid(
+                "time.window_secs",
+                "must divide a day evenly (e.g. 60, 300, 3600) so windows align to UTC",
+            ));
         }
         let time = TimeSettings {
             window_ms: secs_to_ms("time.window_secs", raw.time.window_secs)?,
-            out_of_orderness_ms: secs_to_ms("time.allowed_out_of_orderness_secs", raw.time.allowed_out_of_orderness_secs)?,
+            out_of_orderness_ms: secs_to_ms(
+                "time.allowed_out_of_orderness_secs",
+                raw.time.allowed_out_of_orderness_secs,
+            )?,
             lateness_ms: secs_to_ms("time.allowed_lateness_secs", raw.time.allowed_lateness_secs)?,
             idle_timeout_ms: secs_to_ms("time.idle_timeout_secs", raw.time.idle_timeout_secs)?,
         };
@@ -439,7 +448,10 @@ impl TryFrom<RawConfig> for Settings {
             return Err(invalid("output.flush_interval_secs", "must be at least 1"));
         }
         let metrics_addr = raw.metrics.listen_addr.parse::<SocketAddr>().map_err(|e| {
-            invalid("metrics.listen_addr", format!("{:?} is not host:port ({e}); e.g. 0.0.0.0:9464", raw.metrics.listen_addr))
+            invalid(
+                "metrics.listen_addr",
+                format!("{:?} is not host:port ({e}); e.g. 0.0.0.0:9464", raw.metrics.listen_addr),
+            )
         })?;
         Ok(Settings {
             brokers: raw.kafka.brokers,
@@ -499,7 +511,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
         Settings::try_from(raw)
     }
 
@@ -532,7 +545,10 @@ mod tests {
     #[test]
     fn secrets_resolve_from_environment_and_missing_ones_name_the_key() {
         let err = parse("[kafka.client]\n\"sasl.password\" = \"env:STOREPULSE_TEST_UNSET_VAR\"\n").expect_err("unset");
-        assert!(err.to_string().contains("sasl.password") && err.to_string().contains("STOREPULSE_TEST_UNSET_VAR"), "{err}");
+        assert!(
+            err.to_string().contains("sasl.password") && err.to_string().contains("STOREPULSE_TEST_UNSET_VAR"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,34 +64,20 @@ const RULES: &[Rule] = &[
         sources: &[],
         referrers: &["baidu.com", "google.", "bing.com", "so.com", "sogou.com", "sm.cn"],
     },
-    Rule {
-        channel: Channel::Referral,
-        mediums: &["referral", "link"],
-        sources: &[],
-        referrers: &[],
-    },
+    Rule { channel: Channel::Referral, mediums: &["referral", "link"], sources: &[], referrers: &[] },
 ];
 
 /// Classifies a channel from raw traffic-source fields (case-insensitive).
 ///
 /// Nothing at all means `direct`; only a referrer that no rule knows means `referral`; anything
 /// else unmatched is `other`.
-pub fn classify_channel(
-    utm_source: Option<&str>,
-    utm_medium: Option<&str>,
-    referrer: Option<&str>,
-) -> Channel {
-    let norm = |v: Option<&str>| {
-        v.map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty())
-    };
+pub fn classify_channel(utm_source: Option<&str>, utm_medium: Option<&str>, referrer: Option<&str>) -> Channel {
+    let norm = |v: Option<&str>| v.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
     let (source, medium, referrer) = (norm(utm_source), norm(utm_medium), norm(referrer));
     for rule in RULES {
         let medium_hit = medium.as_deref().is_some_and(|m| rule.mediums.contains(&m));
         let source_hit = source.as_deref().is_some_and(|s| rule.sources.contains(&s));
-        let referrer_hit = referrer
-            .as_deref()
-            .is_some_and(|r| rule.referrers.iter().any(|host| r.contains(host)));
+        let referrer_hit = referrer.as_deref().is_some_and(|r| rule.referrers.iter().any(|host| r.contains(host)));
         if medium_hit || source_hit || referrer_hit {
             return rule.channel;
         }
@@ -109,7 +95,8 @@ mod tests {
 
     #[test]
     fn classifies_table_of_known_sources() {
-        let cases: &[(Option<&str>, Option<&str>, Option<&str>, Channel)] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Channel);
+        let cases: &[Case<'_>] = &[
             (None, None, None, Channel::Direct),
             (Some("taobao"), Some("cpc"), None, Channel::PaidSearch),
             (Some("直通车"), None, None, Channel::PaidSearch),

@@ -205,11 +205,7 @@ impl ClickEvent {
     /// The channel the event counts under: the tagged one, else classified from utm and referrer.
     pub fn effective_channel(&self) -> Channel {
         self.channel.unwrap_or_else(|| {
-            classify_channel(
-                self.utm_source.as_deref(),
-                self.utm_medium.as_deref(),
-                self.referrer.as_deref(),
-            )
+            classify_channel(self.utm_source.as_deref(), self.utm_medium.as_deref(), self.referrer.as_deref())
         })
     }
 }

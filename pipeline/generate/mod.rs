@@ -406,8 +406,10 @@ impl Generator {
         let sessions = if self.rng.chance(0.15) { 2 } else { 1 };
         let mut start = arrival;
         for n in 1..=sessions {
-            let session_id = (device != Device::MobileWeb || self.rng.chance(0.5)).then(|| format!("s-{visitor_id}-{n}"));
-            let visit = Visit { visitor_id: &visitor_id, user_id: user_id.as_deref(), session_id, channel, device, region };
+            let session_id =
+                (device != Device::MobileWeb || self.rng.chance(0.5)).then(|| format!("s-{visitor_id}-{n}"));
+            let visit =
+                Visit { visitor_id: &visitor_id, user_id: user_id.as_deref(), session_id, channel, device, region };
             self.spawn_session(&visit, start, n == 1);
             start += (self.rng.log_normal(2.0 * HOUR as f64, 0.5)) as i64;
         }
@@ -416,7 +418,8 @@ impl Generator {
     fn spawn_session(&mut self, visit: &Visit<'_>, start: i64, landing: bool) {
         let mut t = start;
         let think = |rng: &mut Rng| (rng.exponential(15_000.0) as i64).max(200);
-        let (utm_source, utm_medium, referrer) = if landing { traffic_source(visit.channel) } else { (None, None, None) };
+        let (utm_source, utm_medium, referrer) =
+            if landing { traffic_source(visit.channel) } else { (None, None, None) };
         let landing_page = if landing && visit.channel != Channel::Direct { "/promo/1111" } else { "/" };
         let page_view = self.click(visit, t, ClickEventType::PageView);
         self.schedule(Event::Click(ClickEvent {
@@ -495,7 +498,11 @@ impl Generator {
         }
         t += (self.rng.exponential(8_000.0) as i64).max(500);
         let e = self.click(visit, t, ClickEventType::Purchase);
-        self.schedule(Event::Click(ClickEvent { order_id: Some(order.order_id.clone()), page: Some("/checkout/done".into()), ..e }));
+        self.schedule(Event::Click(ClickEvent {
+            order_id: Some(order.order_id.clone()),
+            page: Some("/checkout/done".into()),
+            ..e
+        }));
         self.pay_and_ship(order, t);
     }
 
@@ -657,7 +664,8 @@ impl Generator {
         self.ship(&shipment, delivered_at, ShipmentStatus::Delivered, None);
         if self.rng.chance(0.03) {
             let refund_at = delivered_at + self.rng.log_normal(2.0 * DAY as f64, 0.5) as i64;
-            let amount = paid.items.first().map_or(paid.paid_amount_minor, |i| i.unit_price_minor.min(paid.paid_amount_minor));
+            let amount =
+                paid.items.first().map_or(paid.paid_amount_minor, |i| i.unit_price_minor.min(paid.paid_amount_minor));
             self.refund(&paid, refund_at, amount);
         }
     }
@@ -701,7 +709,8 @@ impl Generator {
     }
 
     fn emit(&mut self, stream: Stream, event: Event, injected: Option<Injection>) -> Generated {
-        let generated = Generated { seq: self.sent, stream, injected, malformed_kind: None, event, garbage: Vec::new() };
+        let generated =
+            Generated { seq: self.sent, stream, injected, malformed_kind: None, event, garbage: Vec::new() };
         self.sent += 1;
         generated
     }
@@ -768,10 +777,18 @@ impl Iterator for Generator {
             self.clock_ms = self.clock_ms.max(event.event_time());
             let inj = self.config.injections.clone();
             if inj.late_fraction > 0.0 && self.rng.chance(inj.late_fraction) {
-                self.held.push(Reverse((event.event_time() + inj.late_by_ms, self.drawn, HeldEvent { event, injection: Injection::Late })));
+                self.held.push(Reverse((
+                    event.event_time() + inj.late_by_ms,
+                    self.drawn,
+                    HeldEvent { event, injection: Injection::Late },
+                )));
             } else if inj.out_of_order_fraction > 0.0 && self.rng.chance(inj.out_of_order_fraction) {
                 let delay = self.rng.between(1, inj.out_of_order_max_ms.max(1));
-                self.held.push(Reverse((event.event_time() + delay, self.drawn, HeldEvent { event, injection: Injection::OutOfOrder })));
+                self.held.push(Reverse((
+                    event.event_time() + delay,
+                    self.drawn,
+                    HeldEvent { event, injection: Injection::OutOfOrder },
+                )));
             } else {
                 let stream = event.stream();
                 let g = self.emit(stream, event, None);
@@ -851,7 +868,8 @@ mod tests {
     #[test]
     fn model_events_come_in_event_time_order_and_cover_all_streams() {
         // A slow shop, so that 20 000 events span the hours shipments take.
-        let events: Vec<Generated> = Generator::new(GeneratorConfig { visitors_per_sec: 0.1, ..config(20_000) }).collect();
+        let events: Vec<Generated> =
+            Generator::new(GeneratorConfig { visitors_per_sec: 0.1, ..config(20_000) }).collect();
         assert!(events.windows(2).all(|w| w[0].event.event_time() <= w[1].event.event_time()));
         for stream in Stream::ALL {
             assert!(events.iter().any(|g| g.stream == stream), "{stream:?} missing");
@@ -874,7 +892,10 @@ mod tests {
             ..config(10_000)
         };
         let events: Vec<Generated> = Generator::new(cfg).collect();
-        let model = events.iter().filter(|g| matches!(g.injected, None | Some(Injection::Late | Injection::OutOfOrder))).count();
+        let model = events
+            .iter()
+            .filter(|g| matches!(g.injected, None | Some(Injection::Late | Injection::OutOfOrder)))
+            .count();
         assert_eq!(model, 10_000);
         for kind in [Injection::Late, Injection::Duplicate, Injection::OutOfOrder, Injection::Malformed] {
             assert!(events.iter().any(|g| g.injected == Some(kind)), "{kind:?} never injected");

@@ -2,7 +2,10 @@
 //! the `--events-file` ground truth, pacing by `--rate` and `--speed`, and producing to Kafka.
 
 use super::{Generated, Generator, Injection, MalformedKind};
-use crate::codec::{WireFormat, bundled_writer_schema_id, encode_avro_datum, encode_confluent, encode_json, reader_schema, reader_schema_text};
+use crate::codec::{
+    WireFormat, bundled_writer_schema_id, encode_avro_datum, encode_confluent, encode_json, reader_schema,
+    reader_schema_text,
+};
 use crate::config::TopicNames;
 use crate::event::{Event, Stream};
 use rdkafka::ClientContext;
@@ -66,7 +69,8 @@ impl Encoder {
         let mut ids = [0; 3];
         for (i, stream) in Stream::ALL.into_iter().enumerate() {
             let subject = format!("{}-value", topics.of(stream));
-            ids[i] = crate::codec::register_schema(url, &subject, reader_schema_text(stream)).map_err(ProduceError::Registry)?;
+            ids[i] = crate::codec::register_schema(url, &subject, reader_schema_text(stream))
+                .map_err(ProduceError::Registry)?;
         }
         Ok(Encoder { format, schema_ids: ids })
     }
@@ -188,7 +192,8 @@ impl EventsFile {
     /// # Errors
     /// When the file cannot be created.
     pub fn create(path: &Path) -> Result<Self, ProduceError> {
-        let file = std::fs::File::create(path).map_err(|source| ProduceError::EventsFile { path: path.into(), source })?;
+        let file =
+            std::fs::File::create(path).map_err(|source| ProduceError::EventsFile { path: path.into(), source })?;
         Ok(EventsFile { path: path.into(), out: BufWriter::with_capacity(1 << 20, file) })
     }
 
@@ -237,7 +242,8 @@ impl Pacer {
     /// How long to wait before sending message number `sent` whose event time is `event_ms`.
     pub fn delay(&self, sent: u64, event_ms: i64) -> Duration {
         let by_rate = self.rate.map_or(0.0, |r| sent as f64 / r.max(1e-9));
-        let by_speed = self.speed.map_or(0.0, |s| (event_ms - self.start_event_ms).max(0) as f64 / 1000.0 / s.max(1e-9));
+        let by_speed =
+            self.speed.map_or(0.0, |s| (event_ms - self.start_event_ms).max(0) as f64 / 1000.0 / s.max(1e-9));
         let due = Duration::from_secs_f64(by_rate.max(by_speed));
         due.saturating_sub(self.started.elapsed())
     }
@@ -293,7 +299,12 @@ pub struct ProduceReport {
 ///
 /// # Errors
 /// [`ProduceError`] on configuration, encoding, file or delivery failures.
-pub fn produce(generator: Generator, options: &ProduceOptions, stop: &AtomicBool, sent_counter: &AtomicU64) -> Result<ProduceReport, ProduceError> {
+pub fn produce(
+    generator: Generator,
+    options: &ProduceOptions,
+    stop: &AtomicBool,
+    sent_counter: &AtomicU64,
+) -> Result<ProduceReport, ProduceError> {
     let mut config = ClientConfig::new();
     for (k, v) in &options.client {
         config.set(k, v);
@@ -366,7 +377,8 @@ mod tests {
 
     #[test]
     fn every_format_round_trips_generated_events() {
-        let events: Vec<Generated> = Generator::new(GeneratorConfig { count: Some(2_000), ..GeneratorConfig::default() }).collect();
+        let events: Vec<Generated> =
+            Generator::new(GeneratorConfig { count: Some(2_000), ..GeneratorConfig::default() }).collect();
         for format in [WireFormat::Confluent, WireFormat::AvroDatum, WireFormat::Json] {
             let encoder = Encoder::new(format);
             for g in &events {
@@ -388,7 +400,9 @@ mod tests {
         for g in Generator::new(cfg).filter(|g| g.injected == Some(Injection::Malformed)) {
             let bytes = encoder.encode(&g).expect("encodes");
             let err = decode(WireFormat::Confluent, &g, &bytes).expect_err("malformed must be rejected");
-            seen.entry(format!("{:?}", g.malformed_kind)).or_insert_with(std::collections::BTreeSet::new).insert(err.reason());
+            seen.entry(format!("{:?}", g.malformed_kind))
+                .or_insert_with(std::collections::BTreeSet::new)
+                .insert(err.reason());
         }
         let expect = |kind: &str, reasons: &[&str]| {
             let got = seen.get(kind).unwrap_or_else(|| panic!("{kind} never generated"));

@@ -95,6 +95,11 @@ impl FunnelOperator {
     }
 }
 
+/// The label of a funnel row's channel: the channel symbol, or `all`.
+pub fn channel_label(channel: Option<Channel>) -> &'static str {
+    channel.map_or("all", Channel::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,9 +147,30 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                FunnelRow { window_start: 0, window_end: 60_000, partition: 3, channel: None, visitors: 3, purchasing_visitors: 1 },
-                FunnelRow { window_start: 0, window_end: 60_000, partition: 3, channel: Some(Channel::Direct), visitors: 2, purchasing_visitors: 1 },
-                FunnelRow { window_start: 0, window_end: 60_000, partition: 3, channel: Some(Channel::LiveStream), visitors: 2, purchasing_visitors: 0 },
+                FunnelRow {
+                    window_start: 0,
+                    window_end: 60_000,
+                    partition: 3,
+                    channel: None,
+                    visitors: 3,
+                    purchasing_visitors: 1
+                },
+                FunnelRow {
+                    window_start: 0,
+                    window_end: 60_000,
+                    partition: 3,
+                    channel: Some(Channel::Direct),
+                    visitors: 2,
+                    purchasing_visitors: 1
+                },
+                FunnelRow {
+                    window_start: 0,
+                    window_end: 60_000,
+                    partition: 3,
+                    channel: Some(Channel::LiveStream),
+                    visitors: 2,
+                    purchasing_visitors: 0
+                },
             ]
         );
     }
@@ -157,9 +183,4 @@ mod tests {
         assert!(op.record(&click("b", 2_000, ClickEventType::PageView, Channel::Direct)).is_err());
         assert!(op.close_all().is_empty());
     }
-}
-
-/// The label of a funnel row's channel: the channel symbol, or `all`.
-pub fn channel_label(channel: Option<Channel>) -> &'static str {
-    channel.map_or("all", Channel::as_str)
 }

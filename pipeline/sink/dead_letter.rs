@@ -78,7 +78,8 @@ impl DeadLetterTopic {
             .insert(Header { key: "storepulse.source.topic", value: Some(rejected.topic) })
             .insert(Header { key: "storepulse.source.partition", value: Some(&partition) })
             .insert(Header { key: "storepulse.source.offset", value: Some(&offset) });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(rejected.payload).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.topic).payload(rejected.payload).headers(headers);
         if let Some(key) = rejected.key {
             record = record.key(key);
         }

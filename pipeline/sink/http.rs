@@ -50,7 +50,8 @@ pub async fn serve(
                     if reasons.is_empty() {
                         (StatusCode::OK, "ready\n".to_owned()).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", reasons.join("; "))).into_response()
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", reasons.join("; ")))
+                            .into_response()
                     }
                 }
             }),

@@ -58,7 +58,10 @@ impl TableRow for FunnelRow {
             ("source_partition", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))) as ArrayRef),
             ("channel", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| channel_label(r.channel))))),
             ("visitors", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.visitors as i64)))),
-            ("purchasing_visitors", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.purchasing_visitors as i64)))),
+            (
+                "purchasing_visitors",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.purchasing_visitors as i64))),
+            ),
         ])
     }
 }
@@ -226,7 +229,14 @@ mod tests {
     fn writes_a_readable_file_and_leaves_no_staging_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut writer = ParquetWriter::new(dir.path());
-        let rows = vec![FunnelRow { window_start: 0, window_end: 60_000, partition: 1, channel: Some(Channel::Social), visitors: 7, purchasing_visitors: 2 }];
+        let rows = vec![FunnelRow {
+            window_start: 0,
+            window_end: 60_000,
+            partition: 1,
+            channel: Some(Channel::Social),
+            visitors: 7,
+            purchasing_visitors: 2,
+        }];
         let published = writer.write(&rows).expect("write").expect("non-empty");
         assert_eq!(published.rows, 1);
         let file = File::open(&published.path).expect("published file");

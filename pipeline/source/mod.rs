@@ -124,7 +124,8 @@ impl KafkaSource {
             high_watermarks: Mutex::new(HashMap::new()),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context)?;
-        let topics = [settings.topics.clickstream.as_str(), settings.topics.orders.as_str(), settings.topics.logistics.as_str()];
+        let topics =
+            [settings.topics.clickstream.as_str(), settings.topics.orders.as_str(), settings.topics.logistics.as_str()];
         consumer.subscribe(&topics)?;
         Ok(KafkaSource { consumer })
     }

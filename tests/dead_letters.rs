@@ -1,0 +1,138 @@
+use arrow_array::{Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::time::Duration;
+use storepulse::codec::{WireFormat, bundled_writer_schema_id, encode_confluent, encode_json, reader_schema};
+use storepulse::config::{RawConfig, Settings};
+use storepulse::event::{Event, Stream};
+use storepulse::generate::{Generator, GeneratorConfig};
+use storepulse::runtime::{CONTROL_DRAIN, Pipeline, RunReport};
+use storepulse::source::KafkaSource;
+use storepulse::telemetry::{Health, Metrics};
+
+fn run_pipeline(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    format: WireFormat,
+    out: &Path,
+) -> RunReport {
+    let mut settings = Settings::try_from(RawConfig::default()).expect("defaults");
+    settings.brokers = cluster.bootstrap_servers();
+    settings.group_id = format!("dead-letters-{format:?}");
+    settings.format = format;
+    settings.output_dir = out.to_path_buf();
+    settings.validation.min_event_time_ms = 0;
+    let metrics = Metrics::new("1m").expect("metrics");
+    let health = Health::new();
+    let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
+    let pipeline = Pipeline::new(settings, metrics, health, false).expect("pipeline");
+    pipeline.run(&source, &AtomicU8::new(CONTROL_DRAIN)).expect("drain")
+}
+
+fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, messages: &[(Stream, Vec<u8>)]) {
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().expect("producer");
+    for (stream, payload) in messages {
+        producer.send(BaseRecord::<str, [u8]>::to(stream.as_str()).key("k").payload(payload)).expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+}
+
+fn reasons(out: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for entry in std::fs::read_dir(out.join("dead_letters")).expect("dead_letters table") {
+        let file = std::fs::File::open(entry.expect("entry").path()).expect("file");
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader") {
+            let batch = batch.expect("batch");
+            let column = batch.column_by_name("reason").expect("reason column");
+            let reasons = column.as_any().downcast_ref::<StringArray>().expect("strings");
+            for i in 0..reasons.len() {
+                *counts.entry(reasons.value(i).to_owned()).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn valid_events(n: u64) -> Vec<Event> {
+    Generator::new(GeneratorConfig { count: Some(n), ..GeneratorConfig::default() }).map(|g| g.event).collect()
+}
+
+#[test]
+fn every_malformed_kind_lands_in_dead_letters_with_its_own_reason_and_the_run_continues() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for stream in Stream::ALL {
+        cluster.create_topic(stream.as_str(), 2, 1).expect("topic");
+    }
+    let events = valid_events(2_000);
+    let encode = |e: &Event| {
+        encode_confluent(e, reader_schema(e.stream()), bundled_writer_schema_id(e.stream())).expect("encodes")
+    };
+    let click = events.iter().find(|e| e.stream() == Stream::Clickstream).expect("a click");
+    let order = events.iter().find(|e| e.stream() == Stream::Orders).expect("an order");
+    let mut wrong_magic = encode(click);
+    wrong_magic[0] = 1;
+    let mut unknown_id = encode(click);
+    unknown_id[1..5].copy_from_slice(&9_999u32.to_be_bytes());
+    let truncated = encode(order)[..20].to_vec();
+    let mut negative = order.clone();
+    if let Event::Order(o) = &mut negative {
+        o.paid_amount_minor = -100;
+    }
+    let malformed = vec![
+        (Stream::Clickstream, b"\xde\xad\xbe\xef not avro".to_vec()),
+        (Stream::Clickstream, wrong_magic),
+        (Stream::Clickstream, unknown_id),
+        (Stream::Orders, truncated),
+        (Stream::Orders, encode(&negative)),
+    ];
+    // Malformed messages first: the valid ones after them must still be processed.
+    let mut messages = malformed.clone();
+    messages.extend(events.iter().map(|e| (e.stream(), encode(e))));
+    produce(&cluster, &messages);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = run_pipeline(&cluster, WireFormat::Confluent, out.path());
+    assert_eq!(report.consumed, messages.len() as u64);
+    assert_eq!(report.decoded, events.len() as u64);
+    assert_eq!(report.rejected, malformed.len() as u64);
+    let expected: BTreeMap<String, usize> =
+        ["unframed_payload", "unsupported_magic_byte", "unknown_schema_id", "truncated_datum", "negative_money"]
+            .into_iter()
+            .map(|r| (r.to_owned(), 1))
+            .collect();
+    assert_eq!(reasons(out.path()), expected);
+    assert!(std::fs::read_dir(out.path().join("funnel")).expect("funnel table").count() > 0);
+}
+
+#[test]
+fn json_with_missing_fields_is_a_dead_letter_naming_the_field() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for stream in Stream::ALL {
+        cluster.create_topic(stream.as_str(), 1, 1).expect("topic");
+    }
+    let events = valid_events(300);
+    let mut messages: Vec<(Stream, Vec<u8>)> =
+        events.iter().map(|e| (e.stream(), encode_json(e).expect("json"))).collect();
+    messages.insert(
+        10,
+        (
+            Stream::Clickstream,
+            br#"{"event_id":"x","event_type":"page_view","event_time":1794326400000,"device":"app"}"#.to_vec(),
+        ),
+    );
+    messages.insert(20, (Stream::Orders, b"{not json".to_vec()));
+    produce(&cluster, &messages);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = run_pipeline(&cluster, WireFormat::Json, out.path());
+    assert_eq!(report.decoded, events.len() as u64);
+    let expected: BTreeMap<String, usize> =
+        [("json_schema_mismatch".to_owned(), 1), ("malformed_json".to_owned(), 1)].into();
+    assert_eq!(reasons(out.path()), expected);
+}

@@ -517,6 +517,12 @@ mod tests {
     }
 
     #[test]
+    fn example_config_in_deploy_is_valid() {
+        let s = parse(include_str!("../../deploy/storepulse.toml")).expect("deploy/storepulse.toml is valid");
+        assert_eq!(s.metrics_addr.port(), 9464);
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let s = parse("").expect("defaults are valid");
         assert_eq!(s.time, TimeSettings::default());

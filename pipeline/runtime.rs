@@ -4,7 +4,7 @@
 //! The loop runs on one dedicated thread and owns all state, so no locks sit on the hot path;
 //! the HTTP endpoint only reads metrics and health flags.
 
-use crate::codec::{Decoder, WriterSchemaSource};
+use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::{Settings, system_time_ms};
 use crate::event::{Channel, Event, Stream};
 use crate::operators::{FunnelOperator, FunnelRow, SalesOperator, SalesRow, channel_label};
@@ -182,13 +182,24 @@ impl Pipeline {
                 Some(Ok(message)) => {
                     last_message = Instant::now();
                     let topic = message.topic().to_owned();
-                    self.handle(
-                        &topic,
-                        message.partition(),
-                        message.offset(),
-                        message.key(),
-                        message.payload().unwrap_or_default(),
-                    );
+                    let (partition, offset, key) = (message.partition(), message.offset(), message.key());
+                    let payload = message.payload().unwrap_or_default();
+                    let mut backoff = Duration::from_millis(500);
+                    // An outage (schema registry) pauses consumption on this message instead of
+                    // turning good data into dead letters; its offset is not passed until it is handled.
+                    while let Err(error) = self.handle(&topic, partition, offset, key, payload) {
+                        self.health.set_dependencies_ok(false);
+                        if control.load(Ordering::Relaxed) == CONTROL_STOP {
+                            break;
+                        }
+                        tracing::warn!(%error, topic, partition, offset, retry_in = ?backoff, "paused on an external outage");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    if backoff > Duration::from_millis(500) && control.load(Ordering::Relaxed) != CONTROL_STOP {
+                        self.health.set_dependencies_ok(true);
+                        tracing::info!(topic, partition, offset, "outage over; consuming again");
+                    }
                 }
                 Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
                 None => {}
@@ -250,13 +261,30 @@ impl Pipeline {
     }
 
     /// Processes one message.
-    fn handle(&mut self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+    ///
+    /// # Errors
+    /// A retryable [`DecodeError`] (an outage): nothing was recorded and the message must be
+    /// handled again later.
+    fn handle(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        let Some(stream) = self.settings.topics.stream_of(topic) else { return Ok(()) };
+        let now_ms = system_time_ms(SystemTime::now());
+        let decoded = self.decoder.decode(stream, payload, now_ms);
+        if let Err(error) = &decoded
+            && error.is_retryable()
+        {
+            return decoded.map(|_| ());
+        }
         self.report.consumed += 1;
         self.metrics.messages_consumed.with_label_values(&[topic]).inc();
         self.positions.insert((topic.to_owned(), partition), offset + 1);
-        let Some(stream) = self.settings.topics.stream_of(topic) else { return };
-        let now_ms = system_time_ms(SystemTime::now());
-        let event = match self.decoder.decode(stream, payload, now_ms) {
+        let event = match decoded {
             Ok(event) => event,
             Err(error) => {
                 self.report.rejected += 1;
@@ -277,7 +305,7 @@ impl Pipeline {
                     reason: error.reason(),
                     detail: error.to_string(),
                 });
-                return;
+                return Ok(());
             }
         };
         self.report.decoded += 1;
@@ -330,6 +358,7 @@ impl Pipeline {
                 Operator::WatermarkOnly => {}
             }
         }
+        Ok(())
     }
 
     /// Drops the state of partitions this instance no longer owns.

@@ -14,6 +14,7 @@ pub struct Health {
     brokers_up: AtomicBool,
     assigned: AtomicBool,
     sinks_ok: AtomicBool,
+    dependencies_ok: AtomicBool,
 }
 
 impl Health {
@@ -23,6 +24,7 @@ impl Health {
             brokers_up: AtomicBool::new(false),
             assigned: AtomicBool::new(false),
             sinks_ok: AtomicBool::new(true),
+            dependencies_ok: AtomicBool::new(true),
         })
     }
     /// Records whether at least one broker connection is up.
@@ -37,13 +39,17 @@ impl Health {
     pub fn set_sinks_ok(&self, ok: bool) {
         self.sinks_ok.store(ok, Ordering::Relaxed);
     }
+    /// Records whether external dependencies (the schema registry) answer.
+    pub fn set_dependencies_ok(&self, ok: bool) {
+        self.dependencies_ok.store(ok, Ordering::Relaxed);
+    }
     /// Whether a broker connection is up.
     pub fn brokers_up(&self) -> bool {
         self.brokers_up.load(Ordering::Relaxed)
     }
     /// Ready: brokers reachable, partitions assigned, sinks writing.
     pub fn ready(&self) -> bool {
-        self.brokers_up() && self.assigned.load(Ordering::Relaxed) && self.sinks_ok.load(Ordering::Relaxed)
+        self.not_ready_reasons().is_empty()
     }
     /// Why the instance is not ready, for the `/readyz` body.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
@@ -56,6 +62,9 @@ impl Health {
         }
         if !self.sinks_ok.load(Ordering::Relaxed) {
             reasons.push("last Parquet write failed");
+        }
+        if !self.dependencies_ok.load(Ordering::Relaxed) {
+            reasons.push("schema registry unreachable; consumption paused");
         }
         reasons
     }

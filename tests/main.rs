@@ -5,3 +5,5 @@
 mod codec_fixtures;
 /// Malformed messages through the whole pipeline on librdkafka's embedded mock cluster.
 mod dead_letters;
+/// The writer-schema lookup against a server speaking the Confluent Schema Registry API.
+mod schema_registry;

@@ -24,8 +24,8 @@ pub const BUNDLED_SCHEMA_IDS: [(u32, Stream); 3] =
 const HEADER_LEN: usize = 5;
 /// How long an unknown id is remembered before the source is asked again.
 const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(30);
-/// Registry fetch attempts before a message is given up as `schema_registry_unavailable`.
-const REGISTRY_ATTEMPTS: u32 = 4;
+/// Registry fetch attempts per decode; the pipeline keeps retrying the message after that.
+const REGISTRY_ATTEMPTS: u32 = 2;
 
 /// The Avro text of the bundled (reader) schema of `stream`.
 pub fn reader_schema_text(stream: Stream) -> &'static str {

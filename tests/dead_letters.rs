@@ -1,8 +1,12 @@
 use arrow_array::{Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::Message;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,10 +24,12 @@ fn run_pipeline(
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     format: WireFormat,
     out: &Path,
+    dead_letter_topic: Option<&str>,
 ) -> RunReport {
     let mut settings = Settings::try_from(RawConfig::default()).expect("defaults");
     settings.brokers = cluster.bootstrap_servers();
     settings.group_id = format!("dead-letters-{format:?}");
+    settings.dead_letter_topic = dead_letter_topic.map(str::to_owned);
     settings.format = format;
     settings.output_dir = out.to_path_buf();
     settings.validation.min_event_time_ms = 0;
@@ -69,6 +75,7 @@ fn every_malformed_kind_lands_in_dead_letters_with_its_own_reason_and_the_run_co
     for stream in Stream::ALL {
         cluster.create_topic(stream.as_str(), 2, 1).expect("topic");
     }
+    cluster.create_topic("storepulse.dead-letters", 1, 1).expect("dead-letter topic");
     let events = valid_events(2_000);
     let encode = |e: &Event| {
         encode_confluent(e, reader_schema(e.stream()), bundled_writer_schema_id(e.stream())).expect("encodes")
@@ -97,7 +104,7 @@ fn every_malformed_kind_lands_in_dead_letters_with_its_own_reason_and_the_run_co
     produce(&cluster, &messages);
 
     let out = tempfile::tempdir().expect("tempdir");
-    let report = run_pipeline(&cluster, WireFormat::Confluent, out.path());
+    let report = run_pipeline(&cluster, WireFormat::Confluent, out.path(), Some("storepulse.dead-letters"));
     assert_eq!(report.consumed, messages.len() as u64);
     assert_eq!(report.decoded, events.len() as u64);
     assert_eq!(report.rejected, malformed.len() as u64);
@@ -108,6 +115,35 @@ fn every_malformed_kind_lands_in_dead_letters_with_its_own_reason_and_the_run_co
             .collect();
     assert_eq!(reasons(out.path()), expected);
     assert!(std::fs::read_dir(out.path().join("funnel")).expect("funnel table").count() > 0);
+
+    // The dead-letter topic carries the raw payloads with the reason and origin in headers.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "dlq-reader")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("storepulse.dead-letters", 0, Offset::Beginning).expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut topic_reasons = BTreeMap::new();
+    let mut payloads = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while topic_reasons.values().sum::<usize>() < malformed.len() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message.expect("dead letter");
+        let headers = message.headers().expect("headers");
+        let reason = headers
+            .iter()
+            .find(|h| h.key == "storepulse.reason")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("reason header");
+        assert!(headers.iter().any(|h| h.key == "storepulse.source.offset"));
+        *topic_reasons.entry(reason).or_insert(0) += 1;
+        payloads.push(message.payload().expect("payload").to_vec());
+    }
+    assert_eq!(topic_reasons, expected);
+    assert!(malformed.iter().all(|(_, bytes)| payloads.contains(bytes)), "raw bytes are kept");
 }
 
 #[test]
@@ -130,7 +166,7 @@ fn json_with_missing_fields_is_a_dead_letter_naming_the_field() {
     produce(&cluster, &messages);
 
     let out = tempfile::tempdir().expect("tempdir");
-    let report = run_pipeline(&cluster, WireFormat::Json, out.path());
+    let report = run_pipeline(&cluster, WireFormat::Json, out.path(), None);
     assert_eq!(report.decoded, events.len() as u64);
     let expected: BTreeMap<String, usize> =
         [("json_schema_mismatch".to_owned(), 1), ("malformed_json".to_owned(), 1)].into();

@@ -202,6 +202,38 @@ pub struct ClickEvent {
 }
 
 impl ClickEvent {
+    /// A click with its required fields set and every optional field empty.
+    pub fn new(
+        event_id: String,
+        event_type: ClickEventType,
+        event_time: EventTimeMs,
+        visitor_id: String,
+        device: Device,
+    ) -> Self {
+        ClickEvent {
+            event_id,
+            event_type,
+            event_time,
+            visitor_id,
+            user_id: None,
+            session_id: None,
+            channel: None,
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            referrer: None,
+            device,
+            page: None,
+            product_id: None,
+            category_id: None,
+            price_minor: None,
+            currency: None,
+            quantity: None,
+            order_id: None,
+            region: None,
+        }
+    }
+
     /// The channel the event counts under: the tagged one, else classified from utm and referrer.
     pub fn effective_channel(&self) -> Channel {
         self.channel.unwrap_or_else(|| {

@@ -507,27 +507,13 @@ impl Generator {
     }
 
     fn click(&mut self, visit: &Visit<'_>, t: i64, event_type: ClickEventType) -> ClickEvent {
+        let event_id = self.next_event_id("c");
         ClickEvent {
-            event_id: self.next_event_id("c"),
-            event_type,
-            event_time: t,
-            visitor_id: visit.visitor_id.to_owned(),
             user_id: visit.user_id.map(Into::into),
             session_id: visit.session_id.clone(),
             channel: Some(visit.channel),
-            utm_source: None,
-            utm_medium: None,
-            utm_campaign: None,
-            referrer: None,
-            device: visit.device,
-            page: None,
-            product_id: None,
-            category_id: None,
-            price_minor: None,
-            currency: None,
-            quantity: None,
-            order_id: None,
             region: Some(visit.region.to_owned()),
+            ..ClickEvent::new(event_id, event_type, t, visit.visitor_id.to_owned(), visit.device)
         }
     }
 

@@ -107,26 +107,8 @@ mod tests {
 
     fn click(visitor: &str, t: i64, kind: ClickEventType, channel: Channel) -> ClickEvent {
         ClickEvent {
-            event_id: format!("{visitor}-{t}"),
-            event_type: kind,
-            event_time: t,
-            visitor_id: visitor.into(),
-            user_id: None,
-            session_id: None,
             channel: Some(channel),
-            utm_source: None,
-            utm_medium: None,
-            utm_campaign: None,
-            referrer: None,
-            device: Device::App,
-            page: None,
-            product_id: None,
-            category_id: None,
-            price_minor: None,
-            currency: None,
-            quantity: None,
-            order_id: None,
-            region: None,
+            ..ClickEvent::new(format!("{visitor}-{t}"), kind, t, visitor.into(), Device::App)
         }
     }
 

@@ -341,8 +341,8 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
 
 fn print_report(r: &RunReport) {
     eprintln!(
-        "consumed {} messages: {} events, {} dead letters, {} late; {} windows closed; {} Parquet files written",
-        r.consumed, r.decoded, r.rejected, r.late, r.windows_closed, r.files
+        "consumed {} messages: {} events, {} dead letters, {} late, {} duplicates; {} windows closed; {} Parquet files written",
+        r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files
     );
 }
 

@@ -13,7 +13,7 @@ use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, Published
 use crate::source::{KafkaSource, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, minor_to_major, window_label};
-use crate::time::{Late, PartitionProgress, PartitionWatermark, low_watermark};
+use crate::time::{Dedupe, Late, PartitionProgress, PartitionWatermark, low_watermark};
 use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +49,8 @@ pub struct RunReport {
     pub rejected: u64,
     /// Events that missed their window.
     pub late: u64,
+    /// Events suppressed as duplicates.
+    pub duplicates: u64,
     /// Instance-wide windows closed.
     pub windows_closed: u64,
     /// Parquet files published.
@@ -64,6 +66,7 @@ enum Operator {
 
 struct Task {
     watermark: PartitionWatermark,
+    dedupe: Dedupe,
     progress: PartitionProgress,
     operator: Operator,
 }
@@ -313,6 +316,7 @@ impl Pipeline {
         let time = self.settings.time;
         let task = self.tasks.entry((stream, partition)).or_insert_with(|| Task {
             watermark: PartitionWatermark::new(time.out_of_orderness_ms),
+            dedupe: Dedupe::new(time.dedupe_horizon_ms, time.dedupe_max_ids),
             progress: PartitionProgress::default(),
             operator: match stream {
                 Stream::Clickstream => {
@@ -322,6 +326,11 @@ impl Pipeline {
                 Stream::Logistics => Operator::WatermarkOnly,
             },
         });
+        if task.dedupe.is_duplicate(event.event_id(), event.event_time()) {
+            self.report.duplicates += 1;
+            self.metrics.events_duplicate.with_label_values(&[stream.as_str()]).inc();
+            return Ok(());
+        }
         let recorded: Result<(), Late> = match (&mut task.operator, &event) {
             (Operator::Funnel(op), Event::Click(e)) => op.record(e),
             (Operator::Sales(op), Event::Order(e)) => op.record(e),
@@ -344,6 +353,7 @@ impl Pipeline {
         task.progress.last_event_at_ms = now_ms;
         task.progress.watermark = task.watermark.current();
         if let Some(watermark) = task.progress.watermark {
+            task.dedupe.expire(watermark);
             match &mut task.operator {
                 Operator::Funnel(op) => {
                     let rows = op.advance_to(watermark);
@@ -502,8 +512,8 @@ impl Pipeline {
         let rate = (self.report.consumed - since.1) as f64 / secs;
         let r = &self.report;
         let line = format!(
-            "consumed {} ({rate:.0}/s)  decoded {}  dead letters {}  late {}  windows closed {}  files {}",
-            r.consumed, r.decoded, r.rejected, r.late, r.windows_closed, r.files
+            "consumed {} ({rate:.0}/s)  decoded {}  dead letters {}  late {}  duplicates {}  windows closed {}  files {}",
+            r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files
         );
         if self.progress {
             println!("{line}");

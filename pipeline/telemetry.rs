@@ -79,6 +79,7 @@ pub struct Metrics {
     pub events_decoded: IntCounterVec,
     pub events_rejected: IntCounterVec,
     pub events_late: IntCounterVec,
+    pub events_duplicate: IntCounterVec,
     pub dead_letter_publish_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub partition_watermark: GaugeVec,
@@ -125,6 +126,13 @@ impl Metrics {
                 opts(
                     "storepulse_events_late_total",
                     "Events whose window had closed, written to late_events, by stream.",
+                ),
+                &["stream"],
+            )?,
+            events_duplicate: IntCounterVec::new(
+                opts(
+                    "storepulse_events_duplicate_total",
+                    "Events suppressed as duplicates of an event_id already seen, by stream.",
                 ),
                 &["stream"],
             )?,
@@ -205,6 +213,7 @@ impl Metrics {
             Box::new(m.events_decoded.clone()),
             Box::new(m.events_rejected.clone()),
             Box::new(m.events_late.clone()),
+            Box::new(m.events_duplicate.clone()),
             Box::new(m.dead_letter_publish_errors.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.partition_watermark.clone()),
@@ -232,6 +241,7 @@ impl Metrics {
         for stream in Stream::ALL {
             self.events_decoded.with_label_values(&[stream.as_str()]);
             self.events_late.with_label_values(&[stream.as_str()]);
+            self.events_duplicate.with_label_values(&[stream.as_str()]);
             for reason in DecodeError::REASONS {
                 self.events_rejected.with_label_values(&[stream.as_str(), reason]);
             }

@@ -204,6 +204,12 @@ pub struct RawTime {
     /// A caught-up partition quiet for this long stops holding the instance watermark back, seconds.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// Event ids are remembered this long behind the watermark to suppress duplicates, seconds.
+    #[serde(default = "default_dedupe_horizon_secs")]
+    pub dedupe_horizon_secs: u64,
+    /// At most this many event ids are remembered per partition (16 bytes each); the oldest go first.
+    #[serde(default = "default_dedupe_max_ids_per_partition")]
+    pub dedupe_max_ids_per_partition: usize,
 }
 
 impl Default for RawTime {
@@ -213,6 +219,8 @@ impl Default for RawTime {
             allowed_out_of_orderness_secs: default_out_of_orderness_secs(),
             allowed_lateness_secs: 0,
             idle_timeout_secs: default_idle_timeout_secs(),
+            dedupe_horizon_secs: default_dedupe_horizon_secs(),
+            dedupe_max_ids_per_partition: default_dedupe_max_ids_per_partition(),
         }
     }
 }
@@ -225,6 +233,12 @@ fn default_out_of_orderness_secs() -> u64 {
 }
 fn default_idle_timeout_secs() -> u64 {
     30
+}
+fn default_dedupe_horizon_secs() -> u64 {
+    600
+}
+fn default_dedupe_max_ids_per_partition() -> usize {
+    2_000_000
 }
 
 /// `[output]`
@@ -346,11 +360,22 @@ pub struct TimeSettings {
     pub lateness_ms: i64,
     /// Idle timeout.
     pub idle_timeout_ms: i64,
+    /// Duplicate-suppression horizon.
+    pub dedupe_horizon_ms: i64,
+    /// Duplicate-suppression memory cap, ids per partition.
+    pub dedupe_max_ids: usize,
 }
 
 impl Default for TimeSettings {
     fn default() -> Self {
-        TimeSettings { window_ms: 60_000, out_of_orderness_ms: 5_000, lateness_ms: 0, idle_timeout_ms: 30_000 }
+        TimeSettings {
+            window_ms: 60_000,
+            out_of_orderness_ms: 5_000,
+            lateness_ms: 0,
+            idle_timeout_ms: 30_000,
+            dedupe_horizon_ms: 600_000,
+            dedupe_max_ids: 2_000_000,
+        }
     }
 }
 
@@ -443,7 +468,12 @@ impl TryFrom<RawConfig> for Settings {
             )?,
             lateness_ms: secs_to_ms("time.allowed_lateness_secs", raw.time.allowed_lateness_secs)?,
             idle_timeout_ms: secs_to_ms("time.idle_timeout_secs", raw.time.idle_timeout_secs)?,
+            dedupe_horizon_ms: secs_to_ms("time.dedupe_horizon_secs", raw.time.dedupe_horizon_secs)?,
+            dedupe_max_ids: raw.time.dedupe_max_ids_per_partition,
         };
+        if time.dedupe_max_ids == 0 {
+            return Err(invalid("time.dedupe_max_ids_per_partition", "must be at least 1"));
+        }
         if raw.output.flush_interval_secs == 0 {
             return Err(invalid("output.flush_interval_secs", "must be at least 1"));
         }

@@ -1,5 +1,10 @@
 //! Event time: window assignment, per-partition watermarks, the instance's low watermark, and
-//! a tumbling-window container that closes windows as the watermark passes. Pure logic, no I/O.
+//! a tumbling-window container that closes windows as the watermark passes, and duplicate
+//! suppression. Pure logic, no I/O.
+
+mod dedupe;
+
+pub use dedupe::Dedupe;
 
 use std::collections::BTreeMap;
 

@@ -21,7 +21,7 @@ def funnel_from_events(con) -> list[tuple]:
         WITH c AS (
             SELECT (event.event_time // 60000) * 60000 AS w, event.channel AS channel,
                    event.visitor_id AS visitor, event.event_type AS t
-            FROM ev WHERE topic = 'clickstream' AND injected IS DISTINCT FROM 'malformed')
+            FROM ev WHERE topic = 'clickstream' AND coalesce(injected, '') NOT IN ('malformed', 'duplicate'))
         SELECT w, channel, count(DISTINCT visitor), count(DISTINCT visitor) FILTER (WHERE t = 'purchase') FROM c GROUP BY ALL
         UNION ALL
         SELECT w, 'all', count(DISTINCT visitor), count(DISTINCT visitor) FILTER (WHERE t = 'purchase') FROM c GROUP BY ALL
@@ -35,7 +35,7 @@ def sales_from_events(con) -> list[tuple]:
         """
         SELECT (event.event_time // 60000) * 60000 AS w, event.channel, event.currency,
                count(*), sum(event.paid_amount_minor)::BIGINT
-        FROM ev WHERE topic = 'orders' AND injected IS DISTINCT FROM 'malformed' AND event.event_type = 'paid'
+        FROM ev WHERE topic = 'orders' AND coalesce(injected, '') NOT IN ('malformed', 'duplicate') AND event.event_type = 'paid'
         GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
 

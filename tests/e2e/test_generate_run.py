@@ -1,6 +1,7 @@
 """storepulse generate → a real broker → storepulse run, checked against the SQL oracle over the
 generator's events file, against the embedded demo for the same seed and count, and for dead
-letters of every malformed kind."""
+letters of every malformed kind. Injected duplicates are counted once; out-of-order events within
+the allowed out-of-orderness are not late."""
 
 import collections
 
@@ -24,12 +25,13 @@ EXPECTED_REASON = {
 def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malformed_message(broker, tmp_path):
     broker.create_topics()
     events = tmp_path / "events.jsonl"
-    traffic = ["--count", COUNT, "--seed", SEED, "--malformed-fraction", "0.005"]
+    traffic = ["--count", COUNT, "--seed", SEED, "--malformed-fraction", "0.005", "--duplicate-fraction", "0.01",
+               "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s"]
     storepulse("generate", "--brokers", broker.address, *traffic, "--events-file", events)
 
     out = tmp_path / "run"
     config = write_config(tmp_path / "run.toml", broker, out, "e2e-generate-run")
-    storepulse("run", "--config", config, "--bounded")
+    run_result = storepulse("run", "--config", config, "--bounded")
 
     con = duckdb.connect()
     load_events(con, events)
@@ -52,6 +54,11 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
     assert collections.Counter(r[0] for r in dead) == expected
     assert len(expected) == len(EXPECTED_REASON), "every malformed kind was injected and has its own reason"
     assert all(offset >= 0 and size > 0 for _, _, offset, size in dead)
+    assert not list(out.glob("late_events/*.parquet")), "out-of-order events within the bound are not late"
+    duplicates = con.sql("SELECT count(*) FROM ev WHERE injected = 'duplicate'").fetchall()[0][0]
+    assert duplicates > 0
+    metrics_text = run_result.stderr
+    assert f"{duplicates} duplicates" in metrics_text, metrics_text[-500:]
 
     demo_out = tmp_path / "demo"
     storepulse("demo", *traffic, "--speed", "100000", "--duration", "5m", "--out", demo_out, "--metrics-addr", f"127.0.0.1:{free_port()}")

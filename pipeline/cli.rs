@@ -9,7 +9,7 @@ use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Pr
 use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
 use crate::sink::http;
 use crate::source::KafkaSource;
-use crate::telemetry::{Health, Metrics, window_label};
+use crate::telemetry::{Health, Metrics, window_labels};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -321,7 +321,7 @@ fn run_pipeline_thread(
 
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
-    let metrics = Metrics::new(&window_label(settings.time.window_ms))?;
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
     let health = Health::new();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
@@ -362,7 +362,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating topic {}", stream.as_str()))?;
     }
     let generator_config = args.traffic.generator_config()?;
-    let metrics = Metrics::new(&window_label(settings.time.window_ms))?;
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
     let health = Health::new();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
@@ -420,7 +420,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
     print_report(&report);
     println!(
-        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*.parquet' GROUP BY ALL ORDER BY ALL\"",
+        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*.parquet' WHERE window_size = '1m' AND device = 'all' GROUP BY ALL ORDER BY ALL\"",
         args.out.display()
     );
     drop(cluster);

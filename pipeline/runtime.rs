@@ -6,14 +6,16 @@
 
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::{Settings, system_time_ms};
-use crate::event::{Channel, Event, Stream};
-use crate::operators::{FunnelOperator, FunnelRow, SalesOperator, SalesRow, channel_label};
+use crate::event::{Channel, Device, Stream};
+use crate::operators::{
+    Disposition, FunnelRow, PartitionTask, SalesRow, SessionRow, Step, TaskOutput, channel_label, device_label,
+};
 use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
 use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, Published, SinkError, TableRow};
 use crate::source::{KafkaSource, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, minor_to_major, window_label};
-use crate::time::{Dedupe, Late, PartitionProgress, PartitionWatermark, low_watermark};
+use crate::time::{PartitionProgress, low_watermark};
 use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,7 +49,7 @@ pub struct RunReport {
     pub decoded: u64,
     /// Messages sent to dead letters.
     pub rejected: u64,
-    /// Events that missed their window.
+    /// Late events, one per metric family whose window they missed.
     pub late: u64,
     /// Events suppressed as duplicates.
     pub duplicates: u64,
@@ -57,23 +59,15 @@ pub struct RunReport {
     pub files: u64,
 }
 
-enum Operator {
-    Funnel(FunnelOperator),
-    Sales(SalesOperator),
-    /// Logistics events advance the watermark; fulfillment metrics come with their operator.
-    WatermarkOnly,
-}
-
 struct Task {
-    watermark: PartitionWatermark,
-    dedupe: Dedupe,
+    state: PartitionTask,
     progress: PartitionProgress,
-    operator: Operator,
 }
 
 #[derive(Default)]
 struct Buffers {
     funnel: Vec<FunnelRow>,
+    sessions: Vec<SessionRow>,
     sales: Vec<SalesRow>,
     late: Vec<LateEventRow>,
     dead: Vec<DeadLetterRow>,
@@ -85,8 +79,9 @@ pub struct Pipeline {
     metrics: Metrics,
     health: Arc<Health>,
     decoder: Decoder,
-    window_label: String,
     tasks: BTreeMap<(Stream, i32), Task>,
+    /// Rows of the event being handled, before they are routed to buffers and gauges.
+    scratch: TaskOutput,
     positions: BTreeMap<TopicPartition, i64>,
     buffers: Buffers,
     writer: ParquetWriter,
@@ -124,7 +119,7 @@ impl Pipeline {
             .transpose()?;
         Ok(Pipeline {
             writer: ParquetWriter::new(&settings.output_dir),
-            window_label: window_label(settings.time.window_ms),
+            scratch: TaskOutput::default(),
             settings,
             metrics,
             health,
@@ -313,62 +308,53 @@ impl Pipeline {
         };
         self.report.decoded += 1;
         self.metrics.events_decoded.with_label_values(&[stream.as_str()]).inc();
-        let time = self.settings.time;
+        let time = &self.settings.time;
         let task = self.tasks.entry((stream, partition)).or_insert_with(|| Task {
-            watermark: PartitionWatermark::new(time.out_of_orderness_ms),
-            dedupe: Dedupe::new(time.dedupe_horizon_ms, time.dedupe_max_ids),
+            state: PartitionTask::new(stream, partition, time),
             progress: PartitionProgress::default(),
-            operator: match stream {
-                Stream::Clickstream => {
-                    Operator::Funnel(FunnelOperator::new(partition, time.window_ms, time.lateness_ms))
-                }
-                Stream::Orders => Operator::Sales(SalesOperator::new(partition, time.window_ms, time.lateness_ms)),
-                Stream::Logistics => Operator::WatermarkOnly,
-            },
         });
-        if task.dedupe.is_duplicate(event.event_id(), event.event_time()) {
+        if task.state.process(&event, &mut self.scratch) == Disposition::Duplicate {
             self.report.duplicates += 1;
             self.metrics.events_duplicate.with_label_values(&[stream.as_str()]).inc();
             return Ok(());
         }
-        let recorded: Result<(), Late> = match (&mut task.operator, &event) {
-            (Operator::Funnel(op), Event::Click(e)) => op.record(e),
-            (Operator::Sales(op), Event::Order(e)) => op.record(e),
-            _ => Ok(()),
-        };
-        if let Err(late) = recorded {
+        task.progress.last_event_at_ms = now_ms;
+        task.progress.watermark = task.state.watermark();
+        for late in self.scratch.late.drain(..) {
             self.report.late += 1;
-            self.metrics.events_late.with_label_values(&[stream.as_str()]).inc();
+            self.metrics.events_late.with_label_values(&[stream.as_str(), late.family.as_str()]).inc();
             self.buffers.late.push(LateEventRow {
                 stream: stream.as_str(),
+                family: late.family.as_str(),
                 partition,
                 offset,
-                event_id: event.event_id().to_owned(),
-                event_time: event.event_time(),
-                missed_window_start: late.window_start,
-                behind_watermark_ms: late.behind_watermark_ms,
+                event_id: late.event_id,
+                event_time: late.event_time,
+                missed_window_ms: late.late.window_ms,
+                missed_window_start: late.late.window_start,
+                behind_watermark_ms: late.late.behind_watermark_ms,
             });
         }
-        task.watermark.observe(event.event_time());
-        task.progress.last_event_at_ms = now_ms;
-        task.progress.watermark = task.watermark.current();
-        if let Some(watermark) = task.progress.watermark {
-            task.dedupe.expire(watermark);
-            match &mut task.operator {
-                Operator::Funnel(op) => {
-                    let rows = op.advance_to(watermark);
-                    self.board.add_funnel(&rows);
-                    self.buffers.funnel.extend(rows);
-                }
-                Operator::Sales(op) => {
-                    let rows = op.advance_to(watermark);
-                    self.board.add_sales(&rows);
-                    self.buffers.sales.extend(rows);
-                }
-                Operator::WatermarkOnly => {}
-            }
-        }
+        self.route_closed();
         Ok(())
+    }
+
+    /// Moves rows of closed windows and sessions from the scratch output to the Parquet
+    /// buffers, the instance-wide summaries and the session counters.
+    fn route_closed(&mut self) {
+        let out = &mut self.scratch;
+        if !out.funnel.is_empty() {
+            self.board.add_funnel(&out.funnel);
+            self.buffers.funnel.append(&mut out.funnel);
+        }
+        if !out.sales.is_empty() {
+            self.board.add_sales(&out.sales);
+            self.buffers.sales.append(&mut out.sales);
+        }
+        for session in &out.sessions {
+            count_session(&self.metrics, session);
+        }
+        self.buffers.sessions.append(&mut out.sessions);
     }
 
     /// Drops the state of partitions this instance no longer owns.
@@ -419,33 +405,25 @@ impl Pipeline {
                 caught_up: caught_up(&tp, &self.positions),
             })
             .collect();
+        self.metrics.sessions_open.set(self.tasks.values().map(|t| t.state.open_sessions() as i64).sum());
         let now_ms = system_time_ms(SystemTime::now());
         let progress = self.tasks.values().map(|t| &t.progress).chain(unstarted.iter());
         if let Some(low) = low_watermark(progress, now_ms, self.settings.time.idle_timeout_ms) {
-            let released = self.board.release_through(low - self.settings.time.lateness_ms);
+            // The board holds traffic and sales windows: release once both families closed them.
+            let lateness = &self.settings.time.lateness;
+            let released = self.board.release_through(low - lateness.traffic_ms.max(lateness.sales_ms));
             for summary in released {
                 self.publish(&summary);
             }
         }
     }
 
-    /// Closes every window of every partition (end of a drain).
+    /// Closes every window and session of every partition (end of a drain).
     fn close_all(&mut self) {
         for task in self.tasks.values_mut() {
-            match &mut task.operator {
-                Operator::Funnel(op) => {
-                    let rows = op.close_all();
-                    self.board.add_funnel(&rows);
-                    self.buffers.funnel.extend(rows);
-                }
-                Operator::Sales(op) => {
-                    let rows = op.close_all();
-                    self.board.add_sales(&rows);
-                    self.buffers.sales.extend(rows);
-                }
-                Operator::WatermarkOnly => {}
-            }
+            task.state.close_all(&mut self.scratch);
         }
+        self.route_closed();
         for summary in self.board.release_all() {
             self.publish(&summary);
         }
@@ -454,13 +432,23 @@ impl Pipeline {
     /// Sets the business gauges to a closed window and reports it.
     fn publish(&mut self, summary: &WindowSummary) {
         self.report.windows_closed += 1;
-        let w = self.window_label.as_str();
-        self.metrics.window_end.with_label_values(&[w]).set(summary.window_end as f64 / 1000.0);
+        let label = window_label(summary.window_ms);
+        let w = label.as_str();
+        self.metrics.window_end.with_label_values(&[w]).set(summary.window_end() as f64 / 1000.0);
+        // Every channel × device series is set, to zero when absent, so none keeps a stale value.
         for channel in Channel::ALL.iter().copied().map(Some).chain([None]) {
-            let (visitors, purchasers) = summary.traffic.get(&channel).copied().unwrap_or_default();
-            let label = channel_label(channel);
-            self.metrics.funnel_visitors.with_label_values(&[w, label]).set(visitors as i64);
-            self.metrics.funnel_purchasing_visitors.with_label_values(&[w, label]).set(purchasers as i64);
+            for device in Device::ALL.iter().copied().map(Some).chain([None]) {
+                let counts = summary.traffic.get(&(channel, device)).copied().unwrap_or_default();
+                let labels = [w, channel_label(channel), device_label(device)];
+                self.metrics.funnel_visitors.with_label_values(&labels).set(counts.visitors as i64);
+                self.metrics.funnel_page_views.with_label_values(&labels).set(counts.page_views as i64);
+                for step in Step::ALL {
+                    self.metrics
+                        .funnel_step_visitors
+                        .with_label_values(&[labels[0], labels[1], labels[2], step.as_str()])
+                        .set(counts.visitors_at(step) as i64);
+                }
+            }
         }
         let mut orders_by_channel: BTreeMap<&str, u64> = Channel::ALL.iter().map(|c| (c.as_str(), 0)).collect();
         let mut amounts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -534,6 +522,7 @@ impl Pipeline {
         };
         let mut published = Vec::new();
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.funnel)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sessions)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sales)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.late)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.dead)));
@@ -568,4 +557,26 @@ fn flush_table<R: TableRow>(writer: &mut ParquetWriter, rows: &mut Vec<R>) -> Re
     let published = writer.write(rows)?;
     rows.clear();
     Ok(published)
+}
+
+/// Adds a closed session to the session counters (by landing channel and device).
+fn count_session(metrics: &Metrics, session: &SessionRow) {
+    let labels = [session.channel.as_str(), session.device.as_str()];
+    metrics.sessions_closed.with_label_values(&labels).inc();
+    if session.engaged() {
+        metrics.sessions_engaged.with_label_values(&labels).inc();
+    }
+    if session.converted() {
+        metrics.sessions_converted.with_label_values(&labels).inc();
+    }
+    metrics.session_duration_seconds.with_label_values(&labels).inc_by(session.duration_ms() as f64 / 1000.0);
+    metrics.session_page_views.with_label_values(&labels).inc_by(u64::from(session.page_views));
+    for (i, step) in Step::ALL.into_iter().enumerate() {
+        if session.reached[i] {
+            metrics.session_steps.with_label_values(&[labels[0], step.as_str(), "any"]).inc();
+        }
+        if usize::from(session.funnel_depth_in_order) > i {
+            metrics.session_steps.with_label_values(&[labels[0], step.as_str(), "in_order"]).inc();
+        }
+    }
 }

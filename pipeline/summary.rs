@@ -2,27 +2,32 @@
 //! released once the instance's low watermark has passed the window, so that gauges and the
 //! demo's progress lines never show a window that some partition has not finished.
 
-use crate::event::Channel;
-use crate::operators::{FunnelRow, SalesRow};
+use crate::event::{Channel, Device};
+use crate::operators::{FunnelCounts, FunnelRow, SalesRow, Step};
 use std::collections::BTreeMap;
 
 /// Totals of one window across this instance's partitions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowSummary {
+    /// Window size, ms.
+    pub window_ms: i64,
     /// Window start, UTC ms.
     pub window_start: i64,
-    /// Window end, UTC ms.
-    pub window_end: i64,
-    /// Visitors and purchasing visitors by channel (`None` = exact all-channels count).
-    pub traffic: BTreeMap<Option<Channel>, (u64, u64)>,
+    /// Funnel counts by channel and device (`None` = exact all-channels / all-devices count).
+    pub traffic: BTreeMap<(Option<Channel>, Option<Device>), FunnelCounts>,
     /// Paid orders and paid amount (minor units) by channel and currency.
     pub sales: BTreeMap<(Channel, String), (u64, i64)>,
 }
 
 impl WindowSummary {
-    /// All-channel visitors and purchasing visitors.
+    /// Window end, UTC ms.
+    pub fn window_end(&self) -> i64 {
+        self.window_start + self.window_ms
+    }
+
+    /// All-channel, all-device visitors and purchasing visitors.
     pub fn all_traffic(&self) -> (u64, u64) {
-        self.traffic.get(&None).copied().unwrap_or_default()
+        self.traffic.get(&(None, None)).map_or((0, 0), |c| (c.visitors, c.visitors_at(Step::Purchase)))
     }
 
     /// Paid orders and paid amount per currency, all channels.
@@ -37,67 +42,72 @@ impl WindowSummary {
     }
 }
 
-/// Pending window summaries, keyed by window start.
+/// Pending window summaries, keyed by (end, size) so they release in end order.
 #[derive(Debug, Default)]
 pub struct SummaryBoard {
-    pending: BTreeMap<i64, WindowSummary>,
-    /// End of the latest released window; rows for earlier windows (a partition that was idle
-    /// and resumed) are in Parquet but do not move the gauges backwards.
-    released_through: Option<i64>,
+    pending: BTreeMap<(i64, i64), WindowSummary>,
+    /// Per size, end of the latest released window; rows for earlier windows (a partition that
+    /// was idle and resumed) are in Parquet but do not move the gauges backwards.
+    released_through: BTreeMap<i64, i64>,
 }
 
 impl SummaryBoard {
-    fn already_released(&self, window_end: i64) -> bool {
-        self.released_through.is_some_and(|r| window_end <= r)
-    }
-
-    fn window(&mut self, start: i64, end: i64) -> &mut WindowSummary {
-        self.pending.entry(start).or_insert_with(|| WindowSummary {
+    fn window(&mut self, window_ms: i64, start: i64) -> Option<&mut WindowSummary> {
+        let end = start + window_ms;
+        if self.released_through.get(&window_ms).is_some_and(|r| end <= *r) {
+            return None;
+        }
+        Some(self.pending.entry((end, window_ms)).or_insert_with(|| WindowSummary {
+            window_ms,
             window_start: start,
-            window_end: end,
             ..Default::default()
-        })
+        }))
     }
 
     /// Adds closed funnel rows of one partition.
     pub fn add_funnel(&mut self, rows: &[FunnelRow]) {
-        for r in rows.iter().filter(|r| !self.already_released(r.window_end)).collect::<Vec<_>>() {
-            let t = self.window(r.window_start, r.window_end).traffic.entry(r.channel).or_default();
-            t.0 += r.visitors;
-            t.1 += r.purchasing_visitors;
+        for r in rows {
+            if let Some(w) = self.window(r.window_ms, r.window_start) {
+                w.traffic.entry((r.channel, r.device)).or_default().add(&r.counts);
+            }
         }
     }
 
     /// Adds closed sales rows of one partition.
     pub fn add_sales(&mut self, rows: &[SalesRow]) {
-        for r in rows.iter().filter(|r| !self.already_released(r.window_end)).collect::<Vec<_>>() {
-            let s = self.window(r.window_start, r.window_end).sales.entry((r.channel, r.currency.clone())).or_default();
-            s.0 += r.orders_paid;
-            s.1 += r.paid_amount_minor;
+        for r in rows {
+            if let Some(w) = self.window(r.window_ms, r.window_start) {
+                let s = w.sales.entry((r.channel, r.currency.clone())).or_default();
+                s.0 += r.orders_paid;
+                s.1 += r.paid_amount_minor;
+            }
         }
     }
 
-    /// Releases, in order, every window whose end is at or before `through`.
+    /// Releases, in end order, every window whose end is at or before `through`.
     pub fn release_through(&mut self, through: i64) -> Vec<WindowSummary> {
         let mut out = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
-            if entry.get().window_end > through {
+            if entry.key().0 > through {
                 break;
             }
-            let summary = entry.remove();
-            self.released_through = Some(summary.window_end);
-            out.push(summary);
+            out.push(entry.remove());
         }
+        self.mark_released(&out);
         out
     }
 
     /// Releases every pending window.
     pub fn release_all(&mut self) -> Vec<WindowSummary> {
         let all: Vec<WindowSummary> = std::mem::take(&mut self.pending).into_values().collect();
-        if let Some(last) = all.last() {
-            self.released_through = Some(last.window_end);
-        }
+        self.mark_released(&all);
         all
+    }
+
+    fn mark_released(&mut self, released: &[WindowSummary]) {
+        for w in released {
+            self.released_through.insert(w.window_ms, w.window_end());
+        }
     }
 }
 
@@ -109,12 +119,12 @@ mod tests {
     fn adds_partitions_and_releases_only_passed_windows() {
         let mut board = SummaryBoard::default();
         let row = |start: i64, partition, visitors| FunnelRow {
+            window_ms: 60_000,
             window_start: start,
-            window_end: start + 60_000,
             partition,
             channel: None,
-            visitors,
-            purchasing_visitors: 1,
+            device: None,
+            counts: FunnelCounts { visitors, step_visitors: [0, 0, 0, 1], ..Default::default() },
         };
         board.add_funnel(&[row(0, 0, 5), row(0, 1, 7), row(60_000, 0, 1)]);
         let released = board.release_through(60_000);

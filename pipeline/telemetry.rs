@@ -3,7 +3,8 @@
 //! numerators and denominators are exported.
 
 use crate::codec::DecodeError;
-use crate::event::{Channel, Stream};
+use crate::event::{Channel, Device, Stream};
+use crate::operators::{Family, Step};
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +91,15 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     pub window_end: GaugeVec,
     pub funnel_visitors: IntGaugeVec,
-    pub funnel_purchasing_visitors: IntGaugeVec,
+    pub funnel_page_views: IntGaugeVec,
+    pub funnel_step_visitors: IntGaugeVec,
+    pub sessions_closed: IntCounterVec,
+    pub sessions_engaged: IntCounterVec,
+    pub sessions_converted: IntCounterVec,
+    pub session_steps: IntCounterVec,
+    pub session_duration_seconds: prometheus::CounterVec,
+    pub session_page_views: IntCounterVec,
+    pub sessions_open: IntGauge,
     pub sales_orders_paid: IntGaugeVec,
     pub sales_paid_amount: GaugeVec,
 }
@@ -104,7 +113,7 @@ impl Metrics {
     ///
     /// # Errors
     /// Only on a programming error (duplicate or invalid metric names).
-    pub fn new(window: &str) -> Result<Self, prometheus::Error> {
+    pub fn new(windows: &[String]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let m = Metrics {
             messages_consumed: IntCounterVec::new(
@@ -125,9 +134,9 @@ impl Metrics {
             events_late: IntCounterVec::new(
                 opts(
                     "storepulse_events_late_total",
-                    "Events whose window had closed, written to late_events, by stream.",
+                    "Events whose window had closed for a metric family, written to late_events, by stream and family.",
                 ),
-                &["stream"],
+                &["stream", "family"],
             )?,
             events_duplicate: IntCounterVec::new(
                 opts(
@@ -184,17 +193,56 @@ impl Metrics {
             funnel_visitors: IntGaugeVec::new(
                 opts(
                     "storepulse_funnel_visitors",
-                    "Distinct visitors in the latest closed window, by channel; channel=\"all\" is exact, not a sum.",
+                    "Distinct visitors in the latest closed window, by channel and device; \"all\" values are exact, not sums.",
                 ),
-                &["window", "channel"],
+                &["window", "channel", "device"],
             )?,
-            funnel_purchasing_visitors: IntGaugeVec::new(
+            funnel_page_views: IntGaugeVec::new(
+                opts("storepulse_funnel_page_views", "Page views in the latest closed window, by channel and device."),
+                &["window", "channel", "device"],
+            )?,
+            funnel_step_visitors: IntGaugeVec::new(
                 opts(
-                    "storepulse_funnel_purchasing_visitors",
-                    "Distinct visitors with a purchase in the latest closed window, by channel; paid conversion = this / visitors.",
+                    "storepulse_funnel_step_visitors",
+                    "Distinct visitors who reached a funnel step in the latest closed window, by channel and device; \
+                     paid conversion = step=\"purchase\" / storepulse_funnel_visitors.",
                 ),
-                &["window", "channel"],
+                &["window", "channel", "device", "step"],
             )?,
+            sessions_closed: IntCounterVec::new(
+                opts("storepulse_sessions_closed_total", "Sessions closed, by landing channel and device."),
+                &["channel", "device"],
+            )?,
+            sessions_engaged: IntCounterVec::new(
+                opts(
+                    "storepulse_sessions_engaged_total",
+                    "Closed sessions that were engaged (> 10 s, 2+ page views or a purchase); bounce rate = 1 - this / closed.",
+                ),
+                &["channel", "device"],
+            )?,
+            sessions_converted: IntCounterVec::new(
+                opts("storepulse_sessions_converted_total", "Closed sessions with a purchase."),
+                &["channel", "device"],
+            )?,
+            session_steps: IntCounterVec::new(
+                opts(
+                    "storepulse_session_funnel_steps_total",
+                    "Closed sessions that reached a funnel step: order=\"any\" (open funnel) or \"in_order\" (closed funnel).",
+                ),
+                &["channel", "step", "order"],
+            )?,
+            session_duration_seconds: prometheus::CounterVec::new(
+                opts("storepulse_session_duration_seconds_total", "Summed duration of closed sessions, seconds."),
+                &["channel", "device"],
+            )?,
+            session_page_views: IntCounterVec::new(
+                opts("storepulse_session_page_views_total", "Summed page views of closed sessions."),
+                &["channel", "device"],
+            )?,
+            sessions_open: IntGauge::with_opts(opts(
+                "storepulse_sessions_open",
+                "Sessions held open in memory on this instance, waiting for their inactivity gap.",
+            ))?,
             sales_orders_paid: IntGaugeVec::new(
                 opts("storepulse_sales_orders_paid", "Orders paid in the latest closed window, by channel."),
                 &["window", "channel"],
@@ -224,31 +272,64 @@ impl Metrics {
             Box::new(m.sink_errors.clone()),
             Box::new(m.window_end.clone()),
             Box::new(m.funnel_visitors.clone()),
-            Box::new(m.funnel_purchasing_visitors.clone()),
+            Box::new(m.funnel_page_views.clone()),
+            Box::new(m.funnel_step_visitors.clone()),
+            Box::new(m.sessions_closed.clone()),
+            Box::new(m.sessions_engaged.clone()),
+            Box::new(m.sessions_converted.clone()),
+            Box::new(m.session_steps.clone()),
+            Box::new(m.session_duration_seconds.clone()),
+            Box::new(m.session_page_views.clone()),
+            Box::new(m.sessions_open.clone()),
             Box::new(m.sales_orders_paid.clone()),
             Box::new(m.sales_paid_amount.clone()),
         ];
         for c in collectors {
             m.registry.register(c)?;
         }
-        m.pre_register(window);
+        m.pre_register(windows);
         Ok(m)
     }
 
     /// Creates zero-valued series for every bounded label value, so that rates and absence
     /// alerts work from the first scrape.
-    fn pre_register(&self, window: &str) {
+    fn pre_register(&self, windows: &[String]) {
         for stream in Stream::ALL {
             self.events_decoded.with_label_values(&[stream.as_str()]);
-            self.events_late.with_label_values(&[stream.as_str()]);
             self.events_duplicate.with_label_values(&[stream.as_str()]);
             for reason in DecodeError::REASONS {
                 self.events_rejected.with_label_values(&[stream.as_str(), reason]);
             }
         }
-        for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
-            self.funnel_visitors.with_label_values(&[window, channel]);
-            self.funnel_purchasing_visitors.with_label_values(&[window, channel]);
+        for (stream, family) in [
+            (Stream::Clickstream, Family::Traffic),
+            (Stream::Clickstream, Family::Sessions),
+            (Stream::Orders, Family::Sales),
+        ] {
+            self.events_late.with_label_values(&[stream.as_str(), family.as_str()]);
+        }
+        for channel in Channel::ALL.iter().map(|c| c.as_str()) {
+            for device in Device::ALL.iter().map(|d| d.as_str()) {
+                self.sessions_closed.with_label_values(&[channel, device]);
+                self.sessions_engaged.with_label_values(&[channel, device]);
+                self.sessions_converted.with_label_values(&[channel, device]);
+            }
+            for step in Step::ALL {
+                for order in ["any", "in_order"] {
+                    self.session_steps.with_label_values(&[channel, step.as_str(), order]);
+                }
+            }
+        }
+        for window in windows.iter().map(String::as_str) {
+            for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
+                for device in Device::ALL.iter().map(|d| d.as_str()).chain(["all"]) {
+                    self.funnel_visitors.with_label_values(&[window, channel, device]);
+                    self.funnel_page_views.with_label_values(&[window, channel, device]);
+                    for step in Step::ALL {
+                        self.funnel_step_visitors.with_label_values(&[window, channel, device, step.as_str()]);
+                    }
+                }
+            }
         }
     }
 
@@ -267,6 +348,11 @@ pub fn minor_to_major(amount_minor: i64, currency: &str) -> f64 {
         _ => 2,
     };
     amount_minor as f64 / 10f64.powi(exponent)
+}
+
+/// The `window` labels of several window sizes.
+pub fn window_labels(sizes_ms: &[i64]) -> Vec<String> {
+    sizes_ms.iter().map(|ms| window_label(*ms)).collect()
 }
 
 /// The `window` label of a window size: `1m`, `1h`, otherwise seconds (`90s`).

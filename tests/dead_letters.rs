@@ -33,7 +33,7 @@ fn run_pipeline(
     settings.format = format;
     settings.output_dir = out.to_path_buf();
     settings.validation.min_event_time_ms = 0;
-    let metrics = Metrics::new("1m").expect("metrics");
+    let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
     let health = Health::new();
     let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
     let pipeline = Pipeline::new(settings, metrics, health, false).expect("pipeline");

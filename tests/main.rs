@@ -5,5 +5,9 @@
 mod codec_fixtures;
 /// Malformed messages through the whole pipeline on librdkafka's embedded mock cluster.
 mod dead_letters;
+/// Instance-wide windows with a quiet partition and with a partition that is behind.
+mod partition_progress;
 /// The writer-schema lookup against a server speaking the Confluent Schema Registry API.
 mod schema_registry;
+/// Property tests of watermarks, windows, sessions, lateness, dedupe and snapshots.
+mod time_properties;

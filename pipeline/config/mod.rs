@@ -192,15 +192,31 @@ fn default_max_future_skew_secs() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTime {
-    /// Tumbling window size, seconds.
+    /// Tumbling window sizes, seconds (one number or a list); the smallest is the base window
+    /// lateness is decided on.
     #[serde(default = "default_window_secs")]
-    pub window_secs: u64,
+    pub window_secs: OneOrMany,
     /// Watermark = max event time seen on a partition minus this, seconds.
     #[serde(default = "default_out_of_orderness_secs")]
     pub allowed_out_of_orderness_secs: u64,
-    /// A window closes when the watermark passes its end plus this, seconds.
+    /// A window closes when the watermark passes its end plus this, seconds (every family).
     #[serde(default)]
     pub allowed_lateness_secs: u64,
+    /// Allowed lateness of the traffic and funnel family, seconds; default `allowed_lateness_secs`.
+    #[serde(default)]
+    pub traffic_lateness_secs: Option<u64>,
+    /// Allowed lateness of the sessions family, seconds; default `allowed_lateness_secs`.
+    #[serde(default)]
+    pub sessions_lateness_secs: Option<u64>,
+    /// Allowed lateness of the sales family, seconds; default `allowed_lateness_secs`.
+    #[serde(default)]
+    pub sales_lateness_secs: Option<u64>,
+    /// A session ends after this much inactivity, seconds.
+    #[serde(default = "default_session_gap_secs")]
+    pub session_gap_secs: u64,
+    /// A session is never longer than this; a later event starts a new one, seconds.
+    #[serde(default = "default_session_max_length_secs")]
+    pub session_max_length_secs: u64,
     /// A caught-up partition quiet for this long stops holding the instance watermark back, seconds.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
@@ -218,6 +234,11 @@ impl Default for RawTime {
             window_secs: default_window_secs(),
             allowed_out_of_orderness_secs: default_out_of_orderness_secs(),
             allowed_lateness_secs: 0,
+            traffic_lateness_secs: None,
+            sessions_lateness_secs: None,
+            sales_lateness_secs: None,
+            session_gap_secs: default_session_gap_secs(),
+            session_max_length_secs: default_session_max_length_secs(),
             idle_timeout_secs: default_idle_timeout_secs(),
             dedupe_horizon_secs: default_dedupe_horizon_secs(),
             dedupe_max_ids_per_partition: default_dedupe_max_ids_per_partition(),
@@ -225,8 +246,33 @@ impl Default for RawTime {
     }
 }
 
-fn default_window_secs() -> u64 {
-    60
+fn default_window_secs() -> OneOrMany {
+    OneOrMany::Many(vec![60, 3_600])
+}
+
+/// A setting given as one value or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `key = 60`
+    One(u64),
+    /// `key = [60, 3600]`
+    Many(Vec<u64>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> &[u64] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+fn default_session_gap_secs() -> u64 {
+    1_800
+}
+fn default_session_max_length_secs() -> u64 {
+    6 * 3_600
 }
 fn default_out_of_orderness_secs() -> u64 {
     5
@@ -350,14 +396,18 @@ impl Default for TopicNames {
 }
 
 /// Event-time settings in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimeSettings {
-    /// Window size.
-    pub window_ms: i64,
+    /// Tumbling window sizes, ascending; the first is the base window.
+    pub window_sizes_ms: Vec<i64>,
     /// Allowed out-of-orderness.
     pub out_of_orderness_ms: i64,
-    /// Allowed lateness.
-    pub lateness_ms: i64,
+    /// Allowed lateness per metric family.
+    pub lateness: FamilyLateness,
+    /// Session inactivity gap.
+    pub session_gap_ms: i64,
+    /// Session length guard.
+    pub session_max_length_ms: i64,
     /// Idle timeout.
     pub idle_timeout_ms: i64,
     /// Duplicate-suppression horizon.
@@ -366,12 +416,39 @@ pub struct TimeSettings {
     pub dedupe_max_ids: usize,
 }
 
+/// Allowed lateness of each metric family, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FamilyLateness {
+    /// Traffic and funnel.
+    pub traffic_ms: i64,
+    /// Sessions.
+    pub sessions_ms: i64,
+    /// Sales.
+    pub sales_ms: i64,
+}
+
+impl FamilyLateness {
+    /// The same lateness for every family.
+    pub fn uniform(ms: i64) -> Self {
+        FamilyLateness { traffic_ms: ms, sessions_ms: ms, sales_ms: ms }
+    }
+}
+
+impl TimeSettings {
+    /// The smallest window size: lateness and session attribution use it.
+    pub fn base_window_ms(&self) -> i64 {
+        self.window_sizes_ms[0]
+    }
+}
+
 impl Default for TimeSettings {
     fn default() -> Self {
         TimeSettings {
-            window_ms: 60_000,
+            window_sizes_ms: vec![60_000, 3_600_000],
             out_of_orderness_ms: 5_000,
-            lateness_ms: 0,
+            lateness: FamilyLateness::default(),
+            session_gap_ms: 1_800_000,
+            session_max_length_ms: 6 * 3_600_000,
             idle_timeout_ms: 30_000,
             dedupe_horizon_ms: 600_000,
             dedupe_max_ids: 2_000_000,
@@ -451,22 +528,50 @@ impl TryFrom<RawConfig> for Settings {
             min_event_time_ms,
             max_future_skew_ms: secs_to_ms("validation.max_future_skew_secs", raw.validation.max_future_skew_secs)?,
         };
-        if raw.time.window_secs == 0 {
-            return Err(invalid("time.window_secs", "must be at least 1"));
+        let mut window_sizes_ms = Vec::new();
+        for &secs in raw.time.window_secs.values() {
+            if secs == 0 || 86_400 % secs != 0 {
+                return Err(invalid(
+                    "time.window_secs",
+                    format!(
+                        "{secs} does not divide a day evenly; use sizes like 60, 300, 3600 so windows align to UTC"
+                    ),
+                ));
+            }
+            window_sizes_ms.push(secs_to_ms("time.window_secs", secs)?);
         }
-        if 86_400 % raw.time.window_secs != 0 {
-            return Err(invalid(
-                "time.window_secs",
-                "must divide a day evenly (e.g. 60, 300, 3600) so windows align to UTC",
-            ));
+        window_sizes_ms.sort_unstable();
+        window_sizes_ms.dedup();
+        if window_sizes_ms.is_empty() {
+            return Err(invalid("time.window_secs", "needs at least one window size, e.g. [60, 3600]"));
+        }
+        let lateness_default = raw.time.allowed_lateness_secs;
+        let lateness = FamilyLateness {
+            traffic_ms: secs_to_ms(
+                "time.traffic_lateness_secs",
+                raw.time.traffic_lateness_secs.unwrap_or(lateness_default),
+            )?,
+            sessions_ms: secs_to_ms(
+                "time.sessions_lateness_secs",
+                raw.time.sessions_lateness_secs.unwrap_or(lateness_default),
+            )?,
+            sales_ms: secs_to_ms("time.sales_lateness_secs", raw.time.sales_lateness_secs.unwrap_or(lateness_default))?,
+        };
+        if raw.time.session_gap_secs == 0 {
+            return Err(invalid("time.session_gap_secs", "must be at least 1"));
+        }
+        if raw.time.session_max_length_secs < raw.time.session_gap_secs {
+            return Err(invalid("time.session_max_length_secs", "must be at least time.session_gap_secs"));
         }
         let time = TimeSettings {
-            window_ms: secs_to_ms("time.window_secs", raw.time.window_secs)?,
+            window_sizes_ms,
             out_of_orderness_ms: secs_to_ms(
                 "time.allowed_out_of_orderness_secs",
                 raw.time.allowed_out_of_orderness_secs,
             )?,
-            lateness_ms: secs_to_ms("time.allowed_lateness_secs", raw.time.allowed_lateness_secs)?,
+            lateness,
+            session_gap_ms: secs_to_ms("time.session_gap_secs", raw.time.session_gap_secs)?,
+            session_max_length_ms: secs_to_ms("time.session_max_length_secs", raw.time.session_max_length_secs)?,
             idle_timeout_ms: secs_to_ms("time.idle_timeout_secs", raw.time.idle_timeout_secs)?,
             dedupe_horizon_ms: secs_to_ms("time.dedupe_horizon_secs", raw.time.dedupe_horizon_secs)?,
             dedupe_max_ids: raw.time.dedupe_max_ids_per_partition,
@@ -568,8 +673,17 @@ mod tests {
 
     #[test]
     fn zero_window_is_refused_with_key() {
-        let err = parse("[time]\nwindow_secs = 0\n").expect_err("zero window");
-        assert!(err.to_string().contains("time.window_secs"), "{err}");
+        for bad in ["[0]", "[60, 7]", "[]", "7", "\"1m\""] {
+            let err = parse(&format!("[time]\nwindow_secs = {bad}\n")).expect_err("bad window sizes");
+            assert!(err.to_string().contains("window_secs"), "{bad}: {err}");
+        }
+        let err = parse("[time]\nsession_gap_secs = 600\nsession_max_length_secs = 60\n").expect_err("guard < gap");
+        assert!(err.to_string().contains("time.session_max_length_secs"), "{err}");
+        let s = parse("[time]\nwindow_secs = [3600, 60]\nallowed_lateness_secs = 5\nsales_lateness_secs = 60\n")
+            .expect("valid");
+        assert_eq!(s.time.window_sizes_ms, vec![60_000, 3_600_000]);
+        assert_eq!(parse("[time]\nwindow_secs = 300\n").expect("one size").time.window_sizes_ms, vec![300_000]);
+        assert_eq!(s.time.lateness, FamilyLateness { traffic_ms: 5_000, sessions_ms: 5_000, sales_ms: 60_000 });
     }
 
     #[test]

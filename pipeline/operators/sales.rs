@@ -2,16 +2,17 @@
 //! minor units. Orders are keyed by order_id, so each order's events live in one partition.
 
 use crate::event::{Channel, OrderEvent, OrderEventType};
-use crate::time::{Late, TumblingWindows};
+use crate::time::{ClosedWindow, Late, TumblingWindows};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One closed window of one partition, channel and currency.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SalesRow {
+    /// Window size, ms.
+    pub window_ms: i64,
     /// Window start, UTC ms.
     pub window_start: i64,
-    /// Window end (exclusive), UTC ms.
-    pub window_end: i64,
     /// Source partition of the orders topic.
     pub partition: i32,
     /// Channel the orders are attributed to.
@@ -24,7 +25,14 @@ pub struct SalesRow {
     pub paid_amount_minor: i64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+impl SalesRow {
+    /// Window end (exclusive), UTC ms.
+    pub fn window_end(&self) -> i64 {
+        self.window_start + self.window_ms
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
 struct PaidTotals {
     orders: u64,
     amount_minor: i64,
@@ -33,16 +41,16 @@ struct PaidTotals {
 type WindowState = BTreeMap<(Channel, String), PaidTotals>;
 
 /// Per-partition sales state.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SalesOperator {
     partition: i32,
     windows: TumblingWindows<WindowState>,
 }
 
 impl SalesOperator {
-    /// State for orders partition `partition`.
-    pub fn new(partition: i32, window_ms: i64, lateness_ms: i64) -> Self {
-        SalesOperator { partition, windows: TumblingWindows::new(window_ms, lateness_ms) }
+    /// State for orders partition `partition`, windows of each of `sizes_ms`.
+    pub fn new(partition: i32, sizes_ms: &[i64], lateness_ms: i64) -> Self {
+        SalesOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms) }
     }
 
     /// Counts one order event into its window (only `paid` events contribute here).
@@ -50,13 +58,14 @@ impl SalesOperator {
     /// # Errors
     /// [`Late`] when the event's window has already closed.
     pub fn record(&mut self, event: &OrderEvent) -> Result<(), Late> {
-        let slot = self.windows.slot(event.event_time)?;
-        if event.event_type == OrderEventType::Paid {
-            let totals = slot.entry((event.channel, event.currency.clone())).or_default();
-            totals.orders += 1;
-            totals.amount_minor = totals.amount_minor.saturating_add(event.paid_amount_minor);
-        }
-        Ok(())
+        let paid = event.event_type == OrderEventType::Paid;
+        self.windows.record(event.event_time, |window| {
+            if paid {
+                let totals = window.entry((event.channel, event.currency.clone())).or_default();
+                totals.orders += 1;
+                totals.amount_minor = totals.amount_minor.saturating_add(event.paid_amount_minor);
+            }
+        })
     }
 
     /// Closes windows the watermark has passed.
@@ -71,14 +80,13 @@ impl SalesOperator {
         self.rows(closed)
     }
 
-    fn rows(&self, closed: Vec<(i64, WindowState)>) -> Vec<SalesRow> {
-        let window_ms = self.windows.window_ms();
+    fn rows(&self, closed: Vec<ClosedWindow<WindowState>>) -> Vec<SalesRow> {
         closed
             .into_iter()
-            .flat_map(|(start, totals)| {
-                totals.into_iter().map(move |((channel, currency), t)| SalesRow {
-                    window_start: start,
-                    window_end: start + window_ms,
+            .flat_map(|window| {
+                window.state.into_iter().map(move |((channel, currency), t)| SalesRow {
+                    window_ms: window.size_ms,
+                    window_start: window.start,
                     partition: self.partition,
                     channel,
                     currency,

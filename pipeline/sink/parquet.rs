@@ -2,8 +2,11 @@
 //! flush; each file is written under `_staging/` and renamed into its table directory, so a
 //! reader never sees a partial file.
 
-use crate::operators::{FunnelRow, SalesRow, channel_label};
-use arrow_array::{ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use crate::operators::{FunnelRow, SalesRow, SessionRow, Step, channel_label, device_label};
+use crate::telemetry::window_label;
+use arrow_array::{
+    ArrayRef, BinaryArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -49,19 +52,77 @@ fn utc_millis(values: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter_values(values).with_timezone("UTC"))
 }
 
+fn int64(values: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(values))
+}
+
+fn int32(values: impl Iterator<Item = i32>) -> ArrayRef {
+    Arc::new(Int32Array::from_iter_values(values))
+}
+
+fn text<T: AsRef<str>>(values: impl Iterator<Item = T>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn optional_text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.collect::<StringArray>())
+}
+
+fn flags(values: impl Iterator<Item = bool>) -> ArrayRef {
+    Arc::new(values.map(Some).collect::<BooleanArray>())
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl TableRow for FunnelRow {
     const TABLE: &'static str = "funnel";
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let step = |step: Step| int64(rows.iter().map(move |r| count(r.counts.visitors_at(step))));
         RecordBatch::try_from_iter([
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
             ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(|r| r.window_end))),
-            ("source_partition", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))) as ArrayRef),
-            ("channel", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| channel_label(r.channel))))),
-            ("visitors", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.visitors as i64)))),
-            (
-                "purchasing_visitors",
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.purchasing_visitors as i64))),
-            ),
+            ("window_end", utc_millis(rows.iter().map(FunnelRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
+            ("device", text(rows.iter().map(|r| device_label(r.device)))),
+            ("events", int64(rows.iter().map(|r| count(r.counts.events)))),
+            ("visitors", int64(rows.iter().map(|r| count(r.counts.visitors)))),
+            ("page_views", int64(rows.iter().map(|r| count(r.counts.page_views)))),
+            ("product_view_visitors", step(Step::ProductView)),
+            ("add_to_cart_visitors", step(Step::AddToCart)),
+            ("begin_checkout_visitors", step(Step::BeginCheckout)),
+            ("purchasing_visitors", step(Step::Purchase)),
+        ])
+    }
+}
+
+impl TableRow for SessionRow {
+    const TABLE: &'static str = "sessions";
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let reached = |step: Step| flags(rows.iter().map(move |r| r.reached[step as usize]));
+        RecordBatch::try_from_iter([
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("session_start", utc_millis(rows.iter().map(|r| r.session_start))),
+            ("session_end", utc_millis(rows.iter().map(|r| r.session_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("visitor_id", text(rows.iter().map(|r| r.visitor_id.as_str()))),
+            ("client_session_id", optional_text(rows.iter().map(|r| r.client_session_id.as_deref()))),
+            ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
+            ("device", text(rows.iter().map(|r| r.device.as_str()))),
+            ("landing_page", optional_text(rows.iter().map(|r| r.landing_page.as_deref()))),
+            ("events", int64(rows.iter().map(|r| i64::from(r.events)))),
+            ("page_views", int64(rows.iter().map(|r| i64::from(r.page_views)))),
+            ("duration_ms", int64(rows.iter().map(SessionRow::duration_ms))),
+            ("engaged", flags(rows.iter().map(SessionRow::engaged))),
+            ("converted", flags(rows.iter().map(SessionRow::converted))),
+            ("reached_product_view", reached(Step::ProductView)),
+            ("reached_add_to_cart", reached(Step::AddToCart)),
+            ("reached_begin_checkout", reached(Step::BeginCheckout)),
+            ("reached_purchase", reached(Step::Purchase)),
+            ("funnel_depth_in_order", int32(rows.iter().map(|r| i32::from(r.funnel_depth_in_order)))),
         ])
     }
 }
@@ -70,22 +131,25 @@ impl TableRow for SalesRow {
     const TABLE: &'static str = "orders";
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
             ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(|r| r.window_end))),
-            ("source_partition", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))) as ArrayRef),
-            ("channel", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.channel.as_str())))),
-            ("currency", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.currency.as_str())))),
-            ("orders_paid", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.orders_paid as i64)))),
-            ("paid_amount_minor", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.paid_amount_minor)))),
+            ("window_end", utc_millis(rows.iter().map(SalesRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
+            ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
+            ("orders_paid", int64(rows.iter().map(|r| count(r.orders_paid)))),
+            ("paid_amount_minor", int64(rows.iter().map(|r| r.paid_amount_minor))),
         ])
     }
 }
 
-/// An event that arrived after its window closed.
+/// An event that arrived after its window closed, for one metric family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateEventRow {
     /// Stream name.
     pub stream: &'static str,
+    /// Metric family whose window it missed.
+    pub family: &'static str,
     /// Source partition.
     pub partition: i32,
     /// Source offset.
@@ -94,6 +158,8 @@ pub struct LateEventRow {
     pub event_id: String,
     /// The event's time, UTC ms.
     pub event_time: i64,
+    /// Size of the window it missed, ms.
+    pub missed_window_ms: i64,
     /// Start of the window it missed, UTC ms.
     pub missed_window_start: i64,
     /// How far the partition watermark was past the event time, ms.
@@ -104,13 +170,15 @@ impl TableRow for LateEventRow {
     const TABLE: &'static str = "late_events";
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
-            ("stream", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.stream))) as ArrayRef),
-            ("source_partition", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition)))),
-            ("source_offset", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset)))),
-            ("event_id", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.event_id.as_str())))),
+            ("stream", text(rows.iter().map(|r| r.stream))),
+            ("family", text(rows.iter().map(|r| r.family))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("source_offset", int64(rows.iter().map(|r| r.offset))),
+            ("event_id", text(rows.iter().map(|r| r.event_id.as_str()))),
             ("event_time", utc_millis(rows.iter().map(|r| r.event_time))),
+            ("missed_window_size", text(rows.iter().map(|r| window_label(r.missed_window_ms)))),
             ("missed_window_start", utc_millis(rows.iter().map(|r| r.missed_window_start))),
-            ("behind_watermark_ms", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.behind_watermark_ms)))),
+            ("behind_watermark_ms", int64(rows.iter().map(|r| r.behind_watermark_ms))),
         ])
     }
 }
@@ -141,9 +209,9 @@ impl TableRow for DeadLetterRow {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
             ("rejected_at", utc_millis(rows.iter().map(|r| r.rejected_at))),
-            ("topic", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.topic.as_str()))) as ArrayRef),
-            ("source_partition", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition)))),
-            ("source_offset", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset)))),
+            ("topic", text(rows.iter().map(|r| r.topic.as_str()))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("source_offset", int64(rows.iter().map(|r| r.offset))),
             ("key", Arc::new(rows.iter().map(|r| r.key.as_deref()).collect::<BinaryArray>())),
             ("payload", Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.payload.as_slice())))),
             ("reason", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason)))),
@@ -223,6 +291,7 @@ impl ParquetWriter {
 mod tests {
     use super::*;
     use crate::event::Channel;
+    use crate::operators::FunnelCounts;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
@@ -230,12 +299,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut writer = ParquetWriter::new(dir.path());
         let rows = vec![FunnelRow {
+            window_ms: 60_000,
             window_start: 0,
-            window_end: 60_000,
             partition: 1,
             channel: Some(Channel::Social),
-            visitors: 7,
-            purchasing_visitors: 2,
+            device: None,
+            counts: FunnelCounts { events: 9, visitors: 7, page_views: 4, step_visitors: [5, 4, 3, 2] },
         }];
         let published = writer.write(&rows).expect("write").expect("non-empty");
         assert_eq!(published.rows, 1);

@@ -5,11 +5,12 @@
 //! enough. Memory is bounded twice: ids older than the watermark minus the horizon are
 //! forgotten, and past `max_ids` the oldest ids are forgotten first (and counted).
 
+use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 /// Seen event ids of one partition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dedupe {
     horizon_ms: i64,
     max_ids: usize,

@@ -1,11 +1,14 @@
-//! Event time: window assignment, per-partition watermarks, the instance's low watermark, and
-//! a tumbling-window container that closes windows as the watermark passes, and duplicate
-//! suppression. Pure logic, no I/O.
+//! Event time: window assignment, per-partition watermarks, the instance's low watermark,
+//! lateness, tumbling, hopping and session windows that close as the watermark passes,
+//! duplicate suppression, and state snapshots. Pure logic, no I/O.
 
 mod dedupe;
+mod session;
 
 pub use dedupe::Dedupe;
+pub use session::{Merge, Session, SessionWindows};
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Start of the tumbling window of size `window_ms` containing `t` (windows align to the epoch).
@@ -14,7 +17,7 @@ pub fn window_start(t: i64, window_ms: i64) -> i64 {
 }
 
 /// Watermark of one partition: max event time seen minus the allowed out-of-orderness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionWatermark {
     out_of_orderness_ms: i64,
     max_event_time: Option<i64>,
@@ -82,75 +85,240 @@ pub fn low_watermark<'a>(
 pub struct Late {
     /// Start of the window it missed.
     pub window_start: i64,
+    /// Size of the window it missed, ms.
+    pub window_ms: i64,
     /// How far the watermark was past the event's time, ms.
     pub behind_watermark_ms: i64,
 }
 
-/// Open tumbling windows of one operator, keyed by start, each holding state `S`.
-#[derive(Debug, Clone)]
-pub struct TumblingWindows<S> {
+/// Decides lateness for one metric family: an event is late when its window of `window_ms`
+/// has ended `lateness_ms` or more before the watermark. Larger windows containing an accepted
+/// event end later, so they are still open: one decision covers every window size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatenessGate {
     window_ms: i64,
     lateness_ms: i64,
-    open: BTreeMap<i64, S>,
-    /// Watermark at the last [`TumblingWindows::advance`]; windows ending (plus lateness) at or
-    /// before it are closed.
-    closed_through: Option<i64>,
+    watermark: Option<i64>,
 }
 
-impl<S: Default> TumblingWindows<S> {
-    /// Windows of `window_ms`, kept open `lateness_ms` past the watermark reaching their end.
+impl LatenessGate {
+    /// A gate for windows of `window_ms` kept open `lateness_ms` past their end.
     pub fn new(window_ms: i64, lateness_ms: i64) -> Self {
-        TumblingWindows { window_ms, lateness_ms, open: BTreeMap::new(), closed_through: None }
+        LatenessGate { window_ms, lateness_ms, watermark: None }
     }
 
-    /// The window size in ms.
+    /// The window size the decision is made on, ms.
     pub fn window_ms(&self) -> i64 {
         self.window_ms
     }
 
-    /// The state of the window containing `event_time`, or [`Late`] if it already closed.
-    ///
-    /// # Errors
-    /// [`Late`] when the window closed before this event arrived.
-    pub fn slot(&mut self, event_time: i64) -> Result<&mut S, Late> {
-        let start = window_start(event_time, self.window_ms);
-        if let Some(watermark) = self.closed_through
-            && start + self.window_ms + self.lateness_ms <= watermark
-        {
-            return Err(Late { window_start: start, behind_watermark_ms: watermark - event_time });
-        }
-        Ok(self.open.entry(start).or_default())
+    /// Allowed lateness, ms.
+    pub fn lateness_ms(&self) -> i64 {
+        self.lateness_ms
     }
 
-    /// Closes every window whose end plus lateness is at or before `watermark`, in start order.
-    pub fn advance(&mut self, watermark: i64) -> Vec<(i64, S)> {
-        if self.closed_through.is_some_and(|c| watermark <= c) {
+    /// `Ok` if an event at `event_time` is still on time.
+    ///
+    /// # Errors
+    /// [`Late`] when its window closed before the event arrived.
+    pub fn check(&self, event_time: i64) -> Result<(), Late> {
+        let start = window_start(event_time, self.window_ms);
+        match self.watermark {
+            Some(watermark) if self.closed(start + self.window_ms, watermark) => Err(Late {
+                window_start: start,
+                window_ms: self.window_ms,
+                behind_watermark_ms: watermark - event_time,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a window ending at `end` is closed at `watermark`.
+    pub fn closed(&self, end: i64, watermark: i64) -> bool {
+        end + self.lateness_ms <= watermark
+    }
+
+    /// Moves the watermark forward; returns false (and changes nothing) if it would not advance.
+    pub fn advance(&mut self, watermark: i64) -> bool {
+        if self.watermark.is_some_and(|w| watermark <= w) {
+            return false;
+        }
+        self.watermark = Some(watermark);
+        true
+    }
+
+    /// The watermark the gate last advanced to.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// The earliest event time still on time: the start of the oldest open window.
+    pub fn horizon(&self) -> Option<i64> {
+        self.watermark.map(|w| window_start(w - self.lateness_ms, self.window_ms))
+    }
+}
+
+/// Open tumbling windows of one operator in several sizes at once (say 1 minute and 1 hour),
+/// each window holding state `S`. Lateness is decided on the smallest size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TumblingWindows<S> {
+    gate: LatenessGate,
+    sizes_ms: Vec<i64>,
+    /// Open windows keyed by (end, size), so they close in end order.
+    open: BTreeMap<(i64, i64), S>,
+}
+
+/// A closed window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedWindow<S> {
+    /// Start, UTC ms.
+    pub start: i64,
+    /// Size, ms.
+    pub size_ms: i64,
+    /// Its state.
+    pub state: S,
+}
+
+impl<S: Default> TumblingWindows<S> {
+    /// Windows of each of `sizes_ms` (at least one), kept open `lateness_ms` past the watermark
+    /// reaching their end.
+    pub fn new(sizes_ms: &[i64], lateness_ms: i64) -> Self {
+        let mut sizes_ms = sizes_ms.to_vec();
+        sizes_ms.sort_unstable();
+        sizes_ms.dedup();
+        assert!(sizes_ms.first().is_some_and(|s| *s > 0), "at least one positive window size");
+        TumblingWindows { gate: LatenessGate::new(sizes_ms[0], lateness_ms), sizes_ms, open: BTreeMap::new() }
+    }
+
+    /// Applies `update` to the state of every window containing `event_time`.
+    ///
+    /// # Errors
+    /// [`Late`] when the event's smallest window closed before it arrived; nothing is updated.
+    pub fn record(&mut self, event_time: i64, mut update: impl FnMut(&mut S)) -> Result<(), Late> {
+        self.gate.check(event_time)?;
+        for &size in &self.sizes_ms {
+            let end = window_start(event_time, size) + size;
+            update(self.open.entry((end, size)).or_default());
+        }
+        Ok(())
+    }
+
+    /// Closes every window whose end plus lateness is at or before `watermark`, in end order.
+    pub fn advance(&mut self, watermark: i64) -> Vec<ClosedWindow<S>> {
+        if !self.gate.advance(watermark) {
             return Vec::new();
         }
-        self.closed_through = Some(watermark);
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {
-            if *entry.key() + self.window_ms + self.lateness_ms > watermark {
+            let (end, size) = *entry.key();
+            if !self.gate.closed(end, watermark) {
                 break;
             }
-            closed.push(entry.remove_entry());
+            closed.push(ClosedWindow { start: end - size, size_ms: size, state: entry.remove() });
         }
         closed
     }
 
     /// Closes every open window (end of a bounded input).
-    pub fn close_all(&mut self) -> Vec<(i64, S)> {
-        if let Some(last) = self.open.last_key_value().map(|(k, _)| *k) {
-            self.closed_through = Some(last + self.window_ms + self.lateness_ms);
+    pub fn close_all(&mut self) -> Vec<ClosedWindow<S>> {
+        if let Some(&(last_end, _)) = self.open.last_key_value().map(|(k, _)| k) {
+            self.gate.advance(last_end + self.gate.lateness_ms());
         }
-        std::mem::take(&mut self.open).into_iter().collect()
+        std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|((end, size), state)| ClosedWindow { start: end - size, size_ms: size, state })
+            .collect()
     }
 
-    /// Number of open windows.
+    /// Number of open windows, all sizes.
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }
 }
+
+/// Hopping (sliding) windows of `size_ms` starting every `hop_ms`: an event belongs to every
+/// window that contains it. An event is late when the earliest of those has closed, so it is
+/// counted in all of its windows or in none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HoppingWindows<S> {
+    size_ms: i64,
+    hop_ms: i64,
+    lateness_ms: i64,
+    watermark: Option<i64>,
+    open: BTreeMap<i64, S>,
+}
+
+impl<S: Default> HoppingWindows<S> {
+    /// Windows of `size_ms` every `hop_ms` (`hop_ms` divides `size_ms`).
+    pub fn new(size_ms: i64, hop_ms: i64, lateness_ms: i64) -> Self {
+        assert!(hop_ms > 0 && size_ms >= hop_ms && size_ms % hop_ms == 0, "hop must divide the window size");
+        HoppingWindows { size_ms, hop_ms, lateness_ms, watermark: None, open: BTreeMap::new() }
+    }
+
+    /// Applies `update` to every window containing `event_time`.
+    ///
+    /// # Errors
+    /// [`Late`] when the earliest window containing the event has closed.
+    pub fn record(&mut self, event_time: i64, mut update: impl FnMut(&mut S)) -> Result<(), Late> {
+        let last_start = window_start(event_time, self.hop_ms);
+        let first_start = last_start - self.size_ms + self.hop_ms;
+        if let Some(watermark) = self.watermark
+            && first_start + self.size_ms + self.lateness_ms <= watermark
+        {
+            return Err(Late {
+                window_start: first_start,
+                window_ms: self.size_ms,
+                behind_watermark_ms: watermark - event_time,
+            });
+        }
+        let mut start = first_start;
+        while start <= last_start {
+            update(self.open.entry(start).or_default());
+            start += self.hop_ms;
+        }
+        Ok(())
+    }
+
+    /// Closes every window whose end plus lateness is at or before `watermark`, in start order.
+    pub fn advance(&mut self, watermark: i64) -> Vec<ClosedWindow<S>> {
+        if self.watermark.is_some_and(|w| watermark <= w) {
+            return Vec::new();
+        }
+        self.watermark = Some(watermark);
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            let start = *entry.key();
+            if start + self.size_ms + self.lateness_ms > watermark {
+                break;
+            }
+            closed.push(ClosedWindow { start, size_ms: self.size_ms, state: entry.remove() });
+        }
+        closed
+    }
+}
+
+/// Encodes operator state for a checkpoint (CBOR, which keeps non-string map keys).
+///
+/// # Errors
+/// Only when the state cannot be represented, a programming error.
+pub fn snapshot<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(state, &mut bytes).map_err(|e| SnapshotError(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Decodes state written by [`snapshot`].
+///
+/// # Errors
+/// [`SnapshotError`] when the bytes are not a snapshot of `T`.
+pub fn restore<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    ciborium::from_reader(bytes).map_err(|e| SnapshotError(e.to_string()))
+}
+
+/// A snapshot that cannot be written or read back.
+#[derive(Debug, thiserror::Error)]
+#[error("operator state snapshot: {0}")]
+pub struct SnapshotError(String);
 
 #[cfg(test)]
 mod tests {
@@ -162,22 +330,75 @@ mod tests {
         assert_eq!(window_start(-1, 60_000), -60_000);
     }
 
-    #[test]
-    fn window_closes_when_watermark_passes_end_plus_lateness() {
-        let mut w: TumblingWindows<u32> = TumblingWindows::new(60_000, 10_000);
-        *w.slot(5_000).expect("open") += 1;
-        assert!(w.advance(69_999).is_empty());
-        assert_eq!(w.advance(70_000), vec![(0, 1)]);
+    fn closed(start: i64, size_ms: i64, state: u32) -> ClosedWindow<u32> {
+        ClosedWindow { start, size_ms, state }
     }
 
     #[test]
-    fn late_event_is_reported_with_missed_window() {
-        let mut w: TumblingWindows<u32> = TumblingWindows::new(60_000, 0);
-        *w.slot(1_000).expect("open") += 1;
+    fn window_closes_when_watermark_passes_end_plus_lateness() {
+        let mut w: TumblingWindows<u32> = TumblingWindows::new(&[60_000], 10_000);
+        w.record(5_000, |n| *n += 1).expect("open");
+        assert!(w.advance(69_999).is_empty());
+        assert_eq!(w.advance(70_000), vec![closed(0, 60_000, 1)]);
+    }
+
+    #[test]
+    fn several_sizes_at_once_close_in_end_order() {
+        let mut w: TumblingWindows<u32> = TumblingWindows::new(&[3_600_000, 60_000], 0);
+        for t in [1_000, 61_000, 3_599_000] {
+            w.record(t, |n| *n += 1).expect("open");
+        }
+        assert_eq!(w.advance(120_000), vec![closed(0, 60_000, 1), closed(60_000, 60_000, 1)]);
+        assert_eq!(w.advance(3_600_000), vec![closed(3_540_000, 60_000, 1), closed(0, 3_600_000, 3)]);
+    }
+
+    #[test]
+    fn late_event_is_reported_with_missed_window_and_counted_nowhere() {
+        let mut w: TumblingWindows<u32> = TumblingWindows::new(&[60_000, 3_600_000], 0);
+        w.record(1_000, |n| *n += 1).expect("open");
         w.advance(61_000);
-        let late = w.slot(59_000).expect_err("window 0 closed");
-        assert_eq!(late, Late { window_start: 0, behind_watermark_ms: 2_000 });
-        assert!(w.slot(61_500).is_ok(), "the next window is still open");
+        let late = w.record(59_000, |n| *n += 1).expect_err("window 0 closed");
+        assert_eq!(late, Late { window_start: 0, window_ms: 60_000, behind_watermark_ms: 2_000 });
+        assert!(w.record(61_500, |n| *n += 1).is_ok(), "the next window is still open");
+        let hour = w.close_all().into_iter().find(|c| c.size_ms == 3_600_000).expect("hour window");
+        assert_eq!(hour.state, 2, "the late event is not in the hour either");
+    }
+
+    #[test]
+    fn gate_horizon_is_the_start_of_the_oldest_open_window() {
+        let mut gate = LatenessGate::new(60_000, 30_000);
+        assert_eq!(gate.horizon(), None);
+        gate.advance(150_000);
+        assert_eq!(gate.horizon(), Some(120_000));
+        assert!(gate.check(119_999).is_err());
+        assert!(gate.check(120_000).is_ok());
+        assert!(!gate.advance(100_000), "watermarks never go back");
+    }
+
+    #[test]
+    fn hopping_windows_count_an_event_in_every_window_containing_it() {
+        let mut w: HoppingWindows<u32> = HoppingWindows::new(300_000, 60_000, 0);
+        w.record(250_000, |n| *n += 1).expect("open");
+        let starts: Vec<i64> = w.advance(i64::MAX / 2).into_iter().map(|c| c.start).collect();
+        assert_eq!(starts, vec![0, 60_000, 120_000, 180_000, 240_000]);
+
+        let mut w: HoppingWindows<u32> = HoppingWindows::new(300_000, 60_000, 0);
+        w.advance(400_000);
+        let late = w.record(359_999, |n| *n += 1).expect_err("its earliest window [60000, 360000) closed");
+        assert_eq!(late.window_start, 60_000);
+        w.record(360_000, |n| *n += 1).expect("every window containing it is open");
+        assert_eq!(w.advance(i64::MAX / 2).len(), 5);
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let mut w: TumblingWindows<BTreeMap<Option<String>, u32>> = TumblingWindows::new(&[60_000, 3_600_000], 0);
+        w.record(5_000, |m| *m.entry(None).or_default() += 1).expect("open");
+        w.advance(1_000);
+        let bytes = snapshot(&w).expect("snapshot");
+        let mut back: TumblingWindows<BTreeMap<Option<String>, u32>> = restore(&bytes).expect("restore");
+        assert_eq!(back.close_all(), w.close_all());
+        assert!(restore::<TumblingWindows<u32>>(b"not cbor").is_err());
     }
 
     #[test]

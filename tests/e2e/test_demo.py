@@ -31,7 +31,7 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
             status, body = get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200 and "storepulse_messages_consumed_total" in body
             for line in body.splitlines():
-                if line.startswith('storepulse_funnel_visitors{channel="all"'):
+                if line.startswith('storepulse_funnel_visitors{channel="all",device="all",window="1m"}'):
                     visitors = float(line.rsplit(" ", 1)[1])
             time.sleep(1)
         assert visitors > 0, "the all-channel visitors gauge never moved"
@@ -42,5 +42,8 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
     assert proc.returncode == 0, output[-3000:]
     assert "paid conversion" in output
     con = duckdb.connect()
-    total = con.execute(f"SELECT sum(visitors) FROM read_parquet('{out}/funnel/*.parquet') WHERE channel = 'all'").fetchone()[0]
+    total = con.execute(f"""SELECT sum(visitors) FROM read_parquet('{out}/funnel/*.parquet')
+                            WHERE window_size = '1m' AND channel = 'all' AND device = 'all'""").fetchone()[0]
     assert total and total > 0
+    sessions = con.execute(f"SELECT count(*), count(*) FILTER (WHERE engaged) FROM read_parquet('{out}/sessions/*.parquet')").fetchone()
+    assert sessions[0] > 0 and 0 < sessions[1] <= sessions[0]

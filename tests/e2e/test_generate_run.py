@@ -1,13 +1,15 @@
 """storepulse generate → a real broker → storepulse run, checked against the SQL oracle over the
-generator's events file, against the embedded demo for the same seed and count, and for dead
-letters of every malformed kind. Injected duplicates are counted once; out-of-order events within
-the allowed out-of-orderness are not late."""
+generator's events file (funnel, sessions and sales, window by window and session by session),
+against the embedded demo for the same seed and count, and for dead letters of every malformed
+kind. Injected late events appear in late_events and nowhere else; injected duplicates are counted
+once; out-of-order events within the allowed out-of-orderness are not late."""
 
 import collections
 
 import duckdb
 from conftest import free_port, storepulse, write_config
-from oracle import funnel_from_events, funnel_from_parquet, load_events, rows, sales_from_events, sales_from_parquet
+from oracle import (funnel_from_events, funnel_from_parquet, injected_late, late_from_parquet, load_events, rows,
+                    sales_from_events, sales_from_parquet, session_windows, sessions_from_events, sessions_from_parquet)
 
 SEED, COUNT = 11, 20_000
 
@@ -26,7 +28,7 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
     broker.create_topics()
     events = tmp_path / "events.jsonl"
     traffic = ["--count", COUNT, "--seed", SEED, "--malformed-fraction", "0.005", "--duplicate-fraction", "0.01",
-               "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s"]
+               "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s", "--late-fraction", "0.005", "--late-by", "2m"]
     storepulse("generate", "--brokers", broker.address, *traffic, "--events-file", events)
 
     out = tmp_path / "run"
@@ -39,10 +41,24 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
 
     funnel = funnel_from_parquet(con, out)
     assert funnel == rows(funnel_from_events(con))
-    assert sum(v for _, channel, v, _ in funnel if channel == "all") > 1_000
-    assert sum(p for _, channel, _, p in funnel if channel == "all") > 0
+    all_minutes = [r for r in funnel if r[0] == "1m" and r[2] == "all" and r[3] == "all"]
+    assert sum(r[5] for r in all_minutes) > 1_000 and sum(r[10] for r in all_minutes) > 0
+    assert {r[0] for r in funnel} == {"1m", "1h"}
+    sessions = sessions_from_parquet(con, out)
+    assert sessions == rows(sessions_from_events(con))
+    assert session_windows(con, sessions) == session_windows(con, rows(sessions_from_events(con)))
+    assert any(r[4] is None for r in sessions) and any(r[4] is not None for r in sessions), "gap-based and client sessions"
+    assert 0 < sum(1 for r in sessions if r[17] == 4) < sum(1 for r in sessions if r[16]), "some purchases skip steps"
     sales = sales_from_parquet(con, out)
     assert sales and sales == rows(sales_from_events(con))
+
+    late = injected_late(con)
+    assert len({s for s, _ in late}) == 2, "late events were injected on both streams"
+    for family in ("traffic", "sessions", "sales"):
+        reported = late_from_parquet(con, out, family)
+        assert len(reported) == len(set(reported)), f"a late event was written twice for {family}"
+        stream = "orders" if family == "sales" else "clickstream"
+        assert set(reported) == {(s, e) for s, e in late if s == stream}, family
 
     expected = collections.Counter()
     for topic, kind in con.sql("SELECT topic, malformed_kind FROM kinds").fetchall():
@@ -54,7 +70,8 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
     assert collections.Counter(r[0] for r in dead) == expected
     assert len(expected) == len(EXPECTED_REASON), "every malformed kind was injected and has its own reason"
     assert all(offset >= 0 and size > 0 for _, _, offset, size in dead)
-    assert not list(out.glob("late_events/*.parquet")), "out-of-order events within the bound are not late"
+    out_of_order = con.sql("SELECT count(*) FROM ev WHERE injected = 'out_of_order'").fetchall()[0][0]
+    assert out_of_order > 0, "out-of-order events were injected, and none is late: late_events holds exactly the injected late ones"
     duplicates = con.sql("SELECT count(*) FROM ev WHERE injected = 'duplicate'").fetchall()[0][0]
     assert duplicates > 0
     metrics_text = run_result.stderr
@@ -63,4 +80,5 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
     demo_out = tmp_path / "demo"
     storepulse("demo", *traffic, "--speed", "100000", "--duration", "5m", "--out", demo_out, "--metrics-addr", f"127.0.0.1:{free_port()}")
     assert funnel_from_parquet(con, demo_out) == funnel
+    assert sessions_from_parquet(con, demo_out) == sessions
     assert sales_from_parquet(con, demo_out) == sales

@@ -1,0 +1,285 @@
+//! Session windows: a key's events with gaps shorter than the inactivity gap form one session.
+//!
+//! Events may arrive out of order, so an event can extend a session at either end or bridge two
+//! sessions, which then merge. A session closes once no on-time event can touch it any more:
+//! its last event plus the gap is at or before the gate's horizon (the earliest event time still
+//! on time). Lateness is decided by a [`LatenessGate`] on the window a session is attributed to,
+//! so an event is late for sessions exactly when its start window has closed.
+//!
+//! A maximum session length guards memory against endless sessions (bots, stuck tabs): an event
+//! that would stretch a session beyond it starts a new session instead.
+
+use super::{Late, LatenessGate};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::Hash;
+
+/// State that can absorb another session's state when two sessions merge.
+pub trait Merge {
+    /// Folds `other` into `self`.
+    fn merge(&mut self, other: Self);
+}
+
+/// One session of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session<S> {
+    /// Event time of its first event, ms.
+    pub start: i64,
+    /// Event time of its last event, ms.
+    pub last: i64,
+    /// What the operator accumulates.
+    pub state: S,
+}
+
+/// Open sessions of every key of one partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize + Eq + Hash, S: Serialize"))]
+#[serde(bound(deserialize = "K: Deserialize<'de> + Eq + Hash + Ord + Clone, S: Deserialize<'de>"))]
+#[serde(from = "SessionSnapshot<K, S>")]
+pub struct SessionWindows<K, S> {
+    gap_ms: i64,
+    max_length_ms: i64,
+    gate: LatenessGate,
+    /// Per key, sessions sorted by start, never within `gap_ms` of each other.
+    open: HashMap<K, Vec<Session<S>>>,
+    /// Close candidates: (deadline, key). Entries go stale when a session grows or merges and
+    /// are checked when popped, so an event never has to search the queue. Rebuilt on restore.
+    #[serde(skip)]
+    deadlines: BinaryHeap<Reverse<(i64, K)>>,
+}
+
+/// The serialized fields of [`SessionWindows`], from which the deadline queue is rebuilt.
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "K: Deserialize<'de> + Eq + Hash, S: Deserialize<'de>"))]
+struct SessionSnapshot<K, S> {
+    gap_ms: i64,
+    max_length_ms: i64,
+    gate: LatenessGate,
+    open: HashMap<K, Vec<Session<S>>>,
+}
+
+impl<K: Eq + Hash + Ord + Clone, S> From<SessionSnapshot<K, S>> for SessionWindows<K, S> {
+    fn from(snap: SessionSnapshot<K, S>) -> Self {
+        let deadlines = snap
+            .open
+            .iter()
+            .filter_map(|(key, sessions)| {
+                sessions.iter().map(|s| s.last).min().map(|last| Reverse((last + snap.gap_ms, key.clone())))
+            })
+            .collect();
+        SessionWindows {
+            gap_ms: snap.gap_ms,
+            max_length_ms: snap.max_length_ms,
+            gate: snap.gate,
+            open: snap.open,
+            deadlines,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
+    /// Sessions split by `gap_ms` of inactivity and at most `max_length_ms` long, attributed to
+    /// windows of `window_ms` for lateness (`lateness_ms`).
+    pub fn new(gap_ms: i64, max_length_ms: i64, window_ms: i64, lateness_ms: i64) -> Self {
+        SessionWindows {
+            gap_ms,
+            max_length_ms: max_length_ms.max(1),
+            gate: LatenessGate::new(window_ms, lateness_ms),
+            open: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    /// Adds an event of `key` at `event_time` to its session and applies `update` to it.
+    ///
+    /// # Errors
+    /// [`Late`] when the event's window has closed; nothing is updated.
+    pub fn record(&mut self, key: &K, event_time: i64, update: impl FnOnce(&mut S)) -> Result<(), Late> {
+        self.gate.check(event_time)?;
+        let (gap, max_length) = (self.gap_ms, self.max_length_ms);
+        let created_new_key = !self.open.contains_key(key);
+        let sessions = self.open.entry(key.clone()).or_default();
+        // Sessions the event touches form a contiguous run.
+        let touches = |s: &Session<S>| event_time - s.last < gap && s.start - event_time < gap;
+        let first = sessions.iter().position(touches);
+        let index = match first {
+            None => {
+                let at = sessions.partition_point(|s| s.start < event_time);
+                sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
+                if !created_new_key {
+                    self.deadlines.push(Reverse((event_time + gap, key.clone())));
+                }
+                at
+            }
+            Some(first) => {
+                let run = sessions[first..].iter().take_while(|s| touches(s)).count();
+                let last = first + run - 1;
+                let merged_start = sessions[first].start.min(event_time);
+                let merged_last = sessions[last].last.max(event_time);
+                if merged_last - merged_start < max_length {
+                    for absorbed in sessions.drain(first + 1..=last).collect::<Vec<_>>() {
+                        sessions[first].last = sessions[first].last.max(absorbed.last);
+                        sessions[first].state.merge(absorbed.state);
+                    }
+                    let s = &mut sessions[first];
+                    s.start = s.start.min(event_time);
+                    s.last = s.last.max(event_time);
+                    first
+                } else if let Some(fits) = (first..=last)
+                    .rev()
+                    .find(|&i| sessions[i].last.max(event_time) - sessions[i].start.min(event_time) < max_length)
+                {
+                    let s = &mut sessions[fits];
+                    s.start = s.start.min(event_time);
+                    s.last = s.last.max(event_time);
+                    fits
+                } else {
+                    // Too long either way: the guard starts a new session here.
+                    let at = sessions.partition_point(|s| s.start <= event_time);
+                    sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
+                    self.deadlines.push(Reverse((event_time + gap, key.clone())));
+                    at
+                }
+            }
+        };
+        update(&mut sessions[index].state);
+        if created_new_key {
+            self.deadlines.push(Reverse((event_time + gap, key.clone())));
+        }
+        Ok(())
+    }
+
+    /// Moves the watermark and closes every session no on-time event can reach any more,
+    /// ordered by start and key.
+    pub fn advance(&mut self, watermark: i64) -> Vec<(K, Session<S>)> {
+        if !self.gate.advance(watermark) {
+            return Vec::new();
+        }
+        let Some(horizon) = self.gate.horizon() else { return Vec::new() };
+        let mut closed = Vec::new();
+        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
+            if *deadline > horizon {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.deadlines.pop() else { break };
+            let Some(sessions) = self.open.get_mut(&key) else { continue };
+            let (done, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(sessions).into_iter().partition(|s| s.last + self.gap_ms <= horizon);
+            *sessions = keep;
+            match sessions.iter().map(|s| s.last).min() {
+                Some(last) => self.deadlines.push(Reverse((last + self.gap_ms, key.clone()))),
+                None => {
+                    self.open.remove(&key);
+                }
+            }
+            closed.extend(done.into_iter().map(|s| (key.clone(), s)));
+        }
+        closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
+        closed
+    }
+
+    /// Closes every open session (end of a bounded input), ordered by start and key.
+    pub fn close_all(&mut self) -> Vec<(K, Session<S>)> {
+        self.deadlines.clear();
+        let mut closed: Vec<(K, Session<S>)> = std::mem::take(&mut self.open)
+            .into_iter()
+            .flat_map(|(key, sessions)| sessions.into_iter().map(move |s| (key.clone(), s)))
+            .collect();
+        closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
+        if let Some(last) = closed.iter().map(|(_, s)| s.last).max() {
+            self.gate.advance(last + self.gap_ms + self.gate.window_ms() + self.gate.lateness_ms());
+        }
+        closed
+    }
+
+    /// Open sessions, all keys.
+    pub fn open_sessions(&self) -> usize {
+        self.open.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Merge for Vec<i64> {
+        fn merge(&mut self, other: Self) {
+            self.extend(other);
+            self.sort_unstable();
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    fn windows() -> SessionWindows<String, Vec<i64>> {
+        SessionWindows::new(30 * MIN, 6 * 60 * MIN, MIN, 0)
+    }
+
+    fn spans(closed: &[(String, Session<Vec<i64>>)]) -> Vec<(&str, i64, i64, usize)> {
+        closed.iter().map(|(k, s)| (k.as_str(), s.start, s.last, s.state.len())).collect()
+    }
+
+    fn add(w: &mut SessionWindows<String, Vec<i64>>, key: &str, t: i64) {
+        w.record(&key.to_owned(), t, |v| v.push(t)).expect("on time");
+    }
+
+    #[test]
+    fn a_gap_of_the_inactivity_timeout_splits_sessions() {
+        let mut w = windows();
+        for t in [0, 10 * MIN, 40 * MIN - 1, 70 * MIN - 1] {
+            add(&mut w, "a", t);
+        }
+        let closed = w.close_all();
+        assert_eq!(
+            spans(&closed),
+            vec![("a", 0, 40 * MIN - 1, 3), ("a", 70 * MIN - 1, 70 * MIN - 1, 1)],
+            "29:59 apart stays together, exactly 30:00 apart splits"
+        );
+    }
+
+    #[test]
+    fn an_out_of_order_event_bridging_two_sessions_merges_them() {
+        let mut w = windows();
+        add(&mut w, "a", 0);
+        add(&mut w, "a", 50 * MIN);
+        assert_eq!(w.open_sessions(), 2);
+        add(&mut w, "a", 25 * MIN);
+        assert_eq!(spans(&w.close_all()), vec![("a", 0, 50 * MIN, 3)]);
+    }
+
+    #[test]
+    fn sessions_close_once_no_on_time_event_can_reach_them() {
+        let mut w = windows();
+        add(&mut w, "a", 0);
+        add(&mut w, "b", 5 * MIN);
+        assert!(w.advance(30 * MIN - 1).is_empty(), "an event at 29:59 could still extend a");
+        assert_eq!(spans(&w.advance(30 * MIN)), vec![("a", 0, 0, 1)]);
+        assert!(w.record(&"a".to_owned(), 29 * MIN, |_| {}).is_err(), "its window has closed: late");
+        assert_eq!(spans(&w.advance(36 * MIN)), vec![("b", 5 * MIN, 5 * MIN, 1)]);
+    }
+
+    #[test]
+    fn the_maximum_length_guard_starts_a_new_session() {
+        let mut w: SessionWindows<String, Vec<i64>> = SessionWindows::new(30 * MIN, 60 * MIN, MIN, 0);
+        for t in (0..=90).step_by(10) {
+            add(&mut w, "bot", t * MIN);
+        }
+        assert_eq!(spans(&w.close_all()), vec![("bot", 0, 50 * MIN, 6), ("bot", 60 * MIN, 90 * MIN, 4)]);
+    }
+
+    #[test]
+    fn snapshot_and_restore_continue_identically() {
+        let mut w = windows();
+        add(&mut w, "a", 0);
+        add(&mut w, "b", MIN);
+        w.advance(MIN);
+        let bytes = crate::time::snapshot(&w).expect("snapshot");
+        let mut back: SessionWindows<String, Vec<i64>> = crate::time::restore(&bytes).expect("restore");
+        for x in [&mut w, &mut back] {
+            add(x, "a", 2 * MIN);
+        }
+        assert_eq!(spans(&back.advance(40 * MIN)), spans(&w.advance(40 * MIN)));
+        assert_eq!(back.open_sessions(), 0);
+    }
+}

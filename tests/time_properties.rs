@@ -1,0 +1,282 @@
+//! Property tests of the event-time semantics, on one clickstream partition task (funnel,
+//! sessions, watermark, lateness and dedupe together):
+//! - any arrival order within the allowed out-of-orderness gives identical outputs;
+//! - every input event is counted exactly once across metrics, late events and duplicates;
+//! - snapshot → restore → continue gives the same outputs as an uninterrupted run;
+//! - whatever the arrival order, the outputs are the metric definitions applied to the events
+//!   that were neither late nor duplicates (a reference model computed in batch).
+
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use storepulse::config::{FamilyLateness, TimeSettings};
+use storepulse::event::{Channel, ClickEvent, ClickEventType, Device, Event, Stream};
+use storepulse::operators::{
+    Disposition, Family, FunnelCounts, FunnelRow, PartitionTask, SessionRow, Step, TaskOutput,
+};
+
+const SEC: i64 = 1_000;
+const MIN: i64 = 60 * SEC;
+const OUT_OF_ORDERNESS: i64 = 5 * SEC;
+
+fn settings(lateness_ms: i64) -> TimeSettings {
+    TimeSettings {
+        window_sizes_ms: vec![MIN, 60 * MIN],
+        out_of_orderness_ms: OUT_OF_ORDERNESS,
+        lateness: FamilyLateness::uniform(lateness_ms),
+        session_gap_ms: 30 * MIN,
+        // Far beyond any generated session: the length guard is the one order-dependent rule.
+        session_max_length_ms: 48 * 60 * MIN,
+        ..TimeSettings::default()
+    }
+}
+
+const TYPES: [ClickEventType; 6] = [
+    ClickEventType::PageView,
+    ClickEventType::Search,
+    ClickEventType::ProductView,
+    ClickEventType::AddToCart,
+    ClickEventType::BeginCheckout,
+    ClickEventType::Purchase,
+];
+const CHANNELS: [Channel; 3] = [Channel::Direct, Channel::LiveStream, Channel::PaidSearch];
+const DEVICES: [Device; 2] = [Device::App, Device::Desktop];
+
+/// Clicks in event-time order: a few visitors, gaps from milliseconds to over an hour.
+fn clicks() -> impl Strategy<Value = Vec<ClickEvent>> {
+    let step = (0u8..8, 0usize..6, 0usize..6, 0usize..3, 0usize..2, prop::option::of(0u8..2), 0i64..90 * SEC);
+    prop::collection::vec(step, 1..160).prop_map(|steps| {
+        let mut t = 1_700_000_000_000;
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (gap_kind, visitor, kind, channel, device, session, small_gap))| {
+                // Gaps just under and over the session gap make sessions split and merge.
+                t += match gap_kind {
+                    0 => 35 * MIN,
+                    1 => 80 * MIN,
+                    2 => 27 * MIN + small_gap,
+                    _ => small_gap,
+                };
+                ClickEvent {
+                    channel: Some(CHANNELS[channel]),
+                    session_id: session.map(|s| format!("s{visitor}-{s}")),
+                    ..ClickEvent::new(format!("e{i:05}"), TYPES[kind], t, format!("v{visitor}"), DEVICES[device])
+                }
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Outputs {
+    funnel: Vec<FunnelRow>,
+    sessions: Vec<SessionRow>,
+    late: Vec<(Family, String)>,
+    duplicates: usize,
+}
+
+fn run(task: &mut PartitionTask, events: &[ClickEvent], into: &mut Outputs) {
+    let mut out = TaskOutput::default();
+    for e in events {
+        if task.process(&Event::Click(e.clone()), &mut out) == Disposition::Duplicate {
+            into.duplicates += 1;
+        }
+    }
+    collect(out, into);
+}
+
+fn finish(mut task: PartitionTask, into: &mut Outputs) {
+    let mut out = TaskOutput::default();
+    task.close_all(&mut out);
+    collect(out, into);
+}
+
+fn collect(out: TaskOutput, into: &mut Outputs) {
+    into.funnel.extend(out.funnel);
+    into.sessions.extend(out.sessions);
+    into.late.extend(out.late.into_iter().map(|l| (l.family, l.event_id)));
+}
+
+fn run_to_end(events: &[ClickEvent], lateness_ms: i64) -> Outputs {
+    let mut task = PartitionTask::new(Stream::Clickstream, 0, &settings(lateness_ms));
+    let mut outputs = Outputs::default();
+    run(&mut task, events, &mut outputs);
+    finish(task, &mut outputs);
+    outputs
+}
+
+fn sorted(mut o: Outputs) -> Outputs {
+    o.funnel.sort();
+    o.sessions.sort();
+    o.late.sort();
+    o
+}
+
+/// Reorders by arrival = event time + a delay per event, stable for equal arrivals.
+fn arrive(events: &[ClickEvent], delays: &[i64]) -> Vec<ClickEvent> {
+    let mut arrivals: Vec<(i64, usize)> =
+        events.iter().enumerate().map(|(i, e)| (e.event_time + delays[i % delays.len()], i)).collect();
+    arrivals.sort();
+    arrivals.into_iter().map(|(_, i)| events[i].clone()).collect()
+}
+
+type FunnelKey = (i64, i64, Option<Channel>, Option<Device>);
+
+/// The funnel definitions in batch: per window size, start, channel and device (with
+/// subtotals), events, distinct visitors, page views and distinct visitors per step.
+fn reference_funnel(events: &[&ClickEvent]) -> BTreeMap<FunnelKey, FunnelCounts> {
+    let mut visitors: BTreeMap<FunnelKey, BTreeMap<&str, u8>> = BTreeMap::new();
+    let mut counts: BTreeMap<FunnelKey, FunnelCounts> = BTreeMap::new();
+    for e in events {
+        for size in [MIN, 60 * MIN] {
+            let start = e.event_time.div_euclid(size) * size;
+            let (c, d) = (e.channel, Some(e.device));
+            for (channel, device) in [(c, d), (c, None), (None, d), (None, None)] {
+                let key = (size, start, channel, device);
+                let entry = counts.entry(key).or_default();
+                entry.events += 1;
+                entry.page_views += u64::from(e.event_type == ClickEventType::PageView);
+                let steps = visitors.entry(key).or_default().entry(e.visitor_id.as_str()).or_default();
+                *steps |= Step::of(e.event_type).map_or(0, Step::bit);
+            }
+        }
+    }
+    for (key, per_visitor) in visitors {
+        let entry = counts.get_mut(&key).expect("same keys");
+        entry.visitors = per_visitor.len() as u64;
+        for step in Step::ALL {
+            entry.step_visitors[step as usize] = per_visitor.values().filter(|s| **s & step.bit() != 0).count() as u64;
+        }
+    }
+    counts
+}
+
+/// The session definition in batch: per visitor and client session id, events in time order,
+/// split where the gap reaches 30 minutes. (visitor, session id, start, end, events, page views).
+fn reference_sessions(events: &[&ClickEvent]) -> Vec<(String, Option<String>, i64, i64, u32, u32)> {
+    let mut by_key: BTreeMap<(&str, Option<&str>), Vec<&ClickEvent>> = BTreeMap::new();
+    for e in events {
+        by_key.entry((e.visitor_id.as_str(), e.session_id.as_deref())).or_default().push(e);
+    }
+    let mut sessions = Vec::new();
+    for ((visitor, session_id), mut list) in by_key {
+        list.sort_by_key(|e| e.event_time);
+        let mut current: Option<(i64, i64, u32, u32)> = None;
+        for e in list {
+            let page_view = u32::from(e.event_type == ClickEventType::PageView);
+            current = match current {
+                Some((start, last, n, pv)) if e.event_time - last < 30 * MIN => {
+                    Some((start, e.event_time, n + 1, pv + page_view))
+                }
+                Some((start, last, n, pv)) => {
+                    sessions.push((visitor.to_owned(), session_id.map(str::to_owned), start, last, n, pv));
+                    Some((e.event_time, e.event_time, 1, page_view))
+                }
+                None => Some((e.event_time, e.event_time, 1, page_view)),
+            };
+        }
+        if let Some((start, last, n, pv)) = current {
+            sessions.push((visitor.to_owned(), session_id.map(str::to_owned), start, last, n, pv));
+        }
+    }
+    sessions.sort();
+    sessions
+}
+
+/// Distinct events of `input` that were not late for `family`.
+fn accepted<'a>(input: &'a [ClickEvent], outputs: &Outputs, family: Family) -> Vec<&'a ClickEvent> {
+    let late: BTreeSet<&str> = outputs.late.iter().filter(|(f, _)| *f == family).map(|(_, id)| id.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    input.iter().filter(|e| !late.contains(e.event_id.as_str()) && seen.insert(e.event_id.as_str())).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_arrival_order_within_the_out_of_orderness_gives_identical_outputs(
+        events in clicks(),
+        delays in prop::collection::vec(0..=OUT_OF_ORDERNESS, 1..50),
+    ) {
+        let in_order = sorted(run_to_end(&events, 0));
+        let shuffled = sorted(run_to_end(&arrive(&events, &delays), 0));
+        prop_assert!(in_order.late.is_empty());
+        prop_assert_eq!(shuffled, in_order);
+    }
+
+    #[test]
+    fn every_event_is_counted_once_across_metrics_late_events_and_duplicates(
+        events in clicks(),
+        delays in prop::collection::vec(0..10 * MIN, 1..50),
+        duplicated in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+        lateness_ms in prop_oneof![Just(0), Just(30 * SEC), Just(5 * MIN)],
+    ) {
+        let mut input = events.clone();
+        for index in &duplicated {
+            input.push(events[index.index(events.len())].clone());
+        }
+        let input = arrive(&input, &delays);
+        let outputs = run_to_end(&input, lateness_ms);
+        let late = |family| outputs.late.iter().filter(|(f, _)| *f == family).count() as u64;
+        let counted_in = |size| -> u64 {
+            outputs.funnel.iter().filter(|r| r.window_ms == size && r.channel.is_none() && r.device.is_none())
+                .map(|r| r.counts.events).sum()
+        };
+        let total = input.len() as u64;
+        let duplicates = outputs.duplicates as u64;
+        prop_assert_eq!(counted_in(MIN) + late(Family::Traffic) + duplicates, total);
+        prop_assert_eq!(counted_in(60 * MIN) + late(Family::Traffic) + duplicates, total);
+        let in_sessions: u64 = outputs.sessions.iter().map(|s| u64::from(s.events)).sum();
+        prop_assert_eq!(in_sessions + late(Family::Sessions) + duplicates, total);
+        prop_assert_eq!(outputs.duplicates, duplicated.len(), "copies arrive within the dedupe horizon");
+    }
+
+    #[test]
+    fn snapshot_restore_continue_equals_an_uninterrupted_run(
+        events in clicks(),
+        delays in prop::collection::vec(0..3 * MIN, 1..50),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let input = arrive(&events, &delays);
+        let uninterrupted = run_to_end(&input, 0);
+
+        let (before, after) = input.split_at(cut.index(input.len() + 1).min(input.len()));
+        let mut outputs = Outputs::default();
+        let mut task = PartitionTask::new(Stream::Clickstream, 0, &settings(0));
+        run(&mut task, before, &mut outputs);
+        let bytes = task.snapshot().expect("snapshot");
+        drop(task);
+        let mut restored = PartitionTask::restore(&bytes).expect("restore");
+        run(&mut restored, after, &mut outputs);
+        finish(restored, &mut outputs);
+        prop_assert_eq!(outputs, uninterrupted);
+    }
+
+    #[test]
+    fn outputs_are_the_definitions_applied_to_the_events_neither_late_nor_duplicate(
+        events in clicks(),
+        delays in prop::collection::vec(0..10 * MIN, 1..50),
+        duplicated in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        lateness_ms in prop_oneof![Just(0), Just(30 * SEC), Just(5 * MIN)],
+    ) {
+        let mut input = events.clone();
+        for index in &duplicated {
+            input.push(events[index.index(events.len())].clone());
+        }
+        let input = arrive(&input, &delays);
+        let outputs = run_to_end(&input, lateness_ms);
+
+        let mut funnel: BTreeMap<FunnelKey, FunnelCounts> = BTreeMap::new();
+        for r in &outputs.funnel {
+            let previous = funnel.insert((r.window_ms, r.window_start, r.channel, r.device), r.counts);
+            prop_assert!(previous.is_none(), "window emitted twice: {:?}", r);
+        }
+        prop_assert_eq!(funnel, reference_funnel(&accepted(&input, &outputs, Family::Traffic)));
+
+        let mut sessions: Vec<_> = outputs.sessions.iter()
+            .map(|s| (s.visitor_id.clone(), s.client_session_id.clone(), s.session_start, s.session_end, s.events, s.page_views))
+            .collect();
+        sessions.sort();
+        prop_assert_eq!(sessions, reference_sessions(&accepted(&input, &outputs, Family::Sessions)));
+    }
+}

@@ -485,13 +485,13 @@ impl Pipeline {
             SystemTime::UNIX_EPOCH + Duration::from_millis(summary.window_start.max(0) as u64),
         );
         let line = format!(
-            "window {start}  visitors {visitors:>6}  purchasers {purchasers:>5}  paid conversion {conversion:>5.2}%  {}",
+            "{w:>3} window {start}  visitors {visitors:>6}  purchasers {purchasers:>5}  paid conversion {conversion:>5.2}%  {}",
             if sales.is_empty() { "paid orders     0".to_owned() } else { sales.join("  ") }
         );
         if self.progress {
             println!("{line}");
         } else {
-            tracing::info!(window_start = %start, visitors, purchasers, "window closed");
+            tracing::info!(window = w, window_start = %start, visitors, purchasers, "window closed");
         }
     }
 

@@ -112,6 +112,12 @@ fn sorted(mut o: Outputs) -> Outputs {
     o
 }
 
+/// The events plus a second copy of those `duplicated` picks (as a retrying producer sends).
+fn with_copies(events: &[ClickEvent], duplicated: &[prop::sample::Index]) -> Vec<ClickEvent> {
+    let copies = duplicated.iter().map(|index| events[index.index(events.len())].clone());
+    events.iter().cloned().chain(copies).collect()
+}
+
 /// Reorders by arrival = event time + a delay per event, stable for equal arrivals.
 fn arrive(events: &[ClickEvent], delays: &[i64]) -> Vec<ClickEvent> {
     let mut arrivals: Vec<(i64, usize)> =
@@ -211,11 +217,7 @@ proptest! {
         duplicated in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
         lateness_ms in prop_oneof![Just(0), Just(30 * SEC), Just(5 * MIN)],
     ) {
-        let mut input = events.clone();
-        for index in &duplicated {
-            input.push(events[index.index(events.len())].clone());
-        }
-        let input = arrive(&input, &delays);
+        let input = arrive(&with_copies(&events, &duplicated), &delays);
         let outputs = run_to_end(&input, lateness_ms);
         let late = |family| outputs.late.iter().filter(|(f, _)| *f == family).count() as u64;
         let counted_in = |size| -> u64 {
@@ -259,11 +261,7 @@ proptest! {
         duplicated in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
         lateness_ms in prop_oneof![Just(0), Just(30 * SEC), Just(5 * MIN)],
     ) {
-        let mut input = events.clone();
-        for index in &duplicated {
-            input.push(events[index.index(events.len())].clone());
-        }
-        let input = arrive(&input, &delays);
+        let input = arrive(&with_copies(&events, &duplicated), &delays);
         let outputs = run_to_end(&input, lateness_ms);
 
         let mut funnel: BTreeMap<FunnelKey, FunnelCounts> = BTreeMap::new();

@@ -8,16 +8,17 @@ use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::{Settings, system_time_ms};
 use crate::event::{Channel, Device, Stream};
 use crate::operators::{
-    Disposition, FunnelRow, PartitionTask, SalesRow, SessionRow, Step, TaskOutput, channel_label, device_label,
+    Backlog, Disposition, FulfillmentCounts, FulfillmentRow, FunnelRow, LatencyMetric, OrderCounts, OrderFact,
+    OrdersRow, OrphanShipment, PartitionTask, SessionRow, Step, TaskOutput, channel_label, device_label,
 };
 use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
 use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, Published, SinkError, TableRow};
 use crate::source::{KafkaSource, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
-use crate::telemetry::{Health, Metrics, minor_to_major, window_label};
+use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
 use crate::time::{PartitionProgress, low_watermark};
 use rdkafka::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -59,18 +60,48 @@ pub struct RunReport {
     pub files: u64,
 }
 
+/// One task: a clickstream partition, or the same partition of orders and logistics.
 struct Task {
     state: PartitionTask,
-    progress: PartitionProgress,
+    /// Progress of each source partition the task has seen.
+    progress: BTreeMap<Stream, PartitionProgress>,
+}
+
+/// The key of the task that processes `partition` of `stream`: orders and logistics share one.
+fn task_key(stream: Stream, partition: i32) -> (Stream, i32) {
+    match stream {
+        Stream::Logistics => (Stream::Orders, partition),
+        other => (other, partition),
+    }
+}
+
+/// The source streams a task of `kind` reads.
+fn task_streams(kind: Stream) -> &'static [Stream] {
+    match kind {
+        Stream::Clickstream => &[Stream::Clickstream],
+        _ => &[Stream::Orders, Stream::Logistics],
+    }
 }
 
 #[derive(Default)]
 struct Buffers {
     funnel: Vec<FunnelRow>,
     sessions: Vec<SessionRow>,
-    sales: Vec<SalesRow>,
+    orders: Vec<OrdersRow>,
+    fulfillment: Vec<FulfillmentRow>,
+    facts: Vec<OrderFact>,
+    orphans: Vec<OrphanShipment>,
     late: Vec<LateEventRow>,
     dead: Vec<DeadLetterRow>,
+}
+
+/// Label sets already exported, so a series absent from a newer window is set to zero
+/// instead of keeping a stale value.
+#[derive(Default)]
+struct ExportedSeries {
+    fulfillment: BTreeSet<(String, String, String)>,
+    currencies: BTreeSet<String>,
+    warehouses: BTreeSet<String>,
 }
 
 /// The processing loop and everything it owns.
@@ -86,6 +117,8 @@ pub struct Pipeline {
     buffers: Buffers,
     writer: ParquetWriter,
     board: SummaryBoard,
+    exported: ExportedSeries,
+    last_backlog: Instant,
     dead_letter_topic: Option<DeadLetterTopic>,
     progress: bool,
     report: RunReport,
@@ -128,6 +161,8 @@ impl Pipeline {
             positions: BTreeMap::new(),
             buffers: Buffers::default(),
             board: SummaryBoard::default(),
+            exported: ExportedSeries::default(),
+            last_backlog: Instant::now(),
             dead_letter_topic,
             progress,
             report: RunReport::default(),
@@ -309,17 +344,19 @@ impl Pipeline {
         self.report.decoded += 1;
         self.metrics.events_decoded.with_label_values(&[stream.as_str()]).inc();
         let time = &self.settings.time;
-        let task = self.tasks.entry((stream, partition)).or_insert_with(|| Task {
-            state: PartitionTask::new(stream, partition, time),
-            progress: PartitionProgress::default(),
-        });
-        if task.state.process(&event, &mut self.scratch) == Disposition::Duplicate {
+        let task = self
+            .tasks
+            .entry(task_key(stream, partition))
+            .or_insert_with(|| Task { state: PartitionTask::new(stream, partition, time), progress: BTreeMap::new() });
+        let disposition = task.state.process(&event, &mut self.scratch);
+        let progress = task.progress.entry(stream).or_default();
+        progress.last_event_at_ms = now_ms;
+        progress.watermark = task.state.watermark(stream);
+        if disposition == Disposition::Duplicate {
             self.report.duplicates += 1;
             self.metrics.events_duplicate.with_label_values(&[stream.as_str()]).inc();
             return Ok(());
         }
-        task.progress.last_event_at_ms = now_ms;
-        task.progress.watermark = task.state.watermark();
         for late in self.scratch.late.drain(..) {
             self.report.late += 1;
             self.metrics.events_late.with_label_values(&[stream.as_str(), late.family.as_str()]).inc();
@@ -339,22 +376,38 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Moves rows of closed windows and sessions from the scratch output to the Parquet
-    /// buffers, the instance-wide summaries and the session counters.
+    /// Moves rows of closed windows, sessions and orders from the scratch output to the
+    /// Parquet buffers, the instance-wide summaries, counters and histograms.
     fn route_closed(&mut self) {
         let out = &mut self.scratch;
         if !out.funnel.is_empty() {
             self.board.add_funnel(&out.funnel);
             self.buffers.funnel.append(&mut out.funnel);
         }
-        if !out.sales.is_empty() {
-            self.board.add_sales(&out.sales);
-            self.buffers.sales.append(&mut out.sales);
+        if !out.orders.is_empty() {
+            self.board.add_orders(&out.orders);
+            self.buffers.orders.append(&mut out.orders);
+        }
+        if !out.fulfillment.is_empty() {
+            self.board.add_fulfillment(&out.fulfillment);
+            self.buffers.fulfillment.append(&mut out.fulfillment);
         }
         for session in &out.sessions {
             count_session(&self.metrics, session);
         }
         self.buffers.sessions.append(&mut out.sessions);
+        self.buffers.facts.append(&mut out.facts);
+        self.metrics.shipments_orphaned.inc_by(out.orphans.len() as u64);
+        self.buffers.orphans.append(&mut out.orphans);
+        self.metrics.joins_late.inc_by(std::mem::take(&mut out.joins_late));
+        for o in out.latencies.drain(..) {
+            let (histogram, label) = match o.metric {
+                LatencyMetric::CreatedToPaid => (&self.metrics.order_created_to_paid, o.label.as_str()),
+                LatencyMetric::PaidToPickup => (&self.metrics.paid_to_pickup, o.label.as_str()),
+                LatencyMetric::PickupToDelivery => (&self.metrics.pickup_to_delivery, carrier_label(&o.label)),
+            };
+            histogram.with_label_values(&[label]).observe(o.ms as f64 / 1000.0);
+        }
     }
 
     /// Drops the state of partitions this instance no longer owns.
@@ -362,11 +415,18 @@ impl Pipeline {
         let assigned = source.assignment();
         let topics = &self.settings.topics;
         let metrics = &self.metrics;
-        self.tasks.retain(|(stream, partition), _| {
-            let keep = assigned.contains(&(topics.of(*stream).to_owned(), *partition));
+        self.tasks.retain(|(kind, partition), _| {
+            let mut keep = false;
+            for stream in task_streams(*kind) {
+                if assigned.contains(&(topics.of(*stream).to_owned(), *partition)) {
+                    keep = true;
+                } else {
+                    let _ =
+                        metrics.partition_watermark.remove_label_values(&[topics.of(*stream), &partition.to_string()]);
+                }
+            }
             if !keep {
-                let _ = metrics.partition_watermark.remove_label_values(&[topics.of(*stream), &partition.to_string()]);
-                tracing::info!(stream = stream.as_str(), partition, "partition revoked; its open windows are dropped");
+                tracing::info!(task = kind.as_str(), partition, "partitions revoked; their open windows are dropped");
             }
             keep
         });
@@ -378,26 +438,41 @@ impl Pipeline {
         let caught_up = |tp: &TopicPartition, positions: &BTreeMap<TopicPartition, i64>| {
             highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high)
         };
-        for ((stream, partition), task) in &mut self.tasks {
-            let tp = (self.settings.topics.of(*stream).to_owned(), *partition);
-            task.progress.caught_up = caught_up(&tp, &self.positions);
-            if let Some(w) = task.progress.watermark {
-                self.metrics
-                    .partition_watermark
-                    .with_label_values(&[tp.0.as_str(), &partition.to_string()])
-                    .set(w as f64 / 1000.0);
+        let now_ms = system_time_ms(SystemTime::now());
+        let idle_timeout_ms = self.settings.time.idle_timeout_ms;
+        for ((kind, partition), task) in &mut self.tasks {
+            for &stream in task_streams(*kind) {
+                let tp = (self.settings.topics.of(stream).to_owned(), *partition);
+                let up_to_date = caught_up(&tp, &self.positions);
+                let idle = match task.progress.get_mut(&stream) {
+                    Some(progress) => {
+                        progress.caught_up = up_to_date;
+                        if let Some(w) = progress.watermark {
+                            self.metrics
+                                .partition_watermark
+                                .with_label_values(&[tp.0.as_str(), &partition.to_string()])
+                                .set(w as f64 / 1000.0);
+                        }
+                        up_to_date && now_ms - progress.last_event_at_ms >= idle_timeout_ms
+                    }
+                    None => up_to_date,
+                };
+                // An idle partition of a commerce task stops holding its fulfillment windows back.
+                task.state.set_idle(stream, idle, &mut self.scratch);
             }
         }
+        self.route_closed();
         // Assigned partitions that have delivered nothing yet hold the low watermark back
         // unless they are known to be empty.
         let unstarted: Vec<PartitionProgress> = source
             .assignment()
             .into_iter()
             .filter(|(topic, partition)| {
-                self.settings
-                    .topics
-                    .stream_of(topic)
-                    .is_some_and(|stream| !self.tasks.contains_key(&(stream, *partition)))
+                self.settings.topics.stream_of(topic).is_some_and(|stream| {
+                    self.tasks
+                        .get(&task_key(stream, *partition))
+                        .is_none_or(|task| !task.progress.contains_key(&stream))
+                })
             })
             .map(|tp| PartitionProgress {
                 watermark: None,
@@ -406,15 +481,49 @@ impl Pipeline {
             })
             .collect();
         self.metrics.sessions_open.set(self.tasks.values().map(|t| t.state.open_sessions() as i64).sum());
-        let now_ms = system_time_ms(SystemTime::now());
-        let progress = self.tasks.values().map(|t| &t.progress).chain(unstarted.iter());
+        self.metrics.orders_open.set(self.tasks.values().map(|t| t.state.open_orders() as i64).sum());
+        if self.last_backlog.elapsed() >= Duration::from_secs(1) {
+            self.last_backlog = Instant::now();
+            self.publish_backlog();
+        }
+        let progress = self.tasks.values().flat_map(|t| t.progress.values()).chain(unstarted.iter());
         if let Some(low) = low_watermark(progress, now_ms, self.settings.time.idle_timeout_ms) {
-            // The board holds traffic and sales windows: release once both families closed them.
-            let lateness = &self.settings.time.lateness;
-            let released = self.board.release_through(low - lateness.traffic_ms.max(lateness.sales_ms));
+            // The board holds windows of several families: release once every one closed them.
+            let l = &self.settings.time.lateness;
+            let lateness = [l.traffic_ms, l.orders_ms, l.fulfillment_ms].into_iter().max().unwrap_or_default();
+            let released = self.board.release_through(low - lateness);
             for summary in released {
                 self.publish(&summary);
             }
+        }
+    }
+
+    /// Sets the backlog gauges: unshipped paid orders of every commerce task, at its
+    /// fulfillment watermark.
+    fn publish_backlog(&mut self) {
+        let mut by_warehouse: BTreeMap<String, Backlog> = BTreeMap::new();
+        let mut at: Option<i64> = None;
+        for task in self.tasks.values() {
+            if let Some((task_at, backlog)) = task.state.backlog_now() {
+                at = Some(at.map_or(task_at, |a| a.min(task_at)));
+                for (warehouse, b) in backlog {
+                    by_warehouse.entry(warehouse).or_default().add(&b);
+                    by_warehouse.entry("all".to_owned()).or_default().add(&b);
+                }
+            }
+        }
+        let Some(at) = at else { return };
+        let g = &self.metrics.fulfillment;
+        g.backlog_at.set(at as f64 / 1000.0);
+        self.exported.warehouses.extend(by_warehouse.keys().cloned());
+        self.exported.warehouses.insert("all".to_owned());
+        for warehouse in &self.exported.warehouses {
+            let b = by_warehouse.get(warehouse).copied().unwrap_or_default();
+            let labels = [warehouse.as_str()];
+            g.backlog_orders.with_label_values(&labels).set(b.orders as i64);
+            g.backlog_past_ship_by.with_label_values(&labels).set(b.past_ship_by as i64);
+            let age = b.oldest_paid_at.map_or(0, |paid| (at - paid).max(0));
+            g.oldest_unshipped_age.with_label_values(&labels).set(age as f64 / 1000.0);
         }
     }
 
@@ -450,28 +559,8 @@ impl Pipeline {
                 }
             }
         }
-        let mut orders_by_channel: BTreeMap<&str, u64> = Channel::ALL.iter().map(|c| (c.as_str(), 0)).collect();
-        let mut amounts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-        for ((channel, currency), (orders, amount)) in &summary.sales {
-            *orders_by_channel.entry(channel.as_str()).or_default() += orders;
-            *orders_by_channel.entry("all").or_default() += orders;
-            *amounts.entry((channel.as_str(), currency.as_str())).or_default() += amount;
-            *amounts.entry(("all", currency.as_str())).or_default() += amount;
-        }
-        orders_by_channel.entry("all").or_default();
-        for (channel, orders) in orders_by_channel {
-            self.metrics.sales_orders_paid.with_label_values(&[w, channel]).set(orders as i64);
-        }
-        // Series of channels without sales this window go to zero rather than keep stale values.
-        for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
-            for currency in summary.sales_by_currency().keys() {
-                let amount = amounts.get(&(channel, currency)).copied().unwrap_or(0);
-                self.metrics
-                    .sales_paid_amount
-                    .with_label_values(&[w, channel, currency])
-                    .set(minor_to_major(amount, currency));
-            }
-        }
+        self.publish_orders(w, summary);
+        self.publish_fulfillment(w, summary);
         let (visitors, purchasers) = summary.all_traffic();
         let conversion = if visitors == 0 { 0.0 } else { 100.0 * purchasers as f64 / visitors as f64 };
         let sales: Vec<String> = summary
@@ -492,6 +581,63 @@ impl Pipeline {
             println!("{line}");
         } else {
             tracing::info!(window = w, window_start = %start, visitors, purchasers, "window closed");
+        }
+    }
+
+    /// Order gauges of a closed window: every channel and `all` is set (zero when absent).
+    fn publish_orders(&mut self, w: &str, summary: &WindowSummary) {
+        let g = &self.metrics.orders;
+        self.exported.currencies.extend(summary.orders.keys().map(|(_, currency)| currency.clone()));
+        for channel in Channel::ALL.iter().copied().map(Some).chain([None]) {
+            let label = channel_label(channel);
+            let mut total = OrderCounts::default();
+            for currency in &self.exported.currencies {
+                let counts = summary.orders.get(&(channel, currency.clone())).cloned().unwrap_or_default();
+                let money = [w, label, currency.as_str()];
+                g.paid_amount.with_label_values(&money).set(minor_to_major(counts.paid_amount_minor, currency));
+                g.refunded_amount.with_label_values(&money).set(minor_to_major(counts.refund_amount_minor, currency));
+                total.add(&counts);
+            }
+            let labels = [w, label];
+            g.created.with_label_values(&labels).set(total.created as i64);
+            g.paid.with_label_values(&labels).set(total.paid as i64);
+            g.paying_buyers.with_label_values(&labels).set(total.paying_buyers() as i64);
+            g.units.with_label_values(&labels).set(total.units as i64);
+            g.cancelled.with_label_values(&labels).set(total.cancellations as i64);
+            g.refunded.with_label_values(&labels).set(total.refunds as i64);
+        }
+    }
+
+    /// Fulfillment gauges of a closed window; carriers outside the exported list fold into
+    /// `other`, and series exported before but absent now are set to zero.
+    fn publish_fulfillment(&mut self, w: &str, summary: &WindowSummary) {
+        let mut folded: BTreeMap<(String, String), FulfillmentCounts> = BTreeMap::new();
+        for ((carrier, warehouse), counts) in &summary.fulfillment {
+            let carrier = carrier.as_deref().map_or("all", carrier_label).to_owned();
+            let warehouse = warehouse.clone().unwrap_or_else(|| "all".to_owned());
+            folded.entry((carrier, warehouse)).or_default().add(counts);
+        }
+        folded.entry(("all".to_owned(), "all".to_owned())).or_default();
+        for (carrier, warehouse) in folded.keys() {
+            self.exported.fulfillment.insert((w.to_owned(), carrier.clone(), warehouse.clone()));
+        }
+        let g = &self.metrics.fulfillment;
+        for (window, carrier, warehouse) in self.exported.fulfillment.iter().filter(|s| s.0 == w) {
+            let c = folded.get(&(carrier.clone(), warehouse.clone())).cloned().unwrap_or_default();
+            let labels = [window.as_str(), carrier.as_str(), warehouse.as_str()];
+            for (gauge, value) in [
+                (&g.picked_up, c.picked_up),
+                (&g.delivered, c.delivered),
+                (&g.failed_attempts, c.failed_attempts),
+                (&g.exceptions, c.exceptions),
+                (&g.returned, c.returns),
+                (&g.ship_promised, c.ship_promised),
+                (&g.shipped_on_time, c.shipped_on_time),
+                (&g.deliver_promised, c.deliver_promised),
+                (&g.delivered_on_time, c.delivered_on_time),
+            ] {
+                gauge.with_label_values(&labels).set(value as i64);
+            }
         }
     }
 
@@ -523,7 +669,10 @@ impl Pipeline {
         let mut published = Vec::new();
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.funnel)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sessions)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sales)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.orders)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.fulfillment)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.facts)));
+        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.orphans)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.late)));
         published.extend(write(flush_table(&mut self.writer, &mut self.buffers.dead)));
         for p in &published {

@@ -3,7 +3,7 @@
 //! demo's progress lines never show a window that some partition has not finished.
 
 use crate::event::{Channel, Device};
-use crate::operators::{FunnelCounts, FunnelRow, SalesRow, Step};
+use crate::operators::{FulfillmentCounts, FulfillmentRow, FunnelCounts, FunnelRow, OrderCounts, OrdersRow, Step};
 use std::collections::BTreeMap;
 
 /// Totals of one window across this instance's partitions.
@@ -15,8 +15,11 @@ pub struct WindowSummary {
     pub window_start: i64,
     /// Funnel counts by channel and device (`None` = exact all-channels / all-devices count).
     pub traffic: BTreeMap<(Option<Channel>, Option<Device>), FunnelCounts>,
-    /// Paid orders and paid amount (minor units) by channel and currency.
-    pub sales: BTreeMap<(Channel, String), (u64, i64)>,
+    /// Order figures by channel (`None` = all channels) and currency; paying buyers are
+    /// distinct across this instance's partitions.
+    pub orders: BTreeMap<(Option<Channel>, String), OrderCounts>,
+    /// Fulfillment figures by carrier and warehouse (`None` = all).
+    pub fulfillment: BTreeMap<(Option<String>, Option<String>), FulfillmentCounts>,
 }
 
 impl WindowSummary {
@@ -32,13 +35,11 @@ impl WindowSummary {
 
     /// Paid orders and paid amount per currency, all channels.
     pub fn sales_by_currency(&self) -> BTreeMap<&str, (u64, i64)> {
-        let mut out: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
-        for ((_, currency), (orders, amount)) in &self.sales {
-            let e = out.entry(currency.as_str()).or_default();
-            e.0 += orders;
-            e.1 += amount;
-        }
-        out
+        self.orders
+            .iter()
+            .filter(|((channel, _), _)| channel.is_none())
+            .map(|((_, currency), c)| (currency.as_str(), (c.paid, c.paid_amount_minor)))
+            .collect()
     }
 }
 
@@ -73,13 +74,20 @@ impl SummaryBoard {
         }
     }
 
-    /// Adds closed sales rows of one partition.
-    pub fn add_sales(&mut self, rows: &[SalesRow]) {
+    /// Adds closed order rows of one partition.
+    pub fn add_orders(&mut self, rows: &[OrdersRow]) {
         for r in rows {
             if let Some(w) = self.window(r.window_ms, r.window_start) {
-                let s = w.sales.entry((r.channel, r.currency.clone())).or_default();
-                s.0 += r.orders_paid;
-                s.1 += r.paid_amount_minor;
+                w.orders.entry((r.channel, r.currency.clone())).or_default().add(&r.counts);
+            }
+        }
+    }
+
+    /// Adds closed fulfillment rows of one partition.
+    pub fn add_fulfillment(&mut self, rows: &[FulfillmentRow]) {
+        for r in rows {
+            if let Some(w) = self.window(r.window_ms, r.window_start) {
+                w.fulfillment.entry((r.carrier.clone(), r.warehouse.clone())).or_default().add(&r.counts);
             }
         }
     }

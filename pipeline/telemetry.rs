@@ -5,7 +5,9 @@
 use crate::codec::DecodeError;
 use crate::event::{Channel, Device, Stream};
 use crate::operators::{Family, Step};
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -100,8 +102,208 @@ pub struct Metrics {
     pub session_duration_seconds: prometheus::CounterVec,
     pub session_page_views: IntCounterVec,
     pub sessions_open: IntGauge,
-    pub sales_orders_paid: IntGaugeVec,
-    pub sales_paid_amount: GaugeVec,
+    pub orders: OrderGauges,
+    pub fulfillment: FulfillmentGauges,
+    pub order_created_to_paid: HistogramVec,
+    pub paid_to_pickup: HistogramVec,
+    pub pickup_to_delivery: HistogramVec,
+    pub orders_open: IntGauge,
+    pub shipments_orphaned: IntCounter,
+    pub joins_late: IntCounter,
+}
+
+/// Order gauges of the latest closed window, by window and channel (`all` = every channel).
+#[derive(Clone)]
+#[allow(missing_docs, reason = "each family carries its help text")]
+pub struct OrderGauges {
+    pub created: IntGaugeVec,
+    pub paid: IntGaugeVec,
+    pub paying_buyers: IntGaugeVec,
+    pub units: IntGaugeVec,
+    pub cancelled: IntGaugeVec,
+    pub refunded: IntGaugeVec,
+    pub paid_amount: GaugeVec,
+    pub refunded_amount: GaugeVec,
+}
+
+/// Fulfillment gauges of the latest closed window, by window, carrier and warehouse, and the
+/// backlog by warehouse at the watermark.
+#[derive(Clone)]
+#[allow(missing_docs, reason = "each family carries its help text")]
+pub struct FulfillmentGauges {
+    pub picked_up: IntGaugeVec,
+    pub delivered: IntGaugeVec,
+    pub failed_attempts: IntGaugeVec,
+    pub exceptions: IntGaugeVec,
+    pub returned: IntGaugeVec,
+    pub ship_promised: IntGaugeVec,
+    pub shipped_on_time: IntGaugeVec,
+    pub deliver_promised: IntGaugeVec,
+    pub delivered_on_time: IntGaugeVec,
+    pub backlog_orders: IntGaugeVec,
+    pub backlog_past_ship_by: IntGaugeVec,
+    pub oldest_unshipped_age: GaugeVec,
+    pub backlog_at: prometheus::Gauge,
+}
+
+/// Carriers exported by name; others are folded into `other` to bound the label set.
+pub const CARRIER_LABELS: &[&str] = &["sf", "jd", "zto", "yto", "yunda", "sto", "ems", "best", "deppon", "cainiao"];
+
+/// The `carrier` label of a carrier code.
+pub fn carrier_label(carrier: &str) -> &str {
+    CARRIER_LABELS.iter().find(|c| **c == carrier).copied().unwrap_or("other")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(opts(name, help), labels)
+}
+
+fn histogram(name: &str, help: &str, label: &str, buckets: &[f64]) -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &[label])
+}
+
+const HOUR_SECS: f64 = 3_600.0;
+
+impl OrderGauges {
+    fn new() -> Result<Self, prometheus::Error> {
+        let by = ["window", "channel"];
+        let money = ["window", "channel", "currency"];
+        Ok(OrderGauges {
+            created: gauge_vec("storepulse_orders_created", "Orders created in the latest closed window.", &by)?,
+            paid: gauge_vec(
+                "storepulse_orders_paid",
+                "Orders paid in the latest closed window; AOV = storepulse_orders_paid_amount / this.",
+                &by,
+            )?,
+            paying_buyers: gauge_vec(
+                "storepulse_orders_paying_buyers",
+                "Distinct paying buyers in the latest closed window, exact per instance;                  客单价 = storepulse_orders_paid_amount / this.",
+                &by,
+            )?,
+            units: gauge_vec("storepulse_orders_units", "Units of orders paid in the latest closed window.", &by)?,
+            cancelled: gauge_vec(
+                "storepulse_orders_cancelled",
+                "Orders cancelled in the latest closed window; cancellation rate = this / storepulse_orders_created.",
+                &by,
+            )?,
+            refunded: gauge_vec("storepulse_orders_refunded", "Refunds in the latest closed window.", &by)?,
+            paid_amount: GaugeVec::new(
+                opts(
+                    "storepulse_orders_paid_amount",
+                    "Amount paid (GMV paid) in the latest closed window, in currency units.",
+                ),
+                &money,
+            )?,
+            refunded_amount: GaugeVec::new(
+                opts(
+                    "storepulse_orders_refunded_amount",
+                    "Amount refunded in the latest closed window, in currency units.",
+                ),
+                &money,
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.created.clone()),
+            Box::new(self.paid.clone()),
+            Box::new(self.paying_buyers.clone()),
+            Box::new(self.units.clone()),
+            Box::new(self.cancelled.clone()),
+            Box::new(self.refunded.clone()),
+            Box::new(self.paid_amount.clone()),
+            Box::new(self.refunded_amount.clone()),
+        ]
+    }
+}
+
+impl FulfillmentGauges {
+    fn new() -> Result<Self, prometheus::Error> {
+        let by = ["window", "carrier", "warehouse"];
+        Ok(FulfillmentGauges {
+            picked_up: gauge_vec(
+                "storepulse_shipments_picked_up",
+                "Orders picked up by the carrier (揽收) in the latest closed window.",
+                &by,
+            )?,
+            delivered: gauge_vec(
+                "storepulse_shipments_delivered",
+                "Orders delivered (签收) in the latest closed window.",
+                &by,
+            )?,
+            failed_attempts: gauge_vec(
+                "storepulse_shipments_failed_attempts",
+                "Failed delivery attempts in the latest closed window.",
+                &by,
+            )?,
+            exceptions: gauge_vec(
+                "storepulse_shipments_exceptions",
+                "Shipment exceptions in the latest closed window; exception rate = this / storepulse_shipments_picked_up.",
+                &by,
+            )?,
+            returned: gauge_vec("storepulse_shipments_returned", "Orders returned in the latest closed window.", &by)?,
+            ship_promised: gauge_vec(
+                "storepulse_shipments_ship_promised",
+                "Pickups of paid orders with a promised ship-by in the latest closed window (on-time shipment denominator).",
+                &by,
+            )?,
+            shipped_on_time: gauge_vec(
+                "storepulse_shipments_shipped_on_time",
+                "Of storepulse_shipments_ship_promised, picked up by the promise.",
+                &by,
+            )?,
+            deliver_promised: gauge_vec(
+                "storepulse_shipments_deliver_promised",
+                "Deliveries of paid orders with a promised deliver-by in the latest closed window (on-time delivery denominator).",
+                &by,
+            )?,
+            delivered_on_time: gauge_vec(
+                "storepulse_shipments_delivered_on_time",
+                "Of storepulse_shipments_deliver_promised, delivered by the promise.",
+                &by,
+            )?,
+            backlog_orders: gauge_vec(
+                "storepulse_fulfillment_backlog_orders",
+                "Paid orders not yet picked up, delivered, returned or cancelled, at the fulfillment watermark.",
+                &["warehouse"],
+            )?,
+            backlog_past_ship_by: gauge_vec(
+                "storepulse_fulfillment_backlog_past_ship_by",
+                "Backlog orders already past their promised ship-by, at the fulfillment watermark.",
+                &["warehouse"],
+            )?,
+            oldest_unshipped_age: GaugeVec::new(
+                opts(
+                    "storepulse_fulfillment_oldest_unshipped_age_seconds",
+                    "Age of the oldest backlog order (watermark minus payment time), seconds.",
+                ),
+                &["warehouse"],
+            )?,
+            backlog_at: prometheus::Gauge::with_opts(opts(
+                "storepulse_fulfillment_backlog_timestamp_seconds",
+                "Event time the backlog gauges were evaluated at (the lowest fulfillment watermark), Unix seconds.",
+            ))?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.picked_up.clone()),
+            Box::new(self.delivered.clone()),
+            Box::new(self.failed_attempts.clone()),
+            Box::new(self.exceptions.clone()),
+            Box::new(self.returned.clone()),
+            Box::new(self.ship_promised.clone()),
+            Box::new(self.shipped_on_time.clone()),
+            Box::new(self.deliver_promised.clone()),
+            Box::new(self.delivered_on_time.clone()),
+            Box::new(self.backlog_orders.clone()),
+            Box::new(self.backlog_past_ship_by.clone()),
+            Box::new(self.oldest_unshipped_age.clone()),
+            Box::new(self.backlog_at.clone()),
+        ]
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -243,17 +445,38 @@ impl Metrics {
                 "storepulse_sessions_open",
                 "Sessions held open in memory on this instance, waiting for their inactivity gap.",
             ))?,
-            sales_orders_paid: IntGaugeVec::new(
-                opts("storepulse_sales_orders_paid", "Orders paid in the latest closed window, by channel."),
-                &["window", "channel"],
+            orders: OrderGauges::new()?,
+            fulfillment: FulfillmentGauges::new()?,
+            order_created_to_paid: histogram(
+                "storepulse_order_created_to_paid_seconds",
+                "Order creation to payment, by channel.",
+                "channel",
+                &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1_800.0, HOUR_SECS, 6.0 * HOUR_SECS],
             )?,
-            sales_paid_amount: GaugeVec::new(
-                opts(
-                    "storepulse_sales_paid_amount",
-                    "Amount paid (GMV paid) in the latest closed window, in currency units, by channel and currency.",
-                ),
-                &["window", "channel", "currency"],
+            paid_to_pickup: histogram(
+                "storepulse_fulfillment_paid_to_pickup_seconds",
+                "Payment to carrier pickup (揽收), by warehouse.",
+                "warehouse",
+                &[0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 48.0, 72.0, 120.0].map(|h| h * HOUR_SECS),
             )?,
+            pickup_to_delivery: histogram(
+                "storepulse_fulfillment_pickup_to_delivery_seconds",
+                "Carrier pickup to delivery (签收), by carrier.",
+                "carrier",
+                &[6.0, 12.0, 24.0, 36.0, 48.0, 72.0, 96.0, 120.0, 168.0].map(|h| h * HOUR_SECS),
+            )?,
+            orders_open: IntGauge::with_opts(opts(
+                "storepulse_orders_open",
+                "Orders held in lifecycle state on this instance (open, or finished and within their time-to-live).",
+            ))?,
+            shipments_orphaned: IntCounter::with_opts(opts(
+                "storepulse_shipments_orphaned_total",
+                "Orders whose scans arrived but whose order did not within orders.orphan_after_secs (see orphan_shipments).",
+            ))?,
+            joins_late: IntCounter::with_opts(opts(
+                "storepulse_fulfillment_joins_late_total",
+                "On-time and latency figures lost because an order's payment arrived after its scan's window closed.",
+            ))?,
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -281,9 +504,14 @@ impl Metrics {
             Box::new(m.session_duration_seconds.clone()),
             Box::new(m.session_page_views.clone()),
             Box::new(m.sessions_open.clone()),
-            Box::new(m.sales_orders_paid.clone()),
-            Box::new(m.sales_paid_amount.clone()),
+            Box::new(m.order_created_to_paid.clone()),
+            Box::new(m.paid_to_pickup.clone()),
+            Box::new(m.pickup_to_delivery.clone()),
+            Box::new(m.orders_open.clone()),
+            Box::new(m.shipments_orphaned.clone()),
+            Box::new(m.joins_late.clone()),
         ];
+        let collectors = collectors.into_iter().chain(m.orders.collectors()).chain(m.fulfillment.collectors());
         for c in collectors {
             m.registry.register(c)?;
         }
@@ -304,7 +532,8 @@ impl Metrics {
         for (stream, family) in [
             (Stream::Clickstream, Family::Traffic),
             (Stream::Clickstream, Family::Sessions),
-            (Stream::Orders, Family::Sales),
+            (Stream::Orders, Family::Orders),
+            (Stream::Logistics, Family::Fulfillment),
         ] {
             self.events_late.with_label_values(&[stream.as_str(), family.as_str()]);
         }
@@ -322,6 +551,11 @@ impl Metrics {
         }
         for window in windows.iter().map(String::as_str) {
             for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
+                for gauge in
+                    [&self.orders.created, &self.orders.paid, &self.orders.paying_buyers, &self.orders.cancelled]
+                {
+                    gauge.with_label_values(&[window, channel]);
+                }
                 for device in Device::ALL.iter().map(|d| d.as_str()).chain(["all"]) {
                     self.funnel_visitors.with_label_values(&[window, channel, device]);
                     self.funnel_page_views.with_label_values(&[window, channel, device]);

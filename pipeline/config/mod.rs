@@ -4,6 +4,7 @@
 
 use crate::codec::{ValidationRules, WireFormat};
 use crate::event::Stream;
+use crate::operators::Retention;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +63,9 @@ pub struct RawConfig {
     /// Event-time windowing.
     #[serde(default)]
     pub time: RawTime,
+    /// Order lifecycle state.
+    #[serde(default)]
+    pub orders: RawOrders,
     /// Parquet output.
     #[serde(default)]
     pub output: RawOutput,
@@ -208,9 +212,12 @@ pub struct RawTime {
     /// Allowed lateness of the sessions family, seconds; default `allowed_lateness_secs`.
     #[serde(default)]
     pub sessions_lateness_secs: Option<u64>,
-    /// Allowed lateness of the sales family, seconds; default `allowed_lateness_secs`.
+    /// Allowed lateness of the orders family, seconds; default `allowed_lateness_secs`.
     #[serde(default)]
-    pub sales_lateness_secs: Option<u64>,
+    pub orders_lateness_secs: Option<u64>,
+    /// Allowed lateness of the fulfillment family, seconds; default `allowed_lateness_secs`.
+    #[serde(default)]
+    pub fulfillment_lateness_secs: Option<u64>,
     /// A session ends after this much inactivity, seconds.
     #[serde(default = "default_session_gap_secs")]
     pub session_gap_secs: u64,
@@ -236,7 +243,8 @@ impl Default for RawTime {
             allowed_lateness_secs: 0,
             traffic_lateness_secs: None,
             sessions_lateness_secs: None,
-            sales_lateness_secs: None,
+            orders_lateness_secs: None,
+            fulfillment_lateness_secs: None,
             session_gap_secs: default_session_gap_secs(),
             session_max_length_secs: default_session_max_length_secs(),
             idle_timeout_secs: default_idle_timeout_secs(),
@@ -244,6 +252,42 @@ impl Default for RawTime {
             dedupe_max_ids_per_partition: default_dedupe_max_ids_per_partition(),
         }
     }
+}
+
+/// `[orders]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrders {
+    /// An order stays in state this long after delivery, return or cancellation, so refunds and
+    /// late scans still reach its `order_facts` row, seconds.
+    #[serde(default = "default_terminal_ttl_secs")]
+    pub terminal_ttl_secs: u64,
+    /// An order without any event for this long is written out as timed out, seconds.
+    #[serde(default = "default_open_timeout_secs")]
+    pub open_timeout_secs: u64,
+    /// Scans whose order has not arrived after this much event time are orphans, seconds.
+    #[serde(default = "default_orphan_after_secs")]
+    pub orphan_after_secs: u64,
+}
+
+impl Default for RawOrders {
+    fn default() -> Self {
+        RawOrders {
+            terminal_ttl_secs: default_terminal_ttl_secs(),
+            open_timeout_secs: default_open_timeout_secs(),
+            orphan_after_secs: default_orphan_after_secs(),
+        }
+    }
+}
+
+fn default_terminal_ttl_secs() -> u64 {
+    7 * 86_400
+}
+fn default_open_timeout_secs() -> u64 {
+    30 * 86_400
+}
+fn default_orphan_after_secs() -> u64 {
+    3_600
 }
 
 fn default_window_secs() -> OneOrMany {
@@ -414,6 +458,8 @@ pub struct TimeSettings {
     pub dedupe_horizon_ms: i64,
     /// Duplicate-suppression memory cap, ids per partition.
     pub dedupe_max_ids: usize,
+    /// How long order lifecycle state is kept.
+    pub retention: Retention,
 }
 
 /// Allowed lateness of each metric family, ms.
@@ -423,14 +469,16 @@ pub struct FamilyLateness {
     pub traffic_ms: i64,
     /// Sessions.
     pub sessions_ms: i64,
-    /// Sales.
-    pub sales_ms: i64,
+    /// Orders.
+    pub orders_ms: i64,
+    /// Fulfillment.
+    pub fulfillment_ms: i64,
 }
 
 impl FamilyLateness {
     /// The same lateness for every family.
     pub fn uniform(ms: i64) -> Self {
-        FamilyLateness { traffic_ms: ms, sessions_ms: ms, sales_ms: ms }
+        FamilyLateness { traffic_ms: ms, sessions_ms: ms, orders_ms: ms, fulfillment_ms: ms }
     }
 }
 
@@ -452,6 +500,11 @@ impl Default for TimeSettings {
             idle_timeout_ms: 30_000,
             dedupe_horizon_ms: 600_000,
             dedupe_max_ids: 2_000_000,
+            retention: Retention {
+                terminal_ttl_ms: 7 * 86_400_000,
+                open_timeout_ms: 30 * 86_400_000,
+                orphan_after_ms: 3_600_000,
+            },
         }
     }
 }
@@ -555,7 +608,14 @@ impl TryFrom<RawConfig> for Settings {
                 "time.sessions_lateness_secs",
                 raw.time.sessions_lateness_secs.unwrap_or(lateness_default),
             )?,
-            sales_ms: secs_to_ms("time.sales_lateness_secs", raw.time.sales_lateness_secs.unwrap_or(lateness_default))?,
+            orders_ms: secs_to_ms(
+                "time.orders_lateness_secs",
+                raw.time.orders_lateness_secs.unwrap_or(lateness_default),
+            )?,
+            fulfillment_ms: secs_to_ms(
+                "time.fulfillment_lateness_secs",
+                raw.time.fulfillment_lateness_secs.unwrap_or(lateness_default),
+            )?,
         };
         if raw.time.session_gap_secs == 0 {
             return Err(invalid("time.session_gap_secs", "must be at least 1"));
@@ -575,7 +635,32 @@ impl TryFrom<RawConfig> for Settings {
             idle_timeout_ms: secs_to_ms("time.idle_timeout_secs", raw.time.idle_timeout_secs)?,
             dedupe_horizon_ms: secs_to_ms("time.dedupe_horizon_secs", raw.time.dedupe_horizon_secs)?,
             dedupe_max_ids: raw.time.dedupe_max_ids_per_partition,
+            retention: Retention {
+                terminal_ttl_ms: secs_to_ms("orders.terminal_ttl_secs", raw.orders.terminal_ttl_secs)?,
+                open_timeout_ms: secs_to_ms("orders.open_timeout_secs", raw.orders.open_timeout_secs)?,
+                orphan_after_ms: secs_to_ms("orders.orphan_after_secs", raw.orders.orphan_after_secs)?,
+            },
         };
+        // The backlog at a window's end is read from state when the window closes: an order
+        // must not leave the state before every window it could be backlog in has closed.
+        let longest_wait = time.window_sizes_ms.last().copied().unwrap_or_default()
+            + [time.lateness.orders_ms, time.lateness.fulfillment_ms].into_iter().max().unwrap_or_default()
+            + time.out_of_orderness_ms;
+        if time.retention.terminal_ttl_ms <= longest_wait {
+            return Err(invalid(
+                "orders.terminal_ttl_secs",
+                format!(
+                    "must exceed the largest window plus lateness and out-of-orderness ({} s)",
+                    longest_wait / 1000
+                ),
+            ));
+        }
+        if time.retention.open_timeout_ms <= time.retention.terminal_ttl_ms {
+            return Err(invalid("orders.open_timeout_secs", "must exceed orders.terminal_ttl_secs"));
+        }
+        if time.retention.orphan_after_ms <= time.out_of_orderness_ms {
+            return Err(invalid("orders.orphan_after_secs", "must exceed time.allowed_out_of_orderness_secs"));
+        }
         if time.dedupe_max_ids == 0 {
             return Err(invalid("time.dedupe_max_ids_per_partition", "must be at least 1"));
         }
@@ -679,11 +764,14 @@ mod tests {
         }
         let err = parse("[time]\nsession_gap_secs = 600\nsession_max_length_secs = 60\n").expect_err("guard < gap");
         assert!(err.to_string().contains("time.session_max_length_secs"), "{err}");
-        let s = parse("[time]\nwindow_secs = [3600, 60]\nallowed_lateness_secs = 5\nsales_lateness_secs = 60\n")
+        let s = parse("[time]\nwindow_secs = [3600, 60]\nallowed_lateness_secs = 5\norders_lateness_secs = 60\n")
             .expect("valid");
         assert_eq!(s.time.window_sizes_ms, vec![60_000, 3_600_000]);
         assert_eq!(parse("[time]\nwindow_secs = 300\n").expect("one size").time.window_sizes_ms, vec![300_000]);
-        assert_eq!(s.time.lateness, FamilyLateness { traffic_ms: 5_000, sessions_ms: 5_000, sales_ms: 60_000 });
+        assert_eq!(
+            s.time.lateness,
+            FamilyLateness { traffic_ms: 5_000, sessions_ms: 5_000, orders_ms: 60_000, fulfillment_ms: 5_000 }
+        );
     }
 
     #[test]

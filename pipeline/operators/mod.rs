@@ -2,15 +2,23 @@
 //! `close_all`). They receive decoded events and return closed-window rows; no I/O.
 //! [`PartitionTask`] chains duplicate suppression, the watermark and a stream's operators.
 
+#[cfg(test)]
+mod fixtures;
+mod fulfillment;
 mod funnel;
-mod sales;
+mod latency;
+mod lifecycle;
+mod orders;
 mod sessions;
 mod task;
 
+pub use fulfillment::{FulfillmentCounts, FulfillmentOperator, FulfillmentRow};
 pub use funnel::{FunnelCounts, FunnelOperator, FunnelRow, channel_label, device_label};
-pub use sales::{SalesOperator, SalesRow};
+pub use latency::{LatencySketch, RELATIVE_ACCURACY};
+pub use lifecycle::{Backlog, ClosedReason, OrderBook, OrderFact, OrphanShipment, Retention};
+pub use orders::{OrderCounts, OrdersOperator, OrdersRow};
 pub use sessions::{SessionOperator, SessionRow};
-pub use task::{Disposition, LateEvent, PartitionTask, TaskOutput};
+pub use task::{Disposition, LateEvent, LatencyMetric, LatencyObservation, PartitionTask, TaskOutput};
 
 use crate::event::ClickEventType;
 
@@ -68,20 +76,23 @@ pub enum Family {
     Traffic,
     /// Sessions (`sessions` table).
     Sessions,
-    /// Paid orders and GMV (`orders` table).
-    Sales,
+    /// Order lifecycle per channel (`orders` table).
+    Orders,
+    /// Shipments per carrier and warehouse (`fulfillment` table).
+    Fulfillment,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 3] = [Family::Traffic, Family::Sessions, Family::Sales];
+    pub const ALL: [Family; 4] = [Family::Traffic, Family::Sessions, Family::Orders, Family::Fulfillment];
 
     /// The name used in `late_events.family` and the Prometheus `family` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Traffic => "traffic",
             Family::Sessions => "sessions",
-            Family::Sales => "sales",
+            Family::Orders => "orders",
+            Family::Fulfillment => "fulfillment",
         }
     }
 }

@@ -2,7 +2,10 @@
 //! flush; each file is written under `_staging/` and renamed into its table directory, so a
 //! reader never sees a partial file.
 
-use crate::operators::{FunnelRow, SalesRow, SessionRow, Step, channel_label, device_label};
+use crate::operators::{
+    FulfillmentRow, FunnelRow, LatencySketch, OrderFact, OrdersRow, OrphanShipment, SessionRow, Step, channel_label,
+    device_label,
+};
 use crate::telemetry::window_label;
 use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
@@ -72,6 +75,30 @@ fn flags(values: impl Iterator<Item = bool>) -> ArrayRef {
     Arc::new(values.map(Some).collect::<BooleanArray>())
 }
 
+fn optional_utc_millis(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(values.collect::<TimestampMillisecondArray>().with_timezone("UTC"))
+}
+
+fn optional_int64(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(values.collect::<Int64Array>())
+}
+
+fn optional_flags(values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
+    Arc::new(values.collect::<BooleanArray>())
+}
+
+/// Count, sum and p50/p90/p99 columns of a latency sketch, named `{prefix}_count` and so on.
+fn latency_columns<R>(rows: &[R], prefix: &str, sketch: impl Fn(&R) -> &LatencySketch) -> Vec<(String, ArrayRef)> {
+    let mut columns = vec![
+        (format!("{prefix}_count"), int64(rows.iter().map(|r| count(sketch(r).count())))),
+        (format!("{prefix}_sum_ms"), int64(rows.iter().map(|r| sketch(r).sum_ms()))),
+    ];
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        columns.push((format!("{prefix}_{name}_ms"), optional_int64(rows.iter().map(|r| sketch(r).quantile(q)))));
+    }
+    columns
+}
+
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -127,18 +154,133 @@ impl TableRow for SessionRow {
     }
 }
 
-impl TableRow for SalesRow {
+impl TableRow for OrdersRow {
     const TABLE: &'static str = "orders";
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        RecordBatch::try_from_iter([
+        let mut columns: Vec<(String, ArrayRef)> = [
             ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
             ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(SalesRow::window_end))),
+            ("window_end", utc_millis(rows.iter().map(OrdersRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
+            ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
+            ("orders_created", int64(rows.iter().map(|r| count(r.counts.created)))),
+            ("orders_paid", int64(rows.iter().map(|r| count(r.counts.paid)))),
+            ("paid_amount_minor", int64(rows.iter().map(|r| r.counts.paid_amount_minor))),
+            ("paying_buyers", int64(rows.iter().map(|r| count(r.counts.paying_buyers())))),
+            ("units", int64(rows.iter().map(|r| count(r.counts.units)))),
+            ("cancellations", int64(rows.iter().map(|r| count(r.counts.cancellations)))),
+            ("refunds", int64(rows.iter().map(|r| count(r.counts.refunds)))),
+            ("refund_amount_minor", int64(rows.iter().map(|r| r.counts.refund_amount_minor))),
+        ]
+        .into_iter()
+        .map(|(name, column)| (name.to_owned(), column))
+        .collect();
+        columns.extend(latency_columns(rows, "created_to_paid", |r| &r.counts.created_to_paid));
+        RecordBatch::try_from_iter(columns)
+    }
+}
+
+impl TableRow for FulfillmentRow {
+    const TABLE: &'static str = "fulfillment";
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let counted = |f: fn(&FulfillmentRow) -> u64| int64(rows.iter().map(move |r| count(f(r))));
+        let backlog = |f: fn(&crate::operators::Backlog) -> u64| {
+            optional_int64(rows.iter().map(move |r| r.backlog.as_ref().map(|b| count(f(b)))))
+        };
+        let mut columns: Vec<(String, ArrayRef)> = [
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("window_end", utc_millis(rows.iter().map(FulfillmentRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("carrier", text(rows.iter().map(|r| r.carrier.as_deref().unwrap_or("all")))),
+            ("warehouse", text(rows.iter().map(|r| r.warehouse.as_deref().unwrap_or("all")))),
+            ("picked_up", counted(|r| r.counts.picked_up)),
+            ("delivered", counted(|r| r.counts.delivered)),
+            ("failed_attempts", counted(|r| r.counts.failed_attempts)),
+            ("exceptions", counted(|r| r.counts.exceptions)),
+            ("returns", counted(|r| r.counts.returns)),
+            ("ship_promised", counted(|r| r.counts.ship_promised)),
+            ("shipped_on_time", counted(|r| r.counts.shipped_on_time)),
+            ("deliver_promised", counted(|r| r.counts.deliver_promised)),
+            ("delivered_on_time", counted(|r| r.counts.delivered_on_time)),
+            ("backlog_orders", backlog(|b| b.orders)),
+            ("backlog_past_ship_by", backlog(|b| b.past_ship_by)),
+            (
+                "oldest_unshipped_age_ms",
+                optional_int64(
+                    rows.iter()
+                        .map(|r| r.backlog.as_ref().and_then(|b| b.oldest_paid_at).map(|paid| r.window_end() - paid)),
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, column)| (name.to_owned(), column))
+        .collect();
+        columns.extend(latency_columns(rows, "paid_to_pickup", |r| &r.counts.paid_to_pickup));
+        columns.extend(latency_columns(rows, "pickup_to_delivery", |r| &r.counts.pickup_to_delivery));
+        RecordBatch::try_from_iter(columns)
+    }
+}
+
+impl TableRow for OrderFact {
+    const TABLE: &'static str = "order_facts";
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let time = |f: fn(&OrderFact) -> Option<i64>| optional_utc_millis(rows.iter().map(f));
+        let name = |f: fn(&OrderFact) -> Option<&str>| optional_text(rows.iter().map(f));
+        RecordBatch::try_from_iter([
+            ("order_id", text(rows.iter().map(|r| r.order_id.as_str()))),
+            ("buyer_id", name(|r| r.buyer_id.as_deref())),
             ("source_partition", int32(rows.iter().map(|r| r.partition))),
             ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
-            ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
-            ("orders_paid", int64(rows.iter().map(|r| count(r.orders_paid)))),
+            ("device", text(rows.iter().map(|r| r.device.as_str()))),
+            ("region", name(|r| r.region.as_deref())),
+            ("currency", name(|r| r.currency.as_deref())),
+            ("payment_method", name(|r| r.payment_method.map(|p| p.as_str()))),
+            ("warehouse", name(|r| r.warehouse.as_deref())),
+            ("carrier", name(|r| r.carrier.as_deref())),
+            ("items_subtotal_minor", int64(rows.iter().map(|r| r.items_subtotal_minor))),
+            ("discount_minor", int64(rows.iter().map(|r| r.discount_minor))),
+            ("shipping_minor", int64(rows.iter().map(|r| r.shipping_minor))),
             ("paid_amount_minor", int64(rows.iter().map(|r| r.paid_amount_minor))),
+            ("refunded_amount_minor", int64(rows.iter().map(|r| r.refunded_amount_minor))),
+            ("units", int64(rows.iter().map(|r| i64::from(r.units)))),
+            ("created_at", time(|r| r.created_at)),
+            ("paid_at", time(|r| r.paid_at)),
+            ("cancelled_at", time(|r| r.cancelled_at)),
+            ("label_created_at", time(|r| r.label_created_at)),
+            ("picked_up_at", time(|r| r.picked_up_at)),
+            ("delivered_at", time(|r| r.delivered_at)),
+            ("returned_at", time(|r| r.returned_at)),
+            ("first_exception_at", time(|r| r.first_exception_at)),
+            ("last_refund_at", time(|r| r.last_refund_at)),
+            ("promised_ship_by", time(|r| r.promised_ship_by)),
+            ("promised_deliver_by", time(|r| r.promised_deliver_by)),
+            ("failed_attempts", int32(rows.iter().map(|r| i32::from(r.failed_attempts)))),
+            ("exceptions", int32(rows.iter().map(|r| i32::from(r.exceptions)))),
+            ("shipped_on_time", optional_flags(rows.iter().map(|r| r.shipped_on_time))),
+            ("delivered_on_time", optional_flags(rows.iter().map(|r| r.delivered_on_time))),
+            ("final_state", text(rows.iter().map(|r| r.final_state))),
+            ("closed_reason", text(rows.iter().map(|r| r.closed_reason.as_str()))),
+            ("closed_at_watermark", utc_millis(rows.iter().map(|r| r.closed_at_watermark))),
+        ])
+    }
+}
+
+impl TableRow for OrphanShipment {
+    const TABLE: &'static str = "orphan_shipments";
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        RecordBatch::try_from_iter([
+            ("order_id", text(rows.iter().map(|r| r.order_id.as_str()))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("carrier", optional_text(rows.iter().map(|r| r.carrier.as_deref()))),
+            ("warehouse", optional_text(rows.iter().map(|r| r.warehouse.as_deref()))),
+            ("first_scan_at", utc_millis(rows.iter().map(|r| r.first_scan_at))),
+            ("last_scan_at", utc_millis(rows.iter().map(|r| r.last_scan_at))),
+            ("picked_up_at", optional_utc_millis(rows.iter().map(|r| r.picked_up_at))),
+            ("delivered_at", optional_utc_millis(rows.iter().map(|r| r.delivered_at))),
+            ("closed_reason", text(rows.iter().map(|r| r.closed_reason.as_str()))),
+            ("closed_at_watermark", utc_millis(rows.iter().map(|r| r.closed_at_watermark))),
         ])
     }
 }

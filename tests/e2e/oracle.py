@@ -129,30 +129,224 @@ def session_windows(con, rows: list[tuple]) -> list[tuple]:
     return con.sql(SESSION_WINDOW_SQL.format(source="sess_rows")).fetchall()
 
 
-def sales_from_events(con) -> list[tuple]:
-    """(window, window_start_ms, channel, currency, orders_paid, paid_amount_minor)."""
+def load_commerce(con, out: pathlib.Path) -> None:
+    """Views over order and logistics events: first copies of well-formed events (late ones
+    included: they are real lifecycle facts), and each order's partition as storepulse saw it
+    (the producer's partitioner decides it; both topics are keyed by order_id)."""
+    con.sql(
+        f"""CREATE OR REPLACE TABLE part AS
+            SELECT DISTINCT order_id, source_partition AS p FROM read_parquet('{out}/order_facts/*.parquet')"""
+    )
+    con.sql(
+        """CREATE OR REPLACE VIEW ords AS
+           SELECT seq, coalesce(injected, '') AS injected, event.event_id AS id, event.event_type AS kind,
+                  event.event_time AS t, event.order_id AS oid, event.channel AS channel, event.currency AS currency,
+                  coalesce(event.user_id, event.visitor_id, event.order_id) AS buyer,
+                  event.paid_amount_minor AS paid_amount, event.refund_amount_minor AS refund_amount,
+                  list_sum([i.quantity FOR i IN event.items]) AS units, event.warehouse AS warehouse,
+                  event.promised_ship_by AS ship_by, event.promised_deliver_by AS deliver_by
+           FROM ev WHERE topic = 'orders' AND coalesce(injected, '') NOT IN ('malformed', 'duplicate')"""
+    )
+    if con.sql("SELECT count(*) FROM ev WHERE topic = 'logistics'").fetchall()[0][0] == 0:
+        # A short run ends before the first scan; the events file then has no scan fields at all.
+        con.sql("""CREATE OR REPLACE TABLE scans (seq BIGINT, injected VARCHAR, t BIGINT, oid VARCHAR,
+                                                  status VARCHAR, carrier VARCHAR, warehouse VARCHAR)""")
+        return load_lifecycle(con)
+    con.sql(
+        """CREATE OR REPLACE VIEW scans AS
+           SELECT seq, coalesce(injected, '') AS injected, event.event_time AS t, event.order_id AS oid,
+                  event.status AS status, event.carrier AS carrier, event.warehouse AS warehouse
+           FROM ev WHERE topic = 'logistics' AND coalesce(injected, '') NOT IN ('malformed', 'duplicate')"""
+    )
+    load_lifecycle(con)
+
+
+def load_lifecycle(con) -> None:
+    """Each order's lifecycle from its events: earliest time of each milestone, refunds, failures."""
+    con.sql(
+        """CREATE OR REPLACE TABLE lifecycle AS
+           WITH o AS (
+               SELECT oid, min(t) FILTER (kind = 'created') AS created_at, min(t) FILTER (kind = 'paid') AS paid_at,
+                      min(seq) FILTER (kind = 'paid') AS paid_seq,
+                      min(t) FILTER (kind = 'cancelled') AS cancelled_at, max(t) FILTER (kind = 'refunded') AS last_refund_at,
+                      coalesce(sum(refund_amount) FILTER (kind = 'refunded'), 0) AS refunded,
+                      max(ship_by) AS ship_by, max(deliver_by) AS deliver_by, max(warehouse) AS warehouse
+               FROM ords GROUP BY oid),
+           s AS (
+               SELECT oid, min(t) FILTER (status = 'label_created') AS label_created_at,
+                      min(t) FILTER (status = 'picked_up') AS picked_up_at, min(seq) FILTER (status = 'picked_up') AS pickup_seq,
+                      min(t) FILTER (status = 'delivered') AS delivered_at, min(t) FILTER (status = 'returned') AS returned_at,
+                      min(t) FILTER (status = 'exception') AS first_exception_at,
+                      count(*) FILTER (status = 'failed_attempt') AS failed_attempts, count(*) FILTER (status = 'exception') AS exceptions,
+                      max(carrier) AS carrier
+               FROM scans GROUP BY oid)
+           SELECT * FROM o FULL JOIN s USING (oid) JOIN part ON part.order_id = oid"""
+    )
+
+
+def orders_from_events(con) -> list[tuple]:
+    """Per window size, start, partition, channel ('all' = every channel) and currency:
+    created, paid, paid amount, paying buyers, units, cancellations, refunds, refund amount,
+    and count and sum of created-to-paid for paid orders whose created event was sent first."""
     return con.sql(
         """
-        SELECT w.label, (event.event_time // w.ms) * w.ms AS start, event.channel, event.currency,
-               count(*), sum(event.paid_amount_minor)::BIGINT
-        FROM ev, windows w
-        WHERE topic = 'orders' AND coalesce(injected, '') NOT IN ('malformed', 'duplicate', 'late') AND event.event_type = 'paid'
-        GROUP BY ALL ORDER BY ALL"""
+        WITH created AS (SELECT oid, min(seq) AS seq, min(t) AS t FROM ords WHERE kind = 'created' GROUP BY oid),
+        e AS (SELECT o.*, part.p, CASE WHEN o.kind = 'paid' AND c.seq < o.seq THEN o.t - c.t END AS latency
+              FROM ords o JOIN part ON part.order_id = o.oid LEFT JOIN created c ON c.oid = o.oid
+              WHERE o.injected <> 'late'),
+        w AS (SELECT w.label, (t // w.ms) * w.ms AS start, e.* FROM e, windows w)
+        SELECT label, start, p, coalesce(channel, 'all'), currency,
+               count(*) FILTER (kind = 'created'), count(*) FILTER (kind = 'paid'),
+               coalesce(sum(paid_amount) FILTER (kind = 'paid'), 0)::BIGINT,
+               count(DISTINCT buyer) FILTER (kind = 'paid'), coalesce(sum(units) FILTER (kind = 'paid'), 0)::BIGINT,
+               count(*) FILTER (kind = 'cancelled'), count(*) FILTER (kind = 'refunded'),
+               coalesce(sum(refund_amount) FILTER (kind = 'refunded'), 0)::BIGINT,
+               count(latency), coalesce(sum(latency), 0)::BIGINT
+        FROM w GROUP BY GROUPING SETS ((label, start, p, channel, currency), (label, start, p, currency))
+        ORDER BY ALL"""
     ).fetchall()
 
 
+ORDER_COLUMNS = """window_size, epoch_ms(window_start), source_partition, channel, currency, orders_created, orders_paid,
+                   paid_amount_minor, paying_buyers, units, cancellations, refunds, refund_amount_minor,
+                   created_to_paid_count, created_to_paid_sum_ms"""
+
+
+def orders_from_parquet(con, out: pathlib.Path) -> list[tuple]:
+    return con.sql(f"SELECT {ORDER_COLUMNS} FROM read_parquet('{out}/orders/*.parquet') ORDER BY ALL").fetchall()
+
+
 def sales_from_parquet(con, out: pathlib.Path) -> list[tuple]:
+    """Paid orders and amount per window and channel, summed over partitions (comparable across runs)."""
     return con.sql(
         f"""SELECT window_size, epoch_ms(window_start), channel, currency, sum(orders_paid)::BIGINT, sum(paid_amount_minor)::BIGINT
             FROM read_parquet('{out}/orders/*.parquet') GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
 
 
+COUNTED_STATUSES = "('picked_up', 'delivered', 'failed_attempt', 'exception', 'returned')"
+
+
+def fulfillment_from_events(con) -> tuple[dict, dict]:
+    """Per window size, start, partition, carrier and warehouse (with 'all' rows): the counts,
+    on-time numerators and denominators, latency counts and sums, and the backlog at the
+    window's end on carrier = 'all' rows. Returns (rows keyed by group, latency lists)."""
+    grouped = con.sql(
+        f"""
+        WITH s AS (
+            SELECT s.*, l.p, l.paid_at, l.ship_by, l.deliver_by, l.picked_up_at, l.pickup_seq
+            FROM scans s JOIN lifecycle l ON l.oid = s.oid
+            WHERE s.injected <> 'late' AND s.status IN {COUNTED_STATUSES}),
+        x AS (
+            SELECT w.label, (t // w.ms) * w.ms AS start, p, carrier, warehouse, status,
+                   status = 'picked_up' AND paid_at IS NOT NULL AND ship_by IS NOT NULL AS ship_promised,
+                   status = 'picked_up' AND paid_at IS NOT NULL AND t <= ship_by AS shipped_on_time,
+                   status = 'delivered' AND paid_at IS NOT NULL AND deliver_by IS NOT NULL AS deliver_promised,
+                   status = 'delivered' AND paid_at IS NOT NULL AND t <= deliver_by AS delivered_on_time,
+                   CASE WHEN status = 'picked_up' AND paid_at IS NOT NULL THEN t - paid_at END AS paid_to_pickup,
+                   CASE WHEN status = 'delivered' AND pickup_seq < seq THEN t - picked_up_at END AS pickup_to_delivery
+            FROM s, windows w)
+        SELECT label, start, p, coalesce(carrier, 'all'), coalesce(warehouse, 'all'),
+               count(*) FILTER (status = 'picked_up'), count(*) FILTER (status = 'delivered'),
+               count(*) FILTER (status = 'failed_attempt'), count(*) FILTER (status = 'exception'),
+               count(*) FILTER (status = 'returned'),
+               count(*) FILTER (ship_promised), count(*) FILTER (shipped_on_time),
+               count(*) FILTER (deliver_promised), count(*) FILTER (delivered_on_time),
+               count(paid_to_pickup), coalesce(sum(paid_to_pickup), 0)::BIGINT,
+               count(pickup_to_delivery), coalesce(sum(pickup_to_delivery), 0)::BIGINT,
+               list(paid_to_pickup) FILTER (paid_to_pickup IS NOT NULL),
+               list(pickup_to_delivery) FILTER (pickup_to_delivery IS NOT NULL)
+        FROM x GROUP BY GROUPING SETS ((label, start, p, carrier, warehouse), (label, start, p, carrier),
+                                       (label, start, p, warehouse), (label, start, p))"""
+    ).fetchall()
+    rows, latencies = {}, {}
+    for r in grouped:
+        rows[r[:5]] = list(r[5:18])
+        latencies[r[:5]] = (r[18] or [], r[19] or [])
+    windows = sorted({k[:3] for k in rows})
+    con.sql("CREATE OR REPLACE TABLE closed(label VARCHAR, start BIGINT, p INTEGER)")
+    con.executemany("INSERT INTO closed VALUES (?, ?, ?)", windows)
+    backlog = con.sql(
+        """
+        WITH e AS (SELECT c.label, c.start, c.p, c.start + w.ms AS window_end FROM closed c JOIN windows w ON w.label = c.label),
+        b AS (
+            SELECT e.label, e.start, e.p, l.warehouse, l.paid_at, l.ship_by, e.window_end
+            FROM e JOIN lifecycle l ON l.p = e.p
+            WHERE l.paid_at < e.window_end AND NOT coalesce(l.picked_up_at < e.window_end, false)
+              AND NOT coalesce(l.delivered_at < e.window_end, false) AND NOT coalesce(l.returned_at < e.window_end, false)
+              AND NOT coalesce(l.cancelled_at < e.window_end, false))
+        SELECT label, start, p, coalesce(warehouse, 'all'), count(*), count(*) FILTER (ship_by < window_end),
+               max(window_end) - min(paid_at)
+        FROM b GROUP BY GROUPING SETS ((label, start, p, warehouse), (label, start, p))"""
+    ).fetchall()
+    backlog_of = {r[:4]: list(r[4:]) for r in backlog}
+    zero = [0] * 13
+    for (label, start, p, warehouse), _ in backlog_of.items():
+        rows.setdefault((label, start, p, "all", warehouse), list(zero))
+    for key, values in rows.items():
+        label, start, p, carrier, warehouse = key
+        if carrier == "all":
+            values.extend(backlog_of.get((label, start, p, warehouse), [0, 0, None]))
+        else:
+            values.extend([None, None, None])
+    return rows, latencies
+
+
+FULFILLMENT_COLUMNS = """window_size, epoch_ms(window_start), source_partition, carrier, warehouse, picked_up, delivered,
+                         failed_attempts, exceptions, returns, ship_promised, shipped_on_time, deliver_promised,
+                         delivered_on_time, paid_to_pickup_count, paid_to_pickup_sum_ms, pickup_to_delivery_count,
+                         pickup_to_delivery_sum_ms, backlog_orders, backlog_past_ship_by, oldest_unshipped_age_ms"""
+
+
+def fulfillment_from_parquet(con, out: pathlib.Path) -> dict:
+    rows = con.sql(f"SELECT {FULFILLMENT_COLUMNS} FROM read_parquet('{out}/fulfillment/*.parquet')").fetchall()
+    return {r[:5]: list(r[5:]) for r in rows}
+
+
+def quantiles_from_parquet(con, out: pathlib.Path) -> dict:
+    """Latency quantile columns (paid-to-pickup p50/p90/p99, pickup-to-delivery p50/p90/p99) per group."""
+    rows = con.sql(
+        f"""SELECT window_size, epoch_ms(window_start), source_partition, carrier, warehouse,
+                   paid_to_pickup_p50_ms, paid_to_pickup_p90_ms, paid_to_pickup_p99_ms,
+                   pickup_to_delivery_p50_ms, pickup_to_delivery_p90_ms, pickup_to_delivery_p99_ms
+            FROM read_parquet('{out}/fulfillment/*.parquet')"""
+    ).fetchall()
+    return {r[:5]: r[5:] for r in rows}
+
+
+def exact_quantile(values: list[int], q: float) -> int | None:
+    """The value at rank floor(q × (n − 1)), the rank storepulse's sketch estimates."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+def facts_from_events(con) -> list[tuple]:
+    """One row per order: lifecycle timestamps (ms), refunds, failures and on-time flags."""
+    return con.sql(
+        """SELECT oid, p, created_at, paid_at, cancelled_at, label_created_at, picked_up_at, delivered_at, returned_at,
+                  first_exception_at, last_refund_at, ship_by, deliver_by, refunded, coalesce(failed_attempts, 0),
+                  coalesce(exceptions, 0), picked_up_at <= ship_by, delivered_at <= deliver_by, carrier
+           FROM lifecycle ORDER BY oid"""
+    ).fetchall()
+
+
+def facts_from_parquet(con, out: pathlib.Path) -> list[tuple]:
+    ms = lambda c: f"epoch_ms({c})"  # noqa: E731
+    times = ", ".join(ms(c) for c in ["created_at", "paid_at", "cancelled_at", "label_created_at", "picked_up_at",
+                                       "delivered_at", "returned_at", "first_exception_at", "last_refund_at",
+                                       "promised_ship_by", "promised_deliver_by"])
+    return con.sql(
+        f"""SELECT order_id, source_partition, {times}, refunded_amount_minor, failed_attempts, exceptions,
+                   shipped_on_time, delivered_on_time, carrier
+            FROM read_parquet('{out}/order_facts/*.parquet') ORDER BY order_id"""
+    ).fetchall()
+
+
 def injected_late(con) -> set[tuple]:
-    """(stream, event_id) of every event the generator sent late, on streams with metrics."""
-    return set(con.sql(
-        "SELECT topic, event.event_id FROM ev WHERE injected = 'late' AND topic IN ('clickstream', 'orders')"
-    ).fetchall())
+    """(stream, event_id) of every event the generator sent late."""
+    return set(con.sql("SELECT topic, event.event_id FROM ev WHERE injected = 'late'").fetchall())
 
 
 def late_from_parquet(con, out: pathlib.Path, family: str) -> list[tuple]:

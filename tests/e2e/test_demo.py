@@ -25,16 +25,24 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
     try:
         wait_for_port(port)
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        visitors = 0
+        visitors = paid = paid_latencies = 0
         deadline = time.time() + 50
-        while time.time() < deadline and visitors == 0:
+        while time.time() < deadline and 0 in (visitors, paid, paid_latencies):
             status, body = get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200 and "storepulse_messages_consumed_total" in body
+            paid_latencies = 0
             for line in body.splitlines():
+                value = line.rsplit(" ", 1)[-1]
                 if line.startswith('storepulse_funnel_visitors{channel="all",device="all",window="1m"}'):
-                    visitors = float(line.rsplit(" ", 1)[1])
+                    visitors = float(value)
+                elif line.startswith('storepulse_orders_paid{channel="all",window="1m"}'):
+                    paid = float(value)
+                elif line.startswith("storepulse_order_created_to_paid_seconds_count{"):
+                    paid_latencies += float(value)
             time.sleep(1)
         assert visitors > 0, "the all-channel visitors gauge never moved"
+        assert paid > 0, "the all-channel paid orders gauge never moved"
+        assert paid_latencies > 0, "no created-to-paid latency was observed"
         assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
         output, _ = proc.communicate(timeout=180)
     finally:
@@ -47,3 +55,7 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
     assert total and total > 0
     sessions = con.execute(f"SELECT count(*), count(*) FILTER (WHERE engaged) FROM read_parquet('{out}/sessions/*.parquet')").fetchone()
     assert sessions[0] > 0 and 0 < sessions[1] <= sessions[0]
+    orders = con.execute(f"SELECT sum(orders_paid), sum(paying_buyers) FROM read_parquet('{out}/orders/*.parquet') WHERE window_size = '1m' AND channel = 'all'").fetchone()
+    assert orders[0] > 0 and 0 < orders[1] <= orders[0]
+    facts = con.execute(f"SELECT count(*), count(paid_at) FROM read_parquet('{out}/order_facts/*.parquet')").fetchone()
+    assert facts[0] >= facts[1] > 0, "every order of the demo is in order_facts at the end"

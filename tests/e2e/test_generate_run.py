@@ -1,5 +1,6 @@
 """storepulse generate → a real broker → storepulse run, checked against the SQL oracle over the
-generator's events file (funnel, sessions and sales, window by window and session by session),
+generator's events file (funnel, sessions, orders and order facts, window by window, session by
+session and order by order),
 against the embedded demo for the same seed and count, and for dead letters of every malformed
 kind. Injected late events appear in late_events and nowhere else; injected duplicates are counted
 once; out-of-order events within the allowed out-of-orderness are not late."""
@@ -8,8 +9,9 @@ import collections
 
 import duckdb
 from conftest import free_port, storepulse, write_config
-from oracle import (funnel_from_events, funnel_from_parquet, injected_late, late_from_parquet, load_events, rows,
-                    sales_from_events, sales_from_parquet, session_windows, sessions_from_events, sessions_from_parquet)
+from oracle import (facts_from_events, facts_from_parquet, funnel_from_events, funnel_from_parquet, injected_late,
+                    late_from_parquet, load_commerce, load_events, orders_from_events, orders_from_parquet, rows,
+                    sales_from_parquet, session_windows, sessions_from_events, sessions_from_parquet)
 
 SEED, COUNT = 11, 20_000
 
@@ -49,15 +51,19 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
     assert session_windows(con, sessions) == session_windows(con, rows(sessions_from_events(con)))
     assert any(r[4] is None for r in sessions) and any(r[4] is not None for r in sessions), "gap-based and client sessions"
     assert 0 < sum(1 for r in sessions if r[17] == 4) < sum(1 for r in sessions if r[16]), "some purchases skip steps"
+    load_commerce(con, out)
+    orders = orders_from_parquet(con, out)
+    assert orders == rows(orders_from_events(con))
+    assert sum(r[7] for r in orders if r[3] == "all") > 0 and sum(r[13] for r in orders) > 0, "paid orders with latency"
+    assert facts_from_parquet(con, out) == rows(facts_from_events(con))
     sales = sales_from_parquet(con, out)
-    assert sales and sales == rows(sales_from_events(con))
 
     late = injected_late(con)
     assert len({s for s, _ in late}) == 2, "late events were injected on both streams"
-    for family in ("traffic", "sessions", "sales"):
+    stream_of = {"traffic": "clickstream", "sessions": "clickstream", "orders": "orders", "fulfillment": "logistics"}
+    for family, stream in stream_of.items():
         reported = late_from_parquet(con, out, family)
         assert len(reported) == len(set(reported)), f"a late event was written twice for {family}"
-        stream = "orders" if family == "sales" else "clickstream"
         assert set(reported) == {(s, e) for s, e in late if s == stream}, family
 
     expected = collections.Counter()

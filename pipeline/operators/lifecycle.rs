@@ -1,0 +1,709 @@
+//! Order lifecycle state of one orders/logistics partition pair, keyed by `order_id`: every
+//! lifecycle timestamp, money, promises, carrier and warehouse of each open order. It joins
+//! shipment scans to their order (scans that arrive first wait here), answers backlog questions
+//! at a watermark, and emits one [`OrderFact`] per order when it is finished with it.
+//!
+//! Memory: one [`OrderState`] (fixed size, no per-field allocation; strings are interned
+//! [`Symbols`] except the order and buyer ids, which share one allocation) in a dense slab, plus
+//! a 4-byte slot number in a hash table that hashes and compares through the slab (so two
+//! orders never share state, whatever their hashes). Keeping the large state out of the hash
+//! table matters: a table holds up to twice the slots it needs, and those should be small.
+//! `cargo bench --bench open_state` prints the bytes per open order.
+
+use crate::event::{Channel, Device, OrderEvent, OrderEventType, PaymentMethod, ShipmentEvent, ShipmentStatus};
+use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Marks a timestamp that has not happened (keeps each one 8 bytes instead of 16).
+const NONE: i64 = i64::MIN;
+/// Marks an unknown interned string.
+pub const NO_SYMBOL: u16 = u16::MAX;
+/// Separates order id and buyer id in [`OrderState::ids`].
+const ID_SEPARATOR: char = '\u{1f}';
+
+fn opt(t: i64) -> Option<i64> {
+    (t != NONE).then_some(t)
+}
+
+fn set_first(slot: &mut i64, t: i64) {
+    if *slot == NONE || t < *slot {
+        *slot = t;
+    }
+}
+
+/// FNV-1a: short keys, no per-process seed, so the index rebuilds identically after a restore.
+fn order_hash(order_id: &str) -> u64 {
+    order_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Interned strings of bounded sets (carriers, warehouses, regions, currencies): a `u16` each
+/// in state instead of a heap string. Past 65 534 distinct values, new ones fold into `other`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Symbols {
+    names: Vec<Box<str>>,
+    #[serde(skip)]
+    index: HashMap<Box<str>, u16>,
+}
+
+impl Symbols {
+    /// The id of `name`, interning it on first sight.
+    pub fn id(&mut self, name: &str) -> u16 {
+        if self.index.len() < self.names.len() {
+            self.index = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i as u16)).collect();
+        }
+        if let Some(id) = self.index.get(name) {
+            return *id;
+        }
+        if self.names.len() >= usize::from(NO_SYMBOL - 1) {
+            return self.id_of_other();
+        }
+        let id = self.names.len() as u16;
+        self.names.push(name.into());
+        self.index.insert(name.into(), id);
+        id
+    }
+
+    fn id_of_other(&mut self) -> u16 {
+        match self.names.iter().position(|n| &**n == "other") {
+            Some(i) => i as u16,
+            None => {
+                // The last free id is kept for `other`.
+                self.names.push("other".into());
+                (self.names.len() - 1) as u16
+            }
+        }
+    }
+
+    /// The name of `id`; `None` for [`NO_SYMBOL`].
+    pub fn name(&self, id: u16) -> Option<&str> {
+        self.names.get(usize::from(id)).map(|n| &**n)
+    }
+}
+
+const HAS_ORDER: u8 = 1;
+const PENDING_PICKUP: u8 = 2;
+const PENDING_DELIVERY: u8 = 4;
+
+/// Everything known about one order. Times are UTC ms, [`NONE`] until they happen; each
+/// milestone keeps its earliest time, so the result does not depend on arrival order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderState {
+    /// `order_id`, then `buyer_id` after [`ID_SEPARATOR`] once an order event named one.
+    ids: Box<str>,
+    first_seen: i64,
+    last_event: i64,
+    created_at: i64,
+    paid_at: i64,
+    cancelled_at: i64,
+    label_created_at: i64,
+    picked_up_at: i64,
+    delivered_at: i64,
+    returned_at: i64,
+    first_exception_at: i64,
+    last_refund_at: i64,
+    promised_ship_by: i64,
+    promised_deliver_by: i64,
+    items_subtotal_minor: i64,
+    discount_minor: i64,
+    shipping_minor: i64,
+    paid_amount_minor: i64,
+    refunded_minor: i64,
+    units: u32,
+    failed_attempts: u16,
+    exceptions: u16,
+    currency: u16,
+    region: u16,
+    warehouse: u16,
+    carrier: u16,
+    channel: Channel,
+    device: Device,
+    payment_method: Option<PaymentMethod>,
+    flags: u8,
+}
+
+impl OrderState {
+    fn new(order_id: &str, t: i64) -> Self {
+        OrderState {
+            ids: order_id.into(),
+            first_seen: t,
+            last_event: t,
+            created_at: NONE,
+            paid_at: NONE,
+            cancelled_at: NONE,
+            label_created_at: NONE,
+            picked_up_at: NONE,
+            delivered_at: NONE,
+            returned_at: NONE,
+            first_exception_at: NONE,
+            last_refund_at: NONE,
+            promised_ship_by: NONE,
+            promised_deliver_by: NONE,
+            items_subtotal_minor: 0,
+            discount_minor: 0,
+            shipping_minor: 0,
+            paid_amount_minor: 0,
+            refunded_minor: 0,
+            units: 0,
+            failed_attempts: 0,
+            exceptions: 0,
+            currency: NO_SYMBOL,
+            region: NO_SYMBOL,
+            warehouse: NO_SYMBOL,
+            carrier: NO_SYMBOL,
+            channel: Channel::Other,
+            device: Device::Other,
+            payment_method: None,
+            flags: 0,
+        }
+    }
+
+    fn order_id(&self) -> &str {
+        self.ids.split(ID_SEPARATOR).next().unwrap_or_default()
+    }
+
+    fn buyer_id(&self) -> Option<&str> {
+        self.ids.split_once(ID_SEPARATOR).map(|(_, buyer)| buyer)
+    }
+
+    fn has_order(&self) -> bool {
+        self.flags & HAS_ORDER != 0
+    }
+
+    /// When the order reached a terminal state (delivered, returned, cancelled), if it did.
+    fn terminal_at(&self) -> Option<i64> {
+        [self.delivered_at, self.returned_at, self.cancelled_at].into_iter().filter(|t| *t != NONE).max()
+    }
+
+    /// Paid, and at `at` neither picked up, delivered, returned nor cancelled.
+    fn unshipped_at(&self, at: i64) -> bool {
+        let before = |t: i64| t != NONE && t < at;
+        before(self.paid_at)
+            && !before(self.picked_up_at)
+            && !before(self.delivered_at)
+            && !before(self.returned_at)
+            && !before(self.cancelled_at)
+    }
+
+    fn final_state(&self) -> &'static str {
+        if self.returned_at != NONE {
+            "returned"
+        } else if self.delivered_at != NONE {
+            "delivered"
+        } else if self.cancelled_at != NONE && self.picked_up_at == NONE {
+            "cancelled"
+        } else if self.picked_up_at != NONE {
+            "shipped"
+        } else if self.paid_at != NONE {
+            "paid"
+        } else if self.created_at != NONE {
+            "created"
+        } else {
+            "unknown"
+        }
+    }
+}
+
+/// A join-dependent fulfillment figure, recorded in the window of the scan's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinSample {
+    /// A first pickup of a paid order.
+    Pickup {
+        /// Pickup time, UTC ms.
+        at: i64,
+        /// Carrier symbol.
+        carrier: u16,
+        /// Warehouse symbol.
+        warehouse: u16,
+        /// Pickup minus payment, ms.
+        paid_to_pickup_ms: i64,
+        /// Against `promised_ship_by`; `None` when the order carries no promise.
+        on_time: Option<bool>,
+    },
+    /// A first delivery of a paid order.
+    Delivery {
+        /// Delivery time, UTC ms.
+        at: i64,
+        /// Carrier symbol.
+        carrier: u16,
+        /// Warehouse symbol.
+        warehouse: u16,
+        /// Against `promised_deliver_by`; `None` when the order carries no promise.
+        on_time: Option<bool>,
+    },
+}
+
+/// What an order event changed, for the window operators.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OrderUpdate {
+    /// For a `paid` event: when the order was created, if that event arrived before.
+    pub created_at: Option<i64>,
+    /// Scans that were waiting for this order's payment.
+    pub resolved: Vec<JoinSample>,
+}
+
+/// What a scan changed, for the window operators.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanUpdate {
+    /// Whether the scan counts: the order's first pickup, delivery or return, or any failed
+    /// attempt or exception.
+    pub counts: bool,
+    /// Pickup-to-delivery, ms, on a first delivery after a known pickup.
+    pub pickup_to_delivery_ms: Option<i64>,
+    /// The join figure, when the order's payment is already known.
+    pub join: Option<JoinSample>,
+}
+
+/// Why an order left the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// Terminal (delivered, returned, cancelled) and then quiet for the terminal time-to-live.
+    Terminal,
+    /// No event for the open-order timeout.
+    Timeout,
+    /// End of a bounded input.
+    EndOfInput,
+}
+
+impl ClosedReason {
+    /// Value of the `closed_reason` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::Terminal => "terminal",
+            ClosedReason::Timeout => "timeout",
+            ClosedReason::EndOfInput => "end_of_input",
+        }
+    }
+}
+
+/// One finished order (a row of `order_facts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs, reason = "columns are documented in docs/tables.md")]
+pub struct OrderFact {
+    pub order_id: String,
+    pub buyer_id: Option<String>,
+    pub partition: i32,
+    pub channel: Channel,
+    pub device: Device,
+    pub region: Option<String>,
+    pub currency: Option<String>,
+    pub payment_method: Option<PaymentMethod>,
+    pub warehouse: Option<String>,
+    pub carrier: Option<String>,
+    pub items_subtotal_minor: i64,
+    pub discount_minor: i64,
+    pub shipping_minor: i64,
+    pub paid_amount_minor: i64,
+    pub refunded_amount_minor: i64,
+    pub units: u32,
+    pub created_at: Option<i64>,
+    pub paid_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub label_created_at: Option<i64>,
+    pub picked_up_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub returned_at: Option<i64>,
+    pub first_exception_at: Option<i64>,
+    pub last_refund_at: Option<i64>,
+    pub promised_ship_by: Option<i64>,
+    pub promised_deliver_by: Option<i64>,
+    pub failed_attempts: u16,
+    pub exceptions: u16,
+    pub shipped_on_time: Option<bool>,
+    pub delivered_on_time: Option<bool>,
+    pub final_state: &'static str,
+    pub closed_reason: ClosedReason,
+    pub closed_at_watermark: i64,
+}
+
+/// Scans of an order that never arrived within the orphan horizon (a row of `orphan_shipments`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs, reason = "columns are documented in docs/tables.md")]
+pub struct OrphanShipment {
+    pub order_id: String,
+    pub partition: i32,
+    pub carrier: Option<String>,
+    pub warehouse: Option<String>,
+    pub first_scan_at: i64,
+    pub last_scan_at: i64,
+    pub picked_up_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub closed_reason: ClosedReason,
+    pub closed_at_watermark: i64,
+}
+
+/// Unshipped paid orders of one warehouse at a point in event time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Paid, not yet picked up, delivered, returned or cancelled.
+    pub orders: u64,
+    /// Of those, past `promised_ship_by`.
+    pub past_ship_by: u64,
+    /// Payment time of the oldest, UTC ms.
+    pub oldest_paid_at: Option<i64>,
+}
+
+impl Backlog {
+    /// Adds another warehouse's (or partition's) backlog.
+    pub fn add(&mut self, other: &Backlog) {
+        self.orders += other.orders;
+        self.past_ship_by += other.past_ship_by;
+        self.oldest_paid_at = match (self.oldest_paid_at, other.oldest_paid_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// How long state is kept, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// After a terminal state, so that refunds and late scans still reach the order's fact.
+    pub terminal_ttl_ms: i64,
+    /// Without any event, for orders that never finish.
+    pub open_timeout_ms: i64,
+    /// Scans whose order has not arrived become orphans after this.
+    pub orphan_after_ms: i64,
+}
+
+/// The open orders of one partition pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderBook {
+    partition: i32,
+    retention: Retention,
+    /// Slot in `slots` of each open order, found by order id; rebuilt after a restore.
+    #[serde(skip)]
+    index: HashTable<u32>,
+    /// Order states; slots in `free` hold an empty state and are reused first.
+    slots: Vec<OrderState>,
+    free: Vec<u32>,
+    /// Interned carriers, warehouses, regions and currencies.
+    pub symbols: Symbols,
+}
+
+impl OrderBook {
+    /// Empty state for partition `partition`.
+    pub fn new(partition: i32, retention: Retention) -> Self {
+        OrderBook {
+            partition,
+            retention,
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            symbols: Symbols::default(),
+        }
+    }
+
+    /// Orders (and orphan candidates) held.
+    pub fn open_orders(&self) -> usize {
+        self.index.len()
+    }
+
+    fn states(&self) -> impl Iterator<Item = &OrderState> {
+        self.index.iter().map(|slot| &self.slots[*slot as usize])
+    }
+
+    /// Rebuilds the index from the slab (after a restore, which does not store it).
+    pub fn rebuild_index(&mut self) {
+        let free: std::collections::HashSet<u32> = self.free.iter().copied().collect();
+        let slots = &self.slots;
+        self.index = HashTable::with_capacity(slots.len() - free.len());
+        for slot in (0..slots.len() as u32).filter(|s| !free.contains(s)) {
+            self.index.insert_unique(order_hash(slots[slot as usize].order_id()), slot, |s| {
+                order_hash(slots[*s as usize].order_id())
+            });
+        }
+    }
+
+    fn entry(&mut self, order_id: &str, t: i64) -> &mut OrderState {
+        let hash = order_hash(order_id);
+        let slots = &mut self.slots;
+        let found = self.index.find(hash, |s| slots[*s as usize].order_id() == order_id).copied();
+        let slot = match found {
+            Some(slot) => slot as usize,
+            None => {
+                let fresh = OrderState::new(order_id, t);
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        slots[slot as usize] = fresh;
+                        slot
+                    }
+                    None => {
+                        slots.push(fresh);
+                        (slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert_unique(hash, slot, |s| order_hash(slots[*s as usize].order_id()));
+                slot as usize
+            }
+        };
+        let state = &mut slots[slot];
+        state.last_event = state.last_event.max(t);
+        state
+    }
+
+    /// Applies an order event (on time or late: lifecycle facts do not depend on windows).
+    pub fn apply_order(&mut self, e: &OrderEvent) -> OrderUpdate {
+        let currency = self.symbols.id(&e.currency);
+        let region = e.region.as_deref().map_or(NO_SYMBOL, |r| self.symbols.id(r));
+        let warehouse = e.warehouse.as_deref().map_or(NO_SYMBOL, |w| self.symbols.id(w));
+        let state = self.entry(&e.order_id, e.event_time);
+        let mut update = OrderUpdate::default();
+        if !state.has_order() || state.buyer_id().is_none() {
+            let buyer = e.user_id.as_deref().or(e.visitor_id.as_deref());
+            if let Some(buyer) = buyer {
+                state.ids = format!("{}{ID_SEPARATOR}{buyer}", e.order_id).into();
+            }
+        }
+        state.flags |= HAS_ORDER;
+        state.channel = e.channel;
+        state.device = e.device;
+        state.currency = currency;
+        if region != NO_SYMBOL {
+            state.region = region;
+        }
+        if state.warehouse == NO_SYMBOL {
+            state.warehouse = warehouse;
+        }
+        state.items_subtotal_minor = e.items_subtotal_minor;
+        state.discount_minor = e.discount_minor;
+        state.shipping_minor = e.shipping_minor;
+        state.units = e.items.iter().map(|i| i.quantity.max(0) as u32).sum();
+        if e.paid_amount_minor > 0 {
+            state.paid_amount_minor = e.paid_amount_minor;
+        }
+        if let Some(ship_by) = e.promised_ship_by {
+            state.promised_ship_by = ship_by;
+        }
+        if let Some(deliver_by) = e.promised_deliver_by {
+            state.promised_deliver_by = deliver_by;
+        }
+        state.payment_method = e.payment_method.or(state.payment_method);
+        match e.event_type {
+            OrderEventType::Created => set_first(&mut state.created_at, e.event_time),
+            OrderEventType::Paid => {
+                update.created_at = opt(state.created_at);
+                let first_payment = state.paid_at == NONE;
+                set_first(&mut state.paid_at, e.event_time);
+                if first_payment {
+                    update.resolved = resolve_pending(state);
+                }
+            }
+            OrderEventType::Cancelled => set_first(&mut state.cancelled_at, e.event_time),
+            OrderEventType::Refunded => {
+                state.refunded_minor = state.refunded_minor.saturating_add(e.refund_amount_minor.unwrap_or(0));
+                state.last_refund_at = state.last_refund_at.max(e.event_time);
+            }
+            OrderEventType::Unknown => {}
+        }
+        update
+    }
+
+    /// Applies a shipment scan. `on_time` says whether the scan's fulfillment window is still
+    /// open; a late scan updates the lifecycle but is not joined into windows.
+    pub fn apply_scan(&mut self, e: &ShipmentEvent, on_time: bool) -> ScanUpdate {
+        let carrier = self.symbols.id(&e.carrier);
+        let warehouse = self.symbols.id(&e.warehouse);
+        let state = self.entry(&e.order_id, e.event_time);
+        state.first_seen = state.first_seen.min(e.event_time);
+        state.carrier = carrier;
+        if state.warehouse == NO_SYMBOL {
+            state.warehouse = warehouse;
+        }
+        let t = e.event_time;
+        let paid = state.paid_at != NONE;
+        let mut update = ScanUpdate::default();
+        match e.status {
+            ShipmentStatus::LabelCreated => set_first(&mut state.label_created_at, t),
+            ShipmentStatus::PickedUp => {
+                update.counts = state.picked_up_at == NONE;
+                set_first(&mut state.picked_up_at, t);
+                if update.counts && on_time {
+                    if paid {
+                        update.join = Some(pickup_sample(state));
+                    } else {
+                        state.flags |= PENDING_PICKUP;
+                    }
+                }
+            }
+            ShipmentStatus::Delivered => {
+                update.counts = state.delivered_at == NONE;
+                set_first(&mut state.delivered_at, t);
+                if update.counts && on_time {
+                    update.pickup_to_delivery_ms = opt(state.picked_up_at).map(|p| t - p);
+                    if paid {
+                        update.join = Some(delivery_sample(state));
+                    } else {
+                        state.flags |= PENDING_DELIVERY;
+                    }
+                }
+            }
+            ShipmentStatus::Returned => {
+                update.counts = state.returned_at == NONE;
+                set_first(&mut state.returned_at, t);
+            }
+            ShipmentStatus::FailedAttempt => {
+                update.counts = true;
+                state.failed_attempts = state.failed_attempts.saturating_add(1);
+            }
+            ShipmentStatus::Exception => {
+                update.counts = true;
+                state.exceptions = state.exceptions.saturating_add(1);
+                set_first(&mut state.first_exception_at, t);
+            }
+            ShipmentStatus::InTransit | ShipmentStatus::OutForDelivery | ShipmentStatus::Unknown => {}
+        }
+        update
+    }
+
+    /// Unshipped paid orders at event time `at`, by warehouse symbol.
+    pub fn backlog_at(&self, at: i64) -> BTreeMap<u16, Backlog> {
+        let mut out: BTreeMap<u16, Backlog> = BTreeMap::new();
+        for state in self.states().filter(|s| s.unshipped_at(at)) {
+            let b = out.entry(state.warehouse).or_default();
+            b.orders += 1;
+            if state.promised_ship_by != NONE && state.promised_ship_by < at {
+                b.past_ship_by += 1;
+            }
+            b.oldest_paid_at = Some(b.oldest_paid_at.map_or(state.paid_at, |o| o.min(state.paid_at)));
+        }
+        out
+    }
+
+    /// Removes what the watermark has finished with: terminal orders past their time-to-live,
+    /// orders without events past the timeout, and scans whose order never came.
+    pub fn sweep(&mut self, watermark: i64) -> (Vec<OrderFact>, Vec<OrphanShipment>) {
+        let r = self.retention;
+        self.remove(watermark, |s| {
+            if !s.has_order() {
+                (s.first_seen + r.orphan_after_ms < watermark).then_some(ClosedReason::Timeout)
+            } else if s.terminal_at().is_some_and(|t| t + r.terminal_ttl_ms < watermark) {
+                Some(ClosedReason::Terminal)
+            } else {
+                (s.last_event + r.open_timeout_ms < watermark).then_some(ClosedReason::Timeout)
+            }
+        })
+    }
+
+    /// Removes everything (end of a bounded input).
+    pub fn drain(&mut self, watermark: i64) -> (Vec<OrderFact>, Vec<OrphanShipment>) {
+        self.remove(watermark, |_| Some(ClosedReason::EndOfInput))
+    }
+
+    fn remove(
+        &mut self,
+        watermark: i64,
+        mut reason: impl FnMut(&OrderState) -> Option<ClosedReason>,
+    ) -> (Vec<OrderFact>, Vec<OrphanShipment>) {
+        let mut closing: Vec<(u32, ClosedReason)> =
+            self.index.iter().filter_map(|slot| reason(&self.slots[*slot as usize]).map(|r| (*slot, r))).collect();
+        // Sorted so that output order does not depend on hash-table layout.
+        closing.sort_unstable_by(|a, b| self.slots[a.0 as usize].order_id().cmp(self.slots[b.0 as usize].order_id()));
+        let (mut facts, mut orphans) = (Vec::new(), Vec::new());
+        for (slot, closed_reason) in closing {
+            let hash = order_hash(self.slots[slot as usize].order_id());
+            if let Ok(entry) = self.index.find_entry(hash, |s| *s == slot) {
+                entry.remove();
+            }
+            self.free.push(slot);
+            let state = std::mem::replace(&mut self.slots[slot as usize], OrderState::new("", 0));
+            if state.has_order() {
+                facts.push(self.fact(&state, closed_reason, watermark));
+            } else {
+                orphans.push(self.orphan(&state, closed_reason, watermark));
+            }
+        }
+        (facts, orphans)
+    }
+
+    fn symbol(&self, id: u16) -> Option<String> {
+        self.symbols.name(id).map(str::to_owned)
+    }
+
+    fn fact(&self, s: &OrderState, closed_reason: ClosedReason, watermark: i64) -> OrderFact {
+        let versus = |done: i64, promise: i64| (done != NONE && promise != NONE).then_some(done <= promise);
+        OrderFact {
+            order_id: s.order_id().to_owned(),
+            buyer_id: s.buyer_id().map(str::to_owned),
+            partition: self.partition,
+            channel: s.channel,
+            device: s.device,
+            region: self.symbol(s.region),
+            currency: self.symbol(s.currency),
+            payment_method: s.payment_method,
+            warehouse: self.symbol(s.warehouse),
+            carrier: self.symbol(s.carrier),
+            items_subtotal_minor: s.items_subtotal_minor,
+            discount_minor: s.discount_minor,
+            shipping_minor: s.shipping_minor,
+            paid_amount_minor: s.paid_amount_minor,
+            refunded_amount_minor: s.refunded_minor,
+            units: s.units,
+            created_at: opt(s.created_at),
+            paid_at: opt(s.paid_at),
+            cancelled_at: opt(s.cancelled_at),
+            label_created_at: opt(s.label_created_at),
+            picked_up_at: opt(s.picked_up_at),
+            delivered_at: opt(s.delivered_at),
+            returned_at: opt(s.returned_at),
+            first_exception_at: opt(s.first_exception_at),
+            last_refund_at: opt(s.last_refund_at),
+            promised_ship_by: opt(s.promised_ship_by),
+            promised_deliver_by: opt(s.promised_deliver_by),
+            failed_attempts: s.failed_attempts,
+            exceptions: s.exceptions,
+            shipped_on_time: versus(s.picked_up_at, s.promised_ship_by),
+            delivered_on_time: versus(s.delivered_at, s.promised_deliver_by),
+            final_state: s.final_state(),
+            closed_reason,
+            closed_at_watermark: watermark,
+        }
+    }
+
+    fn orphan(&self, s: &OrderState, closed_reason: ClosedReason, watermark: i64) -> OrphanShipment {
+        OrphanShipment {
+            order_id: s.order_id().to_owned(),
+            partition: self.partition,
+            carrier: self.symbol(s.carrier),
+            warehouse: self.symbol(s.warehouse),
+            first_scan_at: s.first_seen,
+            last_scan_at: s.last_event,
+            picked_up_at: opt(s.picked_up_at),
+            delivered_at: opt(s.delivered_at),
+            closed_reason,
+            closed_at_watermark: watermark,
+        }
+    }
+}
+
+fn pickup_sample(s: &OrderState) -> JoinSample {
+    JoinSample::Pickup {
+        at: s.picked_up_at,
+        carrier: s.carrier,
+        warehouse: s.warehouse,
+        paid_to_pickup_ms: s.picked_up_at - s.paid_at,
+        on_time: (s.promised_ship_by != NONE).then_some(s.picked_up_at <= s.promised_ship_by),
+    }
+}
+
+fn delivery_sample(s: &OrderState) -> JoinSample {
+    JoinSample::Delivery {
+        at: s.delivered_at,
+        carrier: s.carrier,
+        warehouse: s.warehouse,
+        on_time: (s.promised_deliver_by != NONE).then_some(s.delivered_at <= s.promised_deliver_by),
+    }
+}
+
+/// Join figures of scans that arrived before the order's payment.
+fn resolve_pending(s: &mut OrderState) -> Vec<JoinSample> {
+    let mut resolved = Vec::new();
+    if s.flags & PENDING_PICKUP != 0 {
+        resolved.push(pickup_sample(s));
+    }
+    if s.flags & PENDING_DELIVERY != 0 {
+        resolved.push(delivery_sample(s));
+    }
+    s.flags &= !(PENDING_PICKUP | PENDING_DELIVERY);
+    resolved
+}

@@ -157,6 +157,15 @@ impl FulfillmentOperator {
         })
     }
 
+    /// Opens the windows containing `t` without counting anything: every window with order or
+    /// shipment activity gets rows, and with them its backlog.
+    ///
+    /// # Errors
+    /// [`Late`] when the window has closed.
+    pub fn touch(&mut self, t: i64) -> Result<(), Late> {
+        self.windows.record(t, |_| {})
+    }
+
     /// Adds a pickup-to-delivery duration to the window of the delivery at `t`.
     ///
     /// # Errors

@@ -125,7 +125,10 @@ impl Commerce {
             self.join(sample, out);
         }
         self.orders.record(e, update.created_at)?;
-        if let Some(created_at) = update.created_at.filter(|_| e.event_type == crate::event::OrderEventType::Paid) {
+        // Opens the fulfillment window too, so that its backlog row is written even when no parcel
+        // moves (a stalled warehouse); a window already closed for fulfillment just gets no row.
+        let _ = self.fulfillment.touch(e.event_time);
+        if let Some(created_at) = update.created_at {
             out.latencies.push(LatencyObservation {
                 metric: LatencyMetric::CreatedToPaid,
                 label: e.channel.as_str().to_owned(),
@@ -139,6 +142,7 @@ impl Commerce {
         let on_time = self.logistics_gate.check(e.event_time);
         let update = self.book.apply_scan(e, on_time.is_ok());
         on_time?;
+        self.fulfillment.touch(e.event_time)?;
         let carrier = self.book.symbols.id(&e.carrier);
         let warehouse = self.book.symbols.id(&e.warehouse);
         if update.counts {

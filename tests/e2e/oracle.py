@@ -263,6 +263,15 @@ def fulfillment_from_events(con) -> tuple[dict, dict]:
     for r in grouped:
         rows[r[:5]] = list(r[5:18])
         latencies[r[:5]] = (r[18] or [], r[19] or [])
+    # Every window with an on-time order event or scan in the partition has rows (and a backlog).
+    active = con.sql(
+        """WITH a AS (SELECT o.t, l.p FROM ords o JOIN lifecycle l ON l.oid = o.oid WHERE o.injected <> 'late'
+                      UNION ALL SELECT s.t, l.p FROM scans s JOIN lifecycle l ON l.oid = s.oid WHERE s.injected <> 'late')
+           SELECT DISTINCT w.label, (t // w.ms) * w.ms, p FROM a, windows w"""
+    ).fetchall()
+    zero = [0] * 13
+    for label, start, p in active:
+        rows.setdefault((label, start, p, "all", "all"), list(zero))
     windows = sorted({k[:3] for k in rows})
     con.sql("CREATE OR REPLACE TABLE closed(label VARCHAR, start BIGINT, p INTEGER)")
     con.executemany("INSERT INTO closed VALUES (?, ?, ?)", windows)
@@ -280,7 +289,6 @@ def fulfillment_from_events(con) -> tuple[dict, dict]:
         FROM b GROUP BY GROUPING SETS ((label, start, p, warehouse), (label, start, p))"""
     ).fetchall()
     backlog_of = {r[:4]: list(r[4:]) for r in backlog}
-    zero = [0] * 13
     for (label, start, p, warehouse), _ in backlog_of.items():
         rows.setdefault((label, start, p, "all", warehouse), list(zero))
     for key, values in rows.items():

@@ -59,3 +59,6 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
     assert orders[0] > 0 and 0 < orders[1] <= orders[0]
     facts = con.execute(f"SELECT count(*), count(paid_at) FROM read_parquet('{out}/order_facts/*.parquet')").fetchone()
     assert facts[0] >= facts[1] > 0, "every order of the demo is in order_facts at the end"
+    backlog = con.execute(f"""SELECT max(b) FROM (SELECT window_end, sum(backlog_orders) AS b FROM read_parquet('{out}/fulfillment/*.parquet')
+                              WHERE window_size = '1m' AND carrier = 'all' AND warehouse = 'all' GROUP BY ALL)""").fetchone()[0]
+    assert backlog > 0, "an hour into Double 11 no parcel has been picked up yet: the backlog shows it"

@@ -243,8 +243,12 @@ pub struct OrderUpdate {
 }
 
 /// What a scan changed, for the window operators.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanUpdate {
+    /// The scan's carrier, interned.
+    pub carrier: u16,
+    /// The scan's warehouse, interned.
+    pub warehouse: u16,
     /// Whether the scan counts: the order's first pickup, delivery or return, or any failed
     /// attempt or exception.
     pub counts: bool,
@@ -512,7 +516,7 @@ impl OrderBook {
         }
         let t = e.event_time;
         let paid = state.paid_at != NONE;
-        let mut update = ScanUpdate::default();
+        let mut update = ScanUpdate { carrier, warehouse, counts: false, pickup_to_delivery_ms: None, join: None };
         match e.status {
             ShipmentStatus::LabelCreated => set_first(&mut state.label_created_at, t),
             ShipmentStatus::PickedUp => {

@@ -143,8 +143,7 @@ impl Commerce {
         let update = self.book.apply_scan(e, on_time.is_ok());
         on_time?;
         self.fulfillment.touch(e.event_time)?;
-        let carrier = self.book.symbols.id(&e.carrier);
-        let warehouse = self.book.symbols.id(&e.warehouse);
+        let (carrier, warehouse) = (update.carrier, update.warehouse);
         if update.counts {
             self.fulfillment.record_scan(e.event_time, carrier, warehouse, e.status)?;
         }

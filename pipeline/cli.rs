@@ -7,7 +7,9 @@ use crate::event::{Channel, Stream};
 use crate::generate::producer::{Encoder, ProduceOptions, ProduceReport, produce};
 use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Profile};
 use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use crate::sink::compact::{TABLES, compact};
 use crate::sink::http;
+use crate::sink::storage::{Location, Storage};
 use crate::source::KafkaSource;
 use crate::telemetry::{Health, Metrics, window_labels};
 use anyhow::{Context, bail};
@@ -37,6 +39,26 @@ pub enum Command {
     Demo(DemoArgs),
     /// Produce synthetic storefront traffic to a Kafka-protocol broker.
     Generate(GenerateArgs),
+    /// Merge the files of each closed hour partition into one and mark it `_SUCCESS`.
+    Compact(CompactArgs),
+}
+
+/// `storepulse compact`
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Root of the tables: a directory or s3://bucket/prefix (as `output.dir`).
+    #[arg(long, value_parser = Location::parse, default_value = "./storepulse-data")]
+    pub out: Location,
+    /// An hour partition is closed once its hour ended this long ago (wall clock). Choose more
+    /// than the largest window plus lateness plus the flush interval, so no more rows arrive.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3h")]
+    pub older_than: Duration,
+    /// Treat hours ending at or before this instant (RFC 3339) as closed, instead of --older-than.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub before: Option<std::time::SystemTime>,
+    /// Only these tables (repeatable); all by default.
+    #[arg(long = "table", value_parser = clap::builder::PossibleValuesParser::new(TABLES))]
+    pub tables: Vec<String>,
 }
 
 /// `storepulse run`
@@ -177,9 +199,9 @@ pub struct DemoArgs {
     /// what was produced, closes every window and writes it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub duration: Duration,
-    /// Directory for the Parquet tables.
-    #[arg(long, default_value = "./storepulse-data")]
-    pub out: PathBuf,
+    /// Root of the Parquet tables: a directory or s3://bucket/prefix.
+    #[arg(long, value_parser = Location::parse, default_value = "./storepulse-data")]
+    pub out: Location,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -233,6 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_job(&args),
         Command::Demo(args) => run_demo(&args),
         Command::Generate(args) => run_generate(&args),
+        Command::Compact(args) => run_compact(&args),
     }
 }
 
@@ -270,6 +293,32 @@ fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
         options.brokers,
         started.elapsed().as_secs_f64(),
         format_ms(report.last_event_ms)
+    );
+    Ok(())
+}
+
+fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
+    let closed_before = args.before.unwrap_or_else(|| std::time::SystemTime::now() - args.older_than);
+    let closed_before_ms = system_time_ms(closed_before);
+    let storage = Storage::open(&args.out)?;
+    let tables: Vec<&str> =
+        if args.tables.is_empty() { TABLES.to_vec() } else { args.tables.iter().map(String::as_str).collect() };
+    let report = compact(&storage, &tables, closed_before_ms).with_context(|| format!("compacting {}", args.out))?;
+    println!(
+        "compacted {}: {} partitions merged ({} files into {}, {} rows), {} marked _SUCCESS, {} still open (hour ends after {}){}",
+        args.out,
+        report.merged,
+        report.files_before,
+        report.merged,
+        report.rows,
+        report.marked,
+        report.open,
+        format_ms(closed_before_ms),
+        if report.recovered > 0 {
+            format!(", {} interrupted merges finished", report.recovered)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
@@ -312,8 +361,7 @@ fn run_pipeline_thread(
         .spawn(move || {
             let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
                 .context("creating the Kafka consumer")?;
-            let pipeline =
-                Pipeline::new(settings, metrics, health, progress).context("creating the dead-letter producer")?;
+            let pipeline = Pipeline::new(settings, metrics, health, progress).context("starting the pipeline")?;
             Ok(pipeline.run(&source, &control)?)
         })
         .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
@@ -325,7 +373,7 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let health = Health::new();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
-    tracing::info!(brokers = %settings.brokers, group = %settings.group_id, metrics = %settings.metrics_addr, output = %settings.output_dir.display(), "storepulse starting");
+    tracing::info!(brokers = %settings.brokers, group = %settings.group_id, metrics = %settings.metrics_addr, output = %settings.output, "storepulse starting");
     let control = Arc::new(AtomicU8::new(if args.bounded { CONTROL_DRAIN } else { CONTROL_RUN }));
     let signal_control = Arc::clone(&control);
     runtime.spawn(async move {
@@ -353,7 +401,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     settings.brokers = cluster.bootstrap_servers();
     settings.group_id = "storepulse-demo".into();
     settings.format = args.format;
-    settings.output_dir = args.out.clone();
+    settings.output = args.out.clone();
     settings.metrics_addr = args.metrics_addr;
     settings.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
     for stream in Stream::ALL {
@@ -369,7 +417,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!(
         "storepulse demo: embedded Kafka at {}, Parquet under {}, metrics at http://{}/metrics, for {}",
         settings.brokers,
-        settings.output_dir.display(),
+        settings.output,
         settings.metrics_addr,
         humantime::format_duration(args.duration)
     );
@@ -420,8 +468,8 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
     print_report(&report);
     println!(
-        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*.parquet' WHERE window_size = '1m' AND device = 'all' GROUP BY ALL ORDER BY ALL\"",
-        args.out.display()
+        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*/*/*.parquet' WHERE window_size = '1m' AND device = 'all' GROUP BY ALL ORDER BY ALL\"",
+        args.out
     );
     drop(cluster);
     Ok(())

@@ -12,7 +12,8 @@ use crate::operators::{
     OrdersRow, OrphanShipment, PartitionTask, SessionRow, Step, TaskOutput, channel_label, device_label,
 };
 use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
-use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, Published, SinkError, TableRow};
+use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, SinkError};
+use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
@@ -39,6 +40,12 @@ pub enum RuntimeError {
     /// Parquet output could not be written at shutdown; the rows are not committed.
     #[error("final Parquet write failed: {0}")]
     FinalFlush(SinkError),
+    /// The dead-letter producer could not be created.
+    #[error("dead-letter producer: {0}")]
+    DeadLetterProducer(#[from] rdkafka::error::KafkaError),
+    /// The output location could not be opened.
+    #[error(transparent)]
+    Storage(#[from] crate::sink::storage::StorageError),
 }
 
 /// Counts of one run, for the final report.
@@ -129,13 +136,13 @@ impl Pipeline {
     /// to the terminal (the demo); otherwise they are logged.
     ///
     /// # Errors
-    /// When the dead-letter topic producer cannot be created.
+    /// When the dead-letter topic producer cannot be created or the output location opened.
     pub fn new(
         settings: Settings,
         metrics: Metrics,
         health: Arc<Health>,
         progress: bool,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
+    ) -> Result<Self, RuntimeError> {
         let schemas = match &settings.schema_registry_url {
             Some(url) => WriterSchemaSource::registry(url),
             None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
@@ -150,8 +157,9 @@ impl Pipeline {
             .as_deref()
             .map(|topic| DeadLetterTopic::new(&settings.brokers, &settings.kafka_client, topic, metrics.clone()))
             .transpose()?;
+        metrics.label_budget.set_limit(settings.max_values_per_label);
         Ok(Pipeline {
-            writer: ParquetWriter::new(&settings.output_dir),
+            writer: ParquetWriter::new(Storage::open(&settings.output)?),
             scratch: TaskOutput::default(),
             settings,
             metrics,
@@ -248,9 +256,7 @@ impl Pipeline {
             }
             if last_flush.elapsed() >= self.settings.flush_interval {
                 last_flush = Instant::now();
-                if self.flush().is_ok() {
-                    self.commit(source);
-                }
+                self.checkpoint(source);
             }
             if !self.health.brokers_up()
                 && last_broker_warning.elapsed() >= Duration::from_secs(10)
@@ -267,6 +273,7 @@ impl Pipeline {
         self.tick(source);
         self.flush().map_err(RuntimeError::FinalFlush)?;
         self.commit(source);
+        self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);
         if let Some(dlq) = &self.dead_letter_topic {
             dlq.flush(Duration::from_secs(10));
         }
@@ -403,8 +410,13 @@ impl Pipeline {
         for o in out.latencies.drain(..) {
             let (histogram, label) = match o.metric {
                 LatencyMetric::CreatedToPaid => (&self.metrics.order_created_to_paid, o.label.as_str()),
-                LatencyMetric::PaidToPickup => (&self.metrics.paid_to_pickup, o.label.as_str()),
-                LatencyMetric::PickupToDelivery => (&self.metrics.pickup_to_delivery, carrier_label(&o.label)),
+                LatencyMetric::PaidToPickup => {
+                    (&self.metrics.paid_to_pickup, self.metrics.label_budget.admit("warehouse", &o.label))
+                }
+                LatencyMetric::PickupToDelivery => (
+                    &self.metrics.pickup_to_delivery,
+                    self.metrics.label_budget.admit("carrier", carrier_label(&o.label)),
+                ),
             };
             histogram.with_label_values(&[label]).observe(o.ms as f64 / 1000.0);
         }
@@ -421,8 +433,9 @@ impl Pipeline {
                 if assigned.contains(&(topics.of(*stream).to_owned(), *partition)) {
                     keep = true;
                 } else {
-                    let _ =
-                        metrics.partition_watermark.remove_label_values(&[topics.of(*stream), &partition.to_string()]);
+                    let labels = [topics.of(*stream), &partition.to_string()];
+                    let _ = metrics.partition_watermark.remove_label_values(&labels);
+                    let _ = metrics.event_time_lag.remove_label_values(&labels);
                 }
             }
             if !keep {
@@ -448,10 +461,9 @@ impl Pipeline {
                     Some(progress) => {
                         progress.caught_up = up_to_date;
                         if let Some(w) = progress.watermark {
-                            self.metrics
-                                .partition_watermark
-                                .with_label_values(&[tp.0.as_str(), &partition.to_string()])
-                                .set(w as f64 / 1000.0);
+                            let labels = [tp.0.as_str(), &partition.to_string()];
+                            self.metrics.partition_watermark.with_label_values(&labels).set(w as f64 / 1000.0);
+                            self.metrics.event_time_lag.with_label_values(&labels).set((now_ms - w) as f64 / 1000.0);
                         }
                         up_to_date && now_ms - progress.last_event_at_ms >= idle_timeout_ms
                     }
@@ -507,6 +519,7 @@ impl Pipeline {
             if let Some((task_at, backlog)) = task.state.backlog_now() {
                 at = Some(at.map_or(task_at, |a| a.min(task_at)));
                 for (warehouse, b) in backlog {
+                    let warehouse = self.metrics.label_budget.admit("warehouse", &warehouse).to_owned();
                     by_warehouse.entry(warehouse).or_default().add(&b);
                     by_warehouse.entry("all".to_owned()).or_default().add(&b);
                 }
@@ -613,8 +626,9 @@ impl Pipeline {
     fn publish_fulfillment(&mut self, w: &str, summary: &WindowSummary) {
         let mut folded: BTreeMap<(String, String), FulfillmentCounts> = BTreeMap::new();
         for ((carrier, warehouse), counts) in &summary.fulfillment {
-            let carrier = carrier.as_deref().map_or("all", carrier_label).to_owned();
-            let warehouse = warehouse.clone().unwrap_or_else(|| "all".to_owned());
+            let budget = &self.metrics.label_budget;
+            let carrier = budget.admit("carrier", carrier.as_deref().map_or("all", carrier_label)).to_owned();
+            let warehouse = budget.admit("warehouse", warehouse.as_deref().unwrap_or("all")).to_owned();
             folded.entry((carrier, warehouse)).or_default().add(counts);
         }
         folded.entry(("all".to_owned(), "all".to_owned())).or_default();
@@ -658,28 +672,29 @@ impl Pipeline {
 
     /// Writes buffered rows. Rows of a table whose write fails stay buffered for the next try.
     fn flush(&mut self) -> Result<(), SinkError> {
+        let writer = &mut self.writer;
+        let buffers = &mut self.buffers;
+        let outcomes = [
+            writer.write(&mut buffers.funnel),
+            writer.write(&mut buffers.sessions),
+            writer.write(&mut buffers.orders),
+            writer.write(&mut buffers.fulfillment),
+            writer.write(&mut buffers.facts),
+            writer.write(&mut buffers.orphans),
+            writer.write(&mut buffers.late),
+            writer.write(&mut buffers.dead),
+        ];
         let mut first_error = None;
-        let mut write = |result: Result<Option<Published>, SinkError>| match result {
-            Ok(published) => published,
-            Err(error) => {
-                first_error.get_or_insert(error);
-                None
+        for outcome in outcomes {
+            for p in &outcome.published {
+                self.report.files += 1;
+                self.metrics.parquet_files.with_label_values(&[p.table]).inc();
+                self.metrics.parquet_bytes.with_label_values(&[p.table]).inc_by(p.bytes);
+                tracing::debug!(table = p.table, key = %p.key, rows = p.rows, "published Parquet file");
             }
-        };
-        let mut published = Vec::new();
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.funnel)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.sessions)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.orders)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.fulfillment)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.facts)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.orphans)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.late)));
-        published.extend(write(flush_table(&mut self.writer, &mut self.buffers.dead)));
-        for p in &published {
-            self.report.files += 1;
-            self.metrics.parquet_files.with_label_values(&[p.table]).inc();
-            self.metrics.parquet_bytes.with_label_values(&[p.table]).inc_by(p.bytes);
-            tracing::debug!(table = p.table, path = %p.path.display(), rows = p.rows, "published Parquet file");
+            if let Some(error) = outcome.error {
+                first_error.get_or_insert(error);
+            }
         }
         match first_error {
             None => {
@@ -695,17 +710,28 @@ impl Pipeline {
         }
     }
 
-    fn commit(&self, source: &KafkaSource) {
-        if let Err(error) = source.commit(&self.positions) {
-            tracing::warn!(%error, "offset commit failed; will retry at the next flush");
+    /// Publishes buffered rows, then commits the offsets they cover; timed and counted as a
+    /// checkpoint. Offsets are committed only after every row before them is published.
+    fn checkpoint(&mut self, source: &KafkaSource) {
+        let started = Instant::now();
+        let ok = self.flush().is_ok() && self.commit(source);
+        if ok {
+            self.metrics.checkpoint_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);
+        } else {
+            self.metrics.checkpoint_failures.inc();
         }
     }
-}
 
-fn flush_table<R: TableRow>(writer: &mut ParquetWriter, rows: &mut Vec<R>) -> Result<Option<Published>, SinkError> {
-    let published = writer.write(rows)?;
-    rows.clear();
-    Ok(published)
+    fn commit(&self, source: &KafkaSource) -> bool {
+        match source.commit(&self.positions) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; will retry at the next flush");
+                false
+            }
+        }
+    }
 }
 
 /// Adds a closed session to the session counters (by landing channel and device).

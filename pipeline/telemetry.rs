@@ -6,10 +6,11 @@ use crate::codec::DecodeError;
 use crate::event::{Channel, Device, Stream};
 use crate::operators::{Family, Step};
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Flags that decide readiness, shared between the pipeline thread and the HTTP server.
 #[derive(Debug, Default)]
@@ -86,6 +87,11 @@ pub struct Metrics {
     pub dead_letter_publish_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub partition_watermark: GaugeVec,
+    pub event_time_lag: GaugeVec,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_last_success: prometheus::Gauge,
+    pub checkpoint_failures: IntCounter,
+    pub label_budget: LabelBudget,
     pub kafka_connected: IntGauge,
     pub ready: IntGauge,
     pub parquet_files: IntCounterVec,
@@ -145,6 +151,45 @@ pub struct FulfillmentGauges {
     pub oldest_unshipped_age: GaugeVec,
     pub backlog_at: prometheus::Gauge,
 }
+
+/// Caps the distinct values a data-driven label (warehouse, carrier) may take, protecting
+/// Prometheus from a feed that suddenly names thousands of warehouses. Values seen first are
+/// admitted up to the limit; later ones fold into `other` and are counted.
+#[derive(Clone)]
+pub struct LabelBudget {
+    limit: Arc<AtomicUsize>,
+    admitted: Arc<Mutex<HashMap<&'static str, HashSet<String>>>>,
+    folded: IntCounterVec,
+}
+
+impl LabelBudget {
+    /// The label value to export for `value` of `label`: itself while within budget, else
+    /// `other`. `all` and `other` are always admitted and never count.
+    pub fn admit<'a>(&self, label: &'static str, value: &'a str) -> &'a str {
+        if value == "all" || value == "other" {
+            return value;
+        }
+        let mut admitted = self.admitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = admitted.entry(label).or_default();
+        if values.contains(value) {
+            return value;
+        }
+        if values.len() < self.limit.load(Ordering::Relaxed) {
+            values.insert(value.to_owned());
+            return value;
+        }
+        self.folded.with_label_values(&[label]).inc();
+        "other"
+    }
+
+    /// Sets how many distinct values each label may take.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+}
+
+/// Default for `metrics.max_values_per_label`.
+pub const DEFAULT_MAX_VALUES_PER_LABEL: usize = 100;
 
 /// Carriers exported by name; others are folded into `other` to bound the label set.
 pub const CARRIER_LABELS: &[&str] = &["sf", "jd", "zto", "yto", "yunda", "sto", "ems", "best", "deppon", "cainiao"];
@@ -368,6 +413,39 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            event_time_lag: GaugeVec::new(
+                opts(
+                    "storepulse_event_time_lag_seconds",
+                    "Wall clock minus the event-time watermark of each assigned partition, seconds.",
+                ),
+                &["topic", "partition"],
+            )?,
+            checkpoint_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "storepulse_checkpoint_duration_seconds",
+                    "Time to publish buffered Parquet files and commit the consumed offsets, seconds.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )?,
+            checkpoint_last_success: prometheus::Gauge::with_opts(opts(
+                "storepulse_checkpoint_last_success_timestamp_seconds",
+                "When files were last published and offsets committed, Unix seconds (alert on its age).",
+            ))?,
+            checkpoint_failures: IntCounter::with_opts(opts(
+                "storepulse_checkpoint_failures_total",
+                "Checkpoints that failed (a sink write or the offset commit); retried at the next interval.",
+            ))?,
+            label_budget: LabelBudget {
+                limit: Arc::new(AtomicUsize::new(DEFAULT_MAX_VALUES_PER_LABEL)),
+                admitted: Arc::default(),
+                folded: IntCounterVec::new(
+                    opts(
+                        "storepulse_label_values_folded_total",
+                        "Label values folded into \"other\" because the label reached metrics.max_values_per_label, by label.",
+                    ),
+                    &["label"],
+                )?,
+            },
             kafka_connected: IntGauge::with_opts(opts(
                 "storepulse_kafka_connected",
                 "1 when at least one broker connection is up.",
@@ -488,6 +566,11 @@ impl Metrics {
             Box::new(m.dead_letter_publish_errors.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.partition_watermark.clone()),
+            Box::new(m.event_time_lag.clone()),
+            Box::new(m.checkpoint_duration.clone()),
+            Box::new(m.checkpoint_last_success.clone()),
+            Box::new(m.checkpoint_failures.clone()),
+            Box::new(m.label_budget.folded.clone()),
             Box::new(m.kafka_connected.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.parquet_files.clone()),
@@ -522,6 +605,9 @@ impl Metrics {
     /// Creates zero-valued series for every bounded label value, so that rates and absence
     /// alerts work from the first scrape.
     fn pre_register(&self, windows: &[String]) {
+        for label in ["warehouse", "carrier"] {
+            self.label_budget.folded.with_label_values(&[label]);
+        }
         for stream in Stream::ALL {
             self.events_decoded.with_label_values(&[stream.as_str()]);
             self.events_duplicate.with_label_values(&[stream.as_str()]);
@@ -598,5 +684,25 @@ pub fn window_label(window_ms: i64) -> String {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_budget_admits_the_first_values_then_folds_and_counts() {
+        let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
+        let budget = &metrics.label_budget;
+        budget.set_limit(2);
+        assert_eq!(budget.admit("warehouse", "hangzhou-1"), "hangzhou-1");
+        assert_eq!(budget.admit("warehouse", "shanghai-2"), "shanghai-2");
+        assert_eq!(budget.admit("warehouse", "hangzhou-1"), "hangzhou-1", "admitted values stay");
+        assert_eq!(budget.admit("warehouse", "chengdu-3"), "other");
+        assert_eq!(budget.admit("warehouse", "all"), "all", "the total is never folded");
+        assert_eq!(budget.admit("carrier", "sf"), "sf", "each label has its own budget");
+        assert_eq!(budget.folded.with_label_values(&["warehouse"]).get(), 1);
+        assert!(metrics.render().contains("storepulse_label_values_folded_total{label=\"warehouse\"} 1"));
     }
 }

@@ -31,7 +31,7 @@ fn run_pipeline(
     settings.group_id = format!("dead-letters-{format:?}");
     settings.dead_letter_topic = dead_letter_topic.map(str::to_owned);
     settings.format = format;
-    settings.output_dir = out.to_path_buf();
+    settings.output = storepulse::sink::storage::Location::Local(out.to_path_buf());
     settings.validation.min_event_time_ms = 0;
     let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
     let health = Health::new();
@@ -49,10 +49,24 @@ fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerCont
     producer.flush(Duration::from_secs(10)).expect("flushed");
 }
 
+/// Every Parquet file under a table directory (its hour partitions).
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("table directory") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn reasons(out: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    for entry in std::fs::read_dir(out.join("dead_letters")).expect("dead_letters table") {
-        let file = std::fs::File::open(entry.expect("entry").path()).expect("file");
+    for path in parquet_files(&out.join("dead_letters")) {
+        let file = std::fs::File::open(path).expect("file");
         for batch in ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader") {
             let batch = batch.expect("batch");
             let column = batch.column_by_name("reason").expect("reason column");
@@ -114,7 +128,7 @@ fn every_malformed_kind_lands_in_dead_letters_with_its_own_reason_and_the_run_co
             .map(|r| (r.to_owned(), 1))
             .collect();
     assert_eq!(reasons(out.path()), expected);
-    assert!(std::fs::read_dir(out.path().join("funnel")).expect("funnel table").count() > 0);
+    assert!(!parquet_files(&out.path().join("funnel")).is_empty());
 
     // The dead-letter topic carries the raw payloads with the reason and origin in headers.
     let consumer: BaseConsumer = ClientConfig::new()

@@ -22,13 +22,23 @@ if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
+step "Prometheus server and promtool (Debian)"
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+# Debian starts the packaged service; the tests run their own servers.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+
 step "Kafka-protocol broker (tansu $tansu_version)"
 if ! "$tools/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then
   # Memory and SQLite storage engines; the default features carry none.
   cargo install tansu --version "$tansu_version" --locked --features dynostore,libsql --root "$tools"
 fi
 
-step "Python tools (DuckDB, pyarrow, fastavro, confluent-kafka, pytest)"
+step "Python tools (DuckDB, pyarrow, fastavro, confluent-kafka, moto, pytest)"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then

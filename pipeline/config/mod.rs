@@ -5,6 +5,7 @@
 use crate::codec::{ValidationRules, WireFormat};
 use crate::event::Stream;
 use crate::operators::Retention;
+use crate::sink::storage::Location;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -335,9 +336,10 @@ fn default_dedupe_max_ids_per_partition() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutput {
-    /// Root directory of the Parquet tables.
+    /// Root of the Parquet tables: a directory, or `s3://bucket/prefix` (endpoint and
+    /// credentials from the `AWS_*` environment variables).
     #[serde(default = "default_output_dir")]
-    pub dir: PathBuf,
+    pub dir: String,
     /// How often buffered rows become Parquet files, seconds. Larger means fewer, bigger files.
     #[serde(default = "default_flush_interval_secs")]
     pub flush_interval_secs: u64,
@@ -349,8 +351,8 @@ impl Default for RawOutput {
     }
 }
 
-fn default_output_dir() -> PathBuf {
-    PathBuf::from("./storepulse-data")
+fn default_output_dir() -> String {
+    "./storepulse-data".to_owned()
 }
 fn default_flush_interval_secs() -> u64 {
     60
@@ -363,12 +365,20 @@ pub struct RawMetrics {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[serde(default = "default_listen_addr")]
     pub listen_addr: String,
+    /// Series budget: distinct values a data-driven label (warehouse, carrier) may take before
+    /// new values fold into `other`.
+    #[serde(default = "default_max_values_per_label")]
+    pub max_values_per_label: usize,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        RawMetrics { listen_addr: default_listen_addr() }
+        RawMetrics { listen_addr: default_listen_addr(), max_values_per_label: default_max_values_per_label() }
     }
+}
+
+fn default_max_values_per_label() -> usize {
+    crate::telemetry::DEFAULT_MAX_VALUES_PER_LABEL
 }
 
 fn default_listen_addr() -> String {
@@ -398,12 +408,14 @@ pub struct Settings {
     pub validation: ValidationRules,
     /// Window, watermark and lateness settings.
     pub time: TimeSettings,
-    /// Parquet root directory.
-    pub output_dir: PathBuf,
+    /// Root of the Parquet tables.
+    pub output: Location,
     /// Parquet flush interval.
     pub flush_interval: Duration,
     /// Metrics endpoint address.
     pub metrics_addr: SocketAddr,
+    /// Series budget per data-driven label.
+    pub max_values_per_label: usize,
 }
 
 /// Topic names of the three streams.
@@ -664,6 +676,7 @@ impl TryFrom<RawConfig> for Settings {
         if time.dedupe_max_ids == 0 {
             return Err(invalid("time.dedupe_max_ids_per_partition", "must be at least 1"));
         }
+        let output = Location::parse(&raw.output.dir).map_err(|e| invalid("output.dir", e))?;
         if raw.output.flush_interval_secs == 0 {
             return Err(invalid("output.flush_interval_secs", "must be at least 1"));
         }
@@ -673,6 +686,9 @@ impl TryFrom<RawConfig> for Settings {
                 format!("{:?} is not host:port ({e}); e.g. 0.0.0.0:9464", raw.metrics.listen_addr),
             )
         })?;
+        if raw.metrics.max_values_per_label == 0 {
+            return Err(invalid("metrics.max_values_per_label", "must be at least 1"));
+        }
         Ok(Settings {
             brokers: raw.kafka.brokers,
             group_id: raw.kafka.group_id,
@@ -684,9 +700,10 @@ impl TryFrom<RawConfig> for Settings {
             writer_schemas_dir: raw.codec.writer_schemas_dir,
             validation,
             time,
-            output_dir: raw.output.dir,
+            output,
             flush_interval: Duration::from_secs(raw.output.flush_interval_secs),
             metrics_addr,
+            max_values_per_label: raw.metrics.max_values_per_label,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Sinks: Parquet tables for data teams, the Prometheus endpoint for SREs, and the optional
 //! dead-letter topic.
 
+pub mod compact;
 pub mod dead_letter;
 pub mod http;
 pub mod parquet;
+pub mod storage;

@@ -1,33 +1,29 @@
-//! Parquet tables. Rows are buffered per table and written as one zstd-compressed file per
-//! flush; each file is written under `_staging/` and renamed into its table directory, so a
-//! reader never sees a partial file.
+//! Parquet tables in Hive-style hour partitions, `TABLE/dt=YYYY-MM-DD/hour=HH/part-….parquet`.
+//! A flush writes one zstd-compressed file per table and hour it has rows for. Each file is
+//! written whole under `_staging/` and then renamed into its partition, so a reader never sees a
+//! partial file.
 
 use crate::operators::{
     FulfillmentRow, FunnelRow, LatencySketch, OrderFact, OrdersRow, OrphanShipment, SessionRow, Step, channel_label,
     device_label,
 };
+use crate::sink::storage::{Storage, StorageError};
 use crate::telemetry::window_label;
 use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A failed Parquet write. The rows stay buffered and the write is retried at the next flush.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Creating, writing, syncing or renaming a file failed (disk full, permissions, ...).
-    #[error("Parquet I/O on {path}: {source}")]
-    Io {
-        /// File or directory involved.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// Storing or publishing a file failed (disk full, permissions, object store down, ...).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The Parquet or Arrow library refused the data (a bug).
     #[error("Parquet encoding of table {table}: {message}")]
     Encode {
@@ -42,6 +38,8 @@ pub enum SinkError {
 pub trait TableRow {
     /// Directory name of the table.
     const TABLE: &'static str;
+    /// The UTC ms that picks the row's hour partition (documented per table in docs/tables.md).
+    fn partition_time(&self) -> i64;
     /// Converts rows into a record batch (column order = documented order).
     ///
     /// # Errors
@@ -105,6 +103,9 @@ fn count(n: u64) -> i64 {
 
 impl TableRow for FunnelRow {
     const TABLE: &'static str = "funnel";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let step = |step: Step| int64(rows.iter().map(move |r| count(r.counts.visitors_at(step))));
         RecordBatch::try_from_iter([
@@ -127,6 +128,9 @@ impl TableRow for FunnelRow {
 
 impl TableRow for SessionRow {
     const TABLE: &'static str = "sessions";
+    fn partition_time(&self) -> i64 {
+        self.session_start
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let reached = |step: Step| flags(rows.iter().map(move |r| r.reached[step as usize]));
         RecordBatch::try_from_iter([
@@ -156,6 +160,9 @@ impl TableRow for SessionRow {
 
 impl TableRow for OrdersRow {
     const TABLE: &'static str = "orders";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let mut columns: Vec<(String, ArrayRef)> = [
             ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
@@ -183,6 +190,9 @@ impl TableRow for OrdersRow {
 
 impl TableRow for FulfillmentRow {
     const TABLE: &'static str = "fulfillment";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let counted = |f: fn(&FulfillmentRow) -> u64| int64(rows.iter().map(move |r| count(f(r))));
         let backlog = |f: fn(&crate::operators::Backlog) -> u64| {
@@ -225,6 +235,9 @@ impl TableRow for FulfillmentRow {
 
 impl TableRow for OrderFact {
     const TABLE: &'static str = "order_facts";
+    fn partition_time(&self) -> i64 {
+        self.closed_at_watermark
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let time = |f: fn(&OrderFact) -> Option<i64>| optional_utc_millis(rows.iter().map(f));
         let name = |f: fn(&OrderFact) -> Option<&str>| optional_text(rows.iter().map(f));
@@ -269,6 +282,9 @@ impl TableRow for OrderFact {
 
 impl TableRow for OrphanShipment {
     const TABLE: &'static str = "orphan_shipments";
+    fn partition_time(&self) -> i64 {
+        self.closed_at_watermark
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
             ("order_id", text(rows.iter().map(|r| r.order_id.as_str()))),
@@ -310,6 +326,9 @@ pub struct LateEventRow {
 
 impl TableRow for LateEventRow {
     const TABLE: &'static str = "late_events";
+    fn partition_time(&self) -> i64 {
+        self.event_time + self.behind_watermark_ms
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
             ("stream", text(rows.iter().map(|r| r.stream))),
@@ -348,6 +367,9 @@ pub struct DeadLetterRow {
 
 impl TableRow for DeadLetterRow {
     const TABLE: &'static str = "dead_letters";
+    fn partition_time(&self) -> i64 {
+        self.rejected_at
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         RecordBatch::try_from_iter([
             ("rejected_at", utc_millis(rows.iter().map(|r| r.rejected_at))),
@@ -362,10 +384,66 @@ impl TableRow for DeadLetterRow {
     }
 }
 
-/// Writes Parquet files under a root directory.
+/// The Hive partition directory of a UTC ms: `dt=YYYY-MM-DD/hour=HH`.
+pub fn hour_partition(ms: i64) -> String {
+    let stamp =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+            .to_string();
+    format!("dt={}/hour={}", &stamp[..10], &stamp[11..13])
+}
+
+/// Start of the UTC hour containing `ms`.
+pub fn hour_start(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Staged files wait here, outside every table directory, until they are renamed into place.
+pub const STAGING: &str = "_staging";
+
+/// Encoding settings shared by the pipeline and compaction: zstd, statistics per page (min/max
+/// for pruning), row groups big enough for scans.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("storepulse ", env!("CARGO_PKG_VERSION")).to_owned())
+        .build()
+}
+
+/// Rows per row group: pruning works per row group, so not everything in one, but big enough
+/// that metadata stays small.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Encodes batches (of one schema) as one Parquet file in memory.
+///
+/// # Errors
+/// Arrow or Parquet errors (a bug, or batches of different schemas).
+pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let Some(first) = batches.first() else {
+        return Err(parquet::errors::ParquetError::General("no batches to encode".into()));
+    };
+    let mut writer = ArrowWriter::try_new(Vec::new(), first.schema(), Some(writer_properties()))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.into_inner()
+}
+
+/// Marks every column nullable. Arrow infers nullability from whether a batch happens to hold
+/// a null, which would give files of one table different schemas; every file gets the same one.
+fn all_nullable(batch: RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let fields: Vec<arrow_schema::Field> =
+        batch.schema().fields().iter().map(|field| field.as_ref().clone().with_nullable(true)).collect();
+    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), batch.columns().to_vec())
+}
+
+/// Writes Parquet files to a [`Storage`].
 pub struct ParquetWriter {
-    root: PathBuf,
-    /// Distinguishes files of this process from those of earlier runs.
+    storage: Storage,
+    /// Distinguishes files of this process from those of earlier runs and other instances.
     run_id: String,
     seq: u64,
 }
@@ -375,57 +453,68 @@ pub struct ParquetWriter {
 pub struct Published {
     /// Table name.
     pub table: &'static str,
-    /// Final path.
-    pub path: PathBuf,
+    /// Key under the storage root.
+    pub key: String,
     /// Size in bytes.
     pub bytes: u64,
     /// Rows written.
     pub rows: usize,
 }
 
+/// The files a flush of one table published, and the first failure, if any. Rows of failed
+/// hours are left in the caller's buffer.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Files now visible to readers.
+    pub published: Vec<Published>,
+    /// Why some rows are still buffered.
+    pub error: Option<SinkError>,
+}
+
 impl ParquetWriter {
-    /// A writer publishing under `root`.
-    pub fn new(root: &Path) -> Self {
+    /// A writer publishing into `storage`.
+    pub fn new(storage: Storage) -> Self {
         let run_id = format!("{}-{}", crate::config::system_time_ms(std::time::SystemTime::now()), std::process::id());
-        ParquetWriter { root: root.to_path_buf(), run_id, seq: 0 }
+        ParquetWriter { storage, run_id, seq: 0 }
     }
 
-    /// Writes `rows` as one file of table `R::TABLE` and publishes it atomically.
-    /// Nothing is written for no rows.
-    ///
-    /// # Errors
-    /// [`SinkError`] when the file cannot be written or published; nothing is published then.
-    pub fn write<R: TableRow>(&mut self, rows: &[R]) -> Result<Option<Published>, SinkError> {
-        if rows.is_empty() {
-            return Ok(None);
+    /// Where files go.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Writes the buffered `rows` of table `R::TABLE`, one file per hour partition, and
+    /// publishes each atomically. Written rows leave `rows`; rows whose file failed stay.
+    pub fn write<R: TableRow>(&mut self, rows: &mut Vec<R>) -> WriteOutcome {
+        let mut by_hour: BTreeMap<i64, Vec<R>> = BTreeMap::new();
+        for row in rows.drain(..) {
+            by_hour.entry(hour_start(row.partition_time())).or_default().push(row);
         }
-        let encode = |message: String| SinkError::Encode { table: R::TABLE, message };
-        let batch = R::to_batch(rows).map_err(|e| encode(e.to_string()))?;
-        let staging_dir = self.root.join("_staging");
-        let table_dir = self.root.join(R::TABLE);
-        for dir in [&staging_dir, &table_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| SinkError::Io { path: dir.clone(), source })?;
+        let mut outcome = WriteOutcome::default();
+        for (hour, group) in by_hour {
+            match self.write_file(hour, &group) {
+                Ok(published) => outcome.published.push(published),
+                Err(error) => {
+                    rows.extend(group);
+                    outcome.error.get_or_insert(error);
+                }
+            }
         }
+        outcome
+    }
+
+    fn write_file<R: TableRow>(&mut self, hour: i64, rows: &[R]) -> Result<Published, SinkError> {
+        let encode_error = |message: String| SinkError::Encode { table: R::TABLE, message };
+        let batch = R::to_batch(rows).and_then(all_nullable).map_err(|e| encode_error(e.to_string()))?;
+        let data = encode(&[batch]).map_err(|e| encode_error(e.to_string()))?;
+        let bytes = data.len() as u64;
         self.seq += 1;
         let name = format!("part-{}-{:06}.parquet", self.run_id, self.seq);
-        let staged = staging_dir.join(format!("{}-{name}", R::TABLE));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SinkError::Io { path, source }
-        };
-        let file = File::create(&staged).map_err(io(&staged))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| encode(e.to_string()))?))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| encode(e.to_string()))?;
-        writer.write(&batch).map_err(|e| encode(e.to_string()))?;
-        let file = writer.into_inner().map_err(|e| encode(e.to_string()))?;
-        file.sync_all().map_err(io(&staged))?;
-        let bytes = file.metadata().map_err(io(&staged))?.len();
-        drop(file);
-        let path = table_dir.join(name);
-        std::fs::rename(&staged, &path).map_err(io(&path))?;
-        Ok(Some(Published { table: R::TABLE, path, bytes, rows: rows.len() }))
+        let staged = format!("{STAGING}/{}-{name}", R::TABLE);
+        let key = format!("{}/{}/{name}", R::TABLE, hour_partition(hour));
+        self.storage.put(&staged, data)?;
+        self.storage.rename(&staged, &key)?;
+        Ok(Published { table: R::TABLE, key, bytes, rows: rows.len() })
     }
 }
 
@@ -434,27 +523,58 @@ mod tests {
     use super::*;
     use crate::event::Channel;
     use crate::operators::FunnelCounts;
+    use crate::sink::storage::Location;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
     fn writes_a_readable_file_and_leaves_no_staging_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut writer = ParquetWriter::new(dir.path());
-        let rows = vec![FunnelRow {
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let mut writer = ParquetWriter::new(storage);
+        let row = |window_start| FunnelRow {
             window_ms: 60_000,
-            window_start: 0,
+            window_start,
             partition: 1,
             channel: Some(Channel::Social),
             device: None,
             counts: FunnelCounts { events: 9, visitors: 7, page_views: 4, step_visitors: [5, 4, 3, 2] },
+        };
+        // 2026-11-11 00:59 and 01:00 (UTC), and 00:30 again: two hour partitions.
+        let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
+        let mut rows = vec![row(h1 - 60_000), row(h1), row(h0 + 1_800_000)];
+        let outcome = writer.write(&mut rows);
+        assert!(outcome.error.is_none() && rows.is_empty());
+        let keys: Vec<_> = outcome.published.iter().map(|p| (p.key.rsplit_once('/').expect("dir").0, p.rows)).collect();
+        assert_eq!(keys, [("funnel/dt=2025-11-11/hour=00", 2), ("funnel/dt=2025-11-11/hour=01", 1)]);
+        for published in &outcome.published {
+            let file = std::fs::File::open(dir.path().join(&published.key)).expect("published file");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
+            assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), published.rows);
+        }
+        assert!(writer.storage().list(STAGING).expect("list").is_empty(), "staging must be empty after publish");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("lake");
+        let mut writer = ParquetWriter::new(Storage::open(&Location::Local(root.clone())).expect("storage"));
+        // A file where the staging directory should be: every put fails.
+        std::fs::write(root.join(STAGING), b"not a directory").expect("blocker");
+        let mut rows = vec![DeadLetterRow {
+            rejected_at: 0,
+            topic: "orders".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: b"{".to_vec(),
+            reason: "malformed",
+            detail: "eof".into(),
         }];
-        let published = writer.write(&rows).expect("write").expect("non-empty");
-        assert_eq!(published.rows, 1);
-        let file = File::open(&published.path).expect("published file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
-        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
-        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
-        let staging: Vec<_> = std::fs::read_dir(dir.path().join("_staging")).expect("staging dir").collect();
-        assert!(staging.is_empty(), "staging must be empty after publish");
+        let outcome = writer.write(&mut rows);
+        assert!(outcome.published.is_empty());
+        assert!(outcome.error.expect("error").to_string().contains("_staging"));
+        assert_eq!(rows.len(), 1, "rows stay buffered for the next flush");
     }
 }

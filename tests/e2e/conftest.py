@@ -5,6 +5,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -67,9 +68,11 @@ def broker(tmp_path):
         proc.wait(timeout=10)
 
 
-def storepulse(*args, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs the storepulse binary and returns its completed process (output captured)."""
-    result = subprocess.run([STOREPULSE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def storepulse(*args, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs the storepulse binary and returns its completed process (output captured); `env`
+    adds environment variables."""
+    result = subprocess.run([STOREPULSE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"storepulse {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}")
     return result
@@ -97,3 +100,45 @@ listen_addr = "127.0.0.1:{free_port()}"
 """
     )
     return path
+
+
+class S3Server:
+    """A moto S3-compatible server: endpoint, credentials and a boto3 client."""
+
+    def __init__(self, port: int):
+        import boto3
+
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {"AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "storepulse",
+                    "AWS_SECRET_ACCESS_KEY": "storepulse-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="storepulse",
+                                   aws_secret_access_key="storepulse-secret", region_name="us-east-1")
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(keys)
+
+    def download(self, bucket: str, prefix: str, into: pathlib.Path) -> pathlib.Path:
+        """Copies every object under `prefix` into a local directory of the same layout."""
+        for key in self.keys(bucket, prefix):
+            target = into / key[len(prefix):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(bucket, key, str(target))
+        return into
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """A fresh moto S3 server (from PyPI, server mode), stopped after the test."""
+    port = free_port()
+    moto = pathlib.Path(sys.executable).parent / "moto_server"
+    with open(tmp_path / "moto.log", "wb") as out:
+        proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        yield S3Server(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

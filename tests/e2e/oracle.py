@@ -13,6 +13,11 @@ SESSION_GAP_MS = 30 * 60_000
 ENGAGED_AFTER_MS = 10_000
 
 
+def table(out: pathlib.Path, name: str) -> str:
+    """A DuckDB table expression over every hour partition of one storepulse table."""
+    return f"read_parquet('{out}/{name}/*/*/*.parquet', hive_partitioning = true)"
+
+
 def load_events(con: duckdb.DuckDBPyConnection, events_file: pathlib.Path) -> None:
     con.sql(
         f"""CREATE OR REPLACE TABLE ev AS
@@ -55,7 +60,7 @@ def funnel_from_parquet(con, out: pathlib.Path) -> list[tuple]:
     sums = ", ".join(f"sum({c.strip()})::BIGINT" for c in FUNNEL_COLUMNS.split(","))
     return con.sql(
         f"""SELECT window_size, epoch_ms(window_start), channel, device, {sums}
-            FROM read_parquet('{out}/funnel/*.parquet') GROUP BY ALL ORDER BY ALL"""
+            FROM {table(out, 'funnel')} GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
 
 
@@ -104,7 +109,7 @@ def sessions_from_parquet(con, out: pathlib.Path) -> list[tuple]:
                    client_session_id, channel, device, landing_page, events, page_views, duration_ms, engaged,
                    converted, reached_product_view, reached_add_to_cart, reached_begin_checkout, reached_purchase,
                    funnel_depth_in_order
-            FROM read_parquet('{out}/sessions/*.parquet') ORDER BY ALL"""
+            FROM {table(out, 'sessions')} ORDER BY ALL"""
     ).fetchall()
 
 
@@ -135,7 +140,7 @@ def load_commerce(con, out: pathlib.Path) -> None:
     (the producer's partitioner decides it; both topics are keyed by order_id)."""
     con.sql(
         f"""CREATE OR REPLACE TABLE part AS
-            SELECT DISTINCT order_id, source_partition AS p FROM read_parquet('{out}/order_facts/*.parquet')"""
+            SELECT DISTINCT order_id, source_partition AS p FROM {table(out, 'order_facts')}"""
     )
     con.sql(
         """CREATE OR REPLACE VIEW ords AS
@@ -213,14 +218,14 @@ ORDER_COLUMNS = """window_size, epoch_ms(window_start), source_partition, channe
 
 
 def orders_from_parquet(con, out: pathlib.Path) -> list[tuple]:
-    return con.sql(f"SELECT {ORDER_COLUMNS} FROM read_parquet('{out}/orders/*.parquet') ORDER BY ALL").fetchall()
+    return con.sql(f"SELECT {ORDER_COLUMNS} FROM {table(out, 'orders')} ORDER BY ALL").fetchall()
 
 
 def sales_from_parquet(con, out: pathlib.Path) -> list[tuple]:
     """Paid orders and amount per window and channel, summed over partitions (comparable across runs)."""
     return con.sql(
         f"""SELECT window_size, epoch_ms(window_start), channel, currency, sum(orders_paid)::BIGINT, sum(paid_amount_minor)::BIGINT
-            FROM read_parquet('{out}/orders/*.parquet') GROUP BY ALL ORDER BY ALL"""
+            FROM {table(out, 'orders')} GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
 
 
@@ -307,7 +312,7 @@ FULFILLMENT_COLUMNS = """window_size, epoch_ms(window_start), source_partition, 
 
 
 def fulfillment_from_parquet(con, out: pathlib.Path) -> dict:
-    rows = con.sql(f"SELECT {FULFILLMENT_COLUMNS} FROM read_parquet('{out}/fulfillment/*.parquet')").fetchall()
+    rows = con.sql(f"SELECT {FULFILLMENT_COLUMNS} FROM {table(out, 'fulfillment')}").fetchall()
     return {r[:5]: list(r[5:]) for r in rows}
 
 
@@ -317,7 +322,7 @@ def quantiles_from_parquet(con, out: pathlib.Path) -> dict:
         f"""SELECT window_size, epoch_ms(window_start), source_partition, carrier, warehouse,
                    paid_to_pickup_p50_ms, paid_to_pickup_p90_ms, paid_to_pickup_p99_ms,
                    pickup_to_delivery_p50_ms, pickup_to_delivery_p90_ms, pickup_to_delivery_p99_ms
-            FROM read_parquet('{out}/fulfillment/*.parquet')"""
+            FROM {table(out, 'fulfillment')}"""
     ).fetchall()
     return {r[:5]: r[5:] for r in rows}
 
@@ -348,7 +353,7 @@ def facts_from_parquet(con, out: pathlib.Path) -> list[tuple]:
     return con.sql(
         f"""SELECT order_id, source_partition, {times}, refunded_amount_minor, failed_attempts, exceptions,
                    shipped_on_time, delivered_on_time, carrier
-            FROM read_parquet('{out}/order_facts/*.parquet') ORDER BY order_id"""
+            FROM {table(out, 'order_facts')} ORDER BY order_id"""
     ).fetchall()
 
 
@@ -359,11 +364,11 @@ def injected_late(con) -> set[tuple]:
 
 def late_from_parquet(con, out: pathlib.Path, family: str) -> list[tuple]:
     """(stream, event_id) of late_events rows of one family (a list: duplicates would show)."""
-    files = list(out.glob("late_events/*.parquet"))
+    files = list(out.glob("late_events/**/*.parquet"))
     if not files:
         return []
     return con.sql(
-        f"SELECT stream, event_id FROM read_parquet('{out}/late_events/*.parquet') WHERE family = '{family}' ORDER BY ALL"
+        f"SELECT stream, event_id FROM {table(out, 'late_events')} WHERE family = '{family}' ORDER BY ALL"
     ).fetchall()
 
 

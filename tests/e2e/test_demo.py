@@ -7,6 +7,7 @@ import urllib.request
 
 import duckdb
 from conftest import STOREPULSE, free_port, wait_for_port
+from oracle import table
 
 
 def get(url: str) -> tuple[int, str]:
@@ -50,15 +51,15 @@ def test_demo_serves_metrics_while_running_and_leaves_readable_parquet(tmp_path)
     assert proc.returncode == 0, output[-3000:]
     assert "paid conversion" in output
     con = duckdb.connect()
-    total = con.execute(f"""SELECT sum(visitors) FROM read_parquet('{out}/funnel/*.parquet')
+    total = con.execute(f"""SELECT sum(visitors) FROM {table(out, 'funnel')}
                             WHERE window_size = '1m' AND channel = 'all' AND device = 'all'""").fetchone()[0]
     assert total and total > 0
-    sessions = con.execute(f"SELECT count(*), count(*) FILTER (WHERE engaged) FROM read_parquet('{out}/sessions/*.parquet')").fetchone()
+    sessions = con.execute(f"SELECT count(*), count(*) FILTER (WHERE engaged) FROM {table(out, 'sessions')}").fetchone()
     assert sessions[0] > 0 and 0 < sessions[1] <= sessions[0]
-    orders = con.execute(f"SELECT sum(orders_paid), sum(paying_buyers) FROM read_parquet('{out}/orders/*.parquet') WHERE window_size = '1m' AND channel = 'all'").fetchone()
+    orders = con.execute(f"SELECT sum(orders_paid), sum(paying_buyers) FROM {table(out, 'orders')} WHERE window_size = '1m' AND channel = 'all'").fetchone()
     assert orders[0] > 0 and 0 < orders[1] <= orders[0]
-    facts = con.execute(f"SELECT count(*), count(paid_at) FROM read_parquet('{out}/order_facts/*.parquet')").fetchone()
+    facts = con.execute(f"SELECT count(*), count(paid_at) FROM {table(out, 'order_facts')}").fetchone()
     assert facts[0] >= facts[1] > 0, "every order of the demo is in order_facts at the end"
-    backlog = con.execute(f"""SELECT max(b) FROM (SELECT window_end, sum(backlog_orders) AS b FROM read_parquet('{out}/fulfillment/*.parquet')
+    backlog = con.execute(f"""SELECT max(b) FROM (SELECT window_end, sum(backlog_orders) AS b FROM {table(out, 'fulfillment')}
                               WHERE window_size = '1m' AND carrier = 'all' AND warehouse = 'all' GROUP BY ALL)""").fetchone()[0]
     assert backlog > 0, "an hour into Double 11 no parcel has been picked up yet: the backlog shows it"

@@ -9,7 +9,7 @@ import collections
 
 import duckdb
 from conftest import free_port, storepulse, write_config
-from oracle import (facts_from_events, facts_from_parquet, funnel_from_events, funnel_from_parquet, injected_late,
+from oracle import (facts_from_events, table, facts_from_parquet, funnel_from_events, funnel_from_parquet, injected_late,
                     late_from_parquet, load_commerce, load_events, orders_from_events, orders_from_parquet, rows,
                     sales_from_parquet, session_windows, sessions_from_events, sessions_from_parquet)
 
@@ -72,7 +72,7 @@ def test_generated_traffic_matches_oracle_and_demo_and_dead_letters_every_malfor
         if kind == "negative_money" and topic == "logistics":
             reason = "missing_id"  # shipments carry no money; the generator empties an id instead
         expected[reason] += 1
-    dead = con.sql(f"SELECT reason, topic, source_offset, octet_length(payload) FROM read_parquet('{out}/dead_letters/*.parquet')").fetchall()
+    dead = con.sql(f"SELECT reason, topic, source_offset, octet_length(payload) FROM {table(out, 'dead_letters')}").fetchall()
     assert collections.Counter(r[0] for r in dead) == expected
     assert len(expected) == len(EXPECTED_REASON), "every malformed kind was injected and has its own reason"
     assert all(offset >= 0 and size > 0 for _, _, offset, size in dead)

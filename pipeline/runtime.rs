@@ -697,13 +697,9 @@ impl Pipeline {
             }
         }
         match first_error {
-            None => {
-                self.health.set_sinks_ok(true);
-                Ok(())
-            }
+            None => Ok(()),
             Some(error) => {
                 self.metrics.sink_errors.with_label_values(&["parquet"]).inc();
-                self.health.set_sinks_ok(false);
                 tracing::error!(%error, "Parquet write failed; rows stay buffered and offsets uncommitted until it succeeds");
                 Err(error)
             }
@@ -715,6 +711,7 @@ impl Pipeline {
     fn checkpoint(&mut self, source: &KafkaSource) {
         let started = Instant::now();
         let ok = self.flush().is_ok() && self.commit(source);
+        self.health.set_checkpoint_ok(ok);
         if ok {
             self.metrics.checkpoint_duration.observe(started.elapsed().as_secs_f64());
             self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);

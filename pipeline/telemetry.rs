@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 pub struct Health {
     brokers_up: AtomicBool,
     assigned: AtomicBool,
-    sinks_ok: AtomicBool,
+    checkpoint_ok: AtomicBool,
     dependencies_ok: AtomicBool,
 }
 
@@ -27,7 +27,7 @@ impl Health {
         Arc::new(Health {
             brokers_up: AtomicBool::new(false),
             assigned: AtomicBool::new(false),
-            sinks_ok: AtomicBool::new(true),
+            checkpoint_ok: AtomicBool::new(true),
             dependencies_ok: AtomicBool::new(true),
         })
     }
@@ -39,9 +39,9 @@ impl Health {
     pub fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
     }
-    /// Records whether the last sink write succeeded.
-    pub fn set_sinks_ok(&self, ok: bool) {
-        self.sinks_ok.store(ok, Ordering::Relaxed);
+    /// Records whether the last checkpoint (publish, then offset commit) succeeded.
+    pub fn set_checkpoint_ok(&self, ok: bool) {
+        self.checkpoint_ok.store(ok, Ordering::Relaxed);
     }
     /// Records whether external dependencies (the schema registry) answer.
     pub fn set_dependencies_ok(&self, ok: bool) {
@@ -64,8 +64,8 @@ impl Health {
         if !self.assigned.load(Ordering::Relaxed) {
             reasons.push("no partitions assigned");
         }
-        if !self.sinks_ok.load(Ordering::Relaxed) {
-            reasons.push("last Parquet write failed");
+        if !self.checkpoint_ok.load(Ordering::Relaxed) {
+            reasons.push("last checkpoint failed (Parquet publish or offset commit)");
         }
         if !self.dependencies_ok.load(Ordering::Relaxed) {
             reasons.push("schema registry unreachable; consumption paused");

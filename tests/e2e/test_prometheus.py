@@ -115,6 +115,36 @@ def test_prometheus_scrapes_every_family_and_promtool_finds_no_problem(broker, p
         assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check.stdout + check.stderr
         assert get(f"http://{metrics_addr}/healthz") == "ok\n"
         assert get(f"http://{metrics_addr}/readyz") == "ready\n"
+
+        # A second instance joins the group: each exports series only for the partitions it
+        # owns, and the first drops those it gave away; when the second leaves, they return.
+        second_config = write_config(tmp_path / "c2.toml", broker, tmp_path / "out2", "e2e-prometheus")
+        second_addr = second_config.read_text().split('listen_addr = "')[1].split('"')[0]
+        second = subprocess.Popen([STOREPULSE, "run", "--config", str(second_config)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(int(second_addr.rsplit(":", 1)[1]))
+
+            def shared():
+                first, other = owned(metrics_addr), owned(second_addr)
+                return first and other and not first & other and len(first | other) == 12 and (first, other)
+
+            first, _ = wait_until("the partitions to be shared", shared, timeout=120)
+            assert owned(metrics_addr, "storepulse_watermark_timestamp_seconds") <= first
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+        wait_until("the partitions to return", lambda: len(owned(metrics_addr)) == 12, timeout=120)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def owned(addr: str, family: str = "storepulse_consumer_lag_messages") -> set[tuple[str, str]]:
+    """(topic, partition) of every series of `family` an instance exports."""
+    series = set()
+    for line in get(f"http://{addr}/metrics").splitlines():
+        if line.startswith(family + "{"):
+            labels = dict(part.split("=", 1) for part in line[len(family) + 1:line.index("}")].split(","))
+            series.add((labels["topic"].strip('"'), labels["partition"].strip('"')))
+    return series

@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// (a bounded replay) instead of running until SIGTERM.
     #[arg(long)]
     pub bounded: bool,
+    /// Validate the configuration file and exit (0 when valid; 2 naming the bad key otherwise).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Traffic model and fault injection, shared by `demo` and `generate`.
@@ -369,6 +372,10 @@ fn run_pipeline_thread(
 
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
+    if args.check {
+        println!("{}: valid (brokers {}, output {})", args.config.display(), settings.brokers, settings.output);
+        return Ok(());
+    }
     let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
     let health = Health::new();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

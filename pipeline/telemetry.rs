@@ -608,6 +608,7 @@ impl Metrics {
         for label in ["warehouse", "carrier"] {
             self.label_budget.folded.with_label_values(&[label]);
         }
+        self.sink_errors.with_label_values(&["parquet"]);
         for stream in Stream::ALL {
             self.events_decoded.with_label_values(&[stream.as_str()]);
             self.events_duplicate.with_label_values(&[stream.as_str()]);

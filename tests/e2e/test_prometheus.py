@@ -2,6 +2,7 @@
 checked by `promtool check metrics` for naming problems."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -10,6 +11,7 @@ import urllib.request
 
 import pytest
 from conftest import STOREPULSE, free_port, storepulse, wait_for_port, write_config
+from test_rules import queried_metrics
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -113,6 +115,10 @@ def test_prometheus_scrapes_every_family_and_promtool_finds_no_problem(broker, p
         exposition = get(f"http://{metrics_addr}/metrics")
         check = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, text=True)
         assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check.stdout + check.stderr
+        exported = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE ")}
+        missing = {name for name in queried_metrics()
+                   if name not in exported and re.sub(r"_(bucket|sum|count)$", "", name) not in exported}
+        assert not missing, f"the alert rules query metrics storepulse does not export: {missing}"
         assert get(f"http://{metrics_addr}/healthz") == "ok\n"
         assert get(f"http://{metrics_addr}/readyz") == "ready\n"
 

@@ -214,9 +214,9 @@ pub struct DemoArgs {
     /// Wire format the generator writes and the pipeline reads.
     #[arg(long, value_enum, default_value_t = WireFormat::Confluent)]
     pub format: WireFormat,
-    /// Seconds between Parquet flushes.
+    /// Seconds between checkpoints (each publishes the Parquet rows produced since the last).
     #[arg(long, default_value_t = 10)]
-    pub flush_interval_secs: u64,
+    pub checkpoint_interval_secs: u64,
     /// Traffic.
     #[command(flatten)]
     pub traffic: TrafficArgs,
@@ -385,7 +385,7 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let signal_control = Arc::clone(&control);
     runtime.spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown requested; writing closed windows and committing");
+        tracing::info!("shutdown requested; stopping consumption and taking a final checkpoint");
         signal_control.store(CONTROL_STOP, Ordering::Relaxed);
     });
     let pipeline = run_pipeline_thread(settings, metrics, health, control, false);
@@ -396,8 +396,8 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
 
 fn print_report(r: &RunReport) {
     eprintln!(
-        "consumed {} messages: {} events, {} dead letters, {} late, {} duplicates; {} windows closed; {} Parquet files written",
-        r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files
+        "consumed {} messages: {} events, {} dead letters, {} late, {} duplicates; {} windows closed; {} Parquet files written; {} checkpoints; {} partition tasks restored",
+        r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files, r.checkpoints, r.restored
     );
 }
 
@@ -410,7 +410,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     settings.format = args.format;
     settings.output = args.out.clone();
     settings.metrics_addr = args.metrics_addr;
-    settings.flush_interval = Duration::from_secs(args.flush_interval_secs.max(1));
+    settings.checkpoint.interval = Duration::from_secs(args.checkpoint_interval_secs.max(1));
     for stream in Stream::ALL {
         cluster
             .create_topic(settings.topics.of(stream), args.partitions, 1)

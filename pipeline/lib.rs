@@ -15,10 +15,12 @@
 //! | summaries | [`summary`] | instance-wide totals of closed windows (pure) |
 //! | sinks | [`sink`] | Parquet tables, `/metrics` endpoint, dead-letter topic |
 //! | telemetry | [`telemetry`] | every exported metric name, readiness flags |
+//! | checkpoints | [`checkpoint`] | state, offsets and staged files committed in one manifest |
 //! | wiring | [`runtime`] | the processing loop |
 //! | traffic | [`generate`] | deterministic synthetic traffic with fault injection |
 //! | command line | [`cli`] | `run`, `demo`, `generate` |
 
+pub mod checkpoint;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -1,9 +1,13 @@
 //! Wires the stages: Kafka source → decode → per-partition operators → Parquet, gauges and
-//! dead letters, with offsets committed after the rows they produced are written.
+//! dead letters, with checkpoints (see [`crate::checkpoint`]) as the one commit point of
+//! state, offsets and output files.
 //!
 //! The loop runs on one dedicated thread and owns all state, so no locks sit on the hot path;
-//! the HTTP endpoint only reads metrics and health flags.
+//! the HTTP endpoint only reads metrics and health flags. Rebalances are applied by the loop
+//! too: revoked partitions are checkpointed before release, assigned ones restored before they
+//! start, at their checkpointed offsets.
 
+use crate::checkpoint::{CheckpointStore, Manifest, TaskCheckpoint};
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::{Settings, system_time_ms};
 use crate::event::{Channel, Device, Stream};
@@ -12,9 +16,9 @@ use crate::operators::{
     OrdersRow, OrphanShipment, PartitionTask, SessionRow, Step, TaskOutput, channel_label, device_label,
 };
 use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
-use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, SinkError};
+use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, SinkError, StagedFile};
 use crate::sink::storage::Storage;
-use crate::source::{KafkaSource, TopicPartition};
+use crate::source::{KafkaSource, PendingRebalance, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
 use crate::time::{PartitionProgress, low_watermark};
@@ -26,9 +30,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Keep consuming.
 pub const CONTROL_RUN: u8 = 0;
-/// Consume up to the end offsets as of now, close every window, write, commit, return.
+/// Consume up to the end offsets as of now, close every window, checkpoint, return.
 pub const CONTROL_DRAIN: u8 = 1;
-/// Write what is closed, commit, return now.
+/// Stop consuming, checkpoint (within the shutdown deadline), return.
 pub const CONTROL_STOP: u8 = 2;
 
 /// A failure that stops the pipeline.
@@ -37,9 +41,10 @@ pub enum RuntimeError {
     /// Draining was requested but no partition was ever assigned.
     #[error("no partitions were assigned within {0:?}; do the topics exist and is the broker reachable?")]
     NoAssignment(Duration),
-    /// Parquet output could not be written at shutdown; the rows are not committed.
-    #[error("final Parquet write failed: {0}")]
-    FinalFlush(SinkError),
+    /// The final checkpoint did not commit within the shutdown deadline; a restart replays
+    /// from the last committed one, so nothing is lost.
+    #[error("the final checkpoint did not commit within {0:?}; the next start resumes from the previous one")]
+    FinalCheckpoint(Duration),
     /// The dead-letter producer could not be created.
     #[error("dead-letter producer: {0}")]
     DeadLetterProducer(#[from] rdkafka::error::KafkaError),
@@ -65,6 +70,10 @@ pub struct RunReport {
     pub windows_closed: u64,
     /// Parquet files published.
     pub files: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Partition tasks restored from a checkpoint.
+    pub restored: u64,
 }
 
 /// One task: a clickstream partition, or the same partition of orders and logistics.
@@ -72,6 +81,34 @@ struct Task {
     state: PartitionTask,
     /// Progress of each source partition the task has seen.
     progress: BTreeMap<Stream, PartitionProgress>,
+    /// Next offset to consume of each source partition: what its state has seen.
+    offsets: BTreeMap<Stream, i64>,
+    /// Epoch and state key of its last committed checkpoint; epoch 0 when it has none.
+    epoch: u64,
+    state_key: Option<String>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+}
+
+impl Task {
+    fn new(state: PartitionTask) -> Self {
+        Task { state, progress: BTreeMap::new(), offsets: BTreeMap::new(), epoch: 0, state_key: None, dirty: true }
+    }
+}
+
+/// Where an assigned partition must resume, and how far before it the consumer was sent back.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    next: i64,
+    rewind: i64,
+}
+
+/// The name of a task in checkpoints.
+fn task_name((kind, partition): (Stream, i32)) -> String {
+    match kind {
+        Stream::Clickstream => format!("clickstream-{partition}"),
+        _ => format!("commerce-{partition}"),
+    }
 }
 
 /// The key of the task that processes `partition` of `stream`: orders and logistics share one.
@@ -90,6 +127,7 @@ fn task_streams(kind: Stream) -> &'static [Stream] {
     }
 }
 
+/// Output rows waiting for the next checkpoint.
 #[derive(Default)]
 struct Buffers {
     funnel: Vec<FunnelRow>,
@@ -100,6 +138,19 @@ struct Buffers {
     orphans: Vec<OrphanShipment>,
     late: Vec<LateEventRow>,
     dead: Vec<DeadLetterRow>,
+}
+
+impl Buffers {
+    fn rows(&self) -> usize {
+        self.funnel.len()
+            + self.sessions.len()
+            + self.orders.len()
+            + self.fulfillment.len()
+            + self.facts.len()
+            + self.orphans.len()
+            + self.late.len()
+            + self.dead.len()
+    }
 }
 
 /// Label sets already exported, so a series absent from a newer window is set to zero
@@ -118,11 +169,25 @@ pub struct Pipeline {
     health: Arc<Health>,
     decoder: Decoder,
     tasks: BTreeMap<(Stream, i32), Task>,
+    /// Tasks checkpointed and released at the last revocation, reused if assigned back unchanged.
+    released: BTreeMap<(Stream, i32), Task>,
     /// Rows of the event being handled, before they are routed to buffers and gauges.
     scratch: TaskOutput,
-    positions: BTreeMap<TopicPartition, i64>,
     buffers: Buffers,
     writer: ParquetWriter,
+    store: CheckpointStore,
+    /// This process in manifests and file names.
+    instance: String,
+    /// Number of the last committed checkpoint of this process.
+    checkpoint_seq: u64,
+    /// Files staged for the next checkpoint.
+    staged: Vec<StagedFile>,
+    /// Files of committed checkpoints whose publication failed; listed again until it succeeds.
+    unpublished: Vec<StagedFile>,
+    paused: bool,
+    /// Partitions just assigned at a checkpointed offset, until their first message shows the
+    /// broker started there.
+    resuming: BTreeMap<TopicPartition, Resume>,
     board: SummaryBoard,
     exported: ExportedSeries,
     last_backlog: Instant,
@@ -158,15 +223,24 @@ impl Pipeline {
             .map(|topic| DeadLetterTopic::new(&settings.brokers, &settings.kafka_client, topic, metrics.clone()))
             .transpose()?;
         metrics.label_budget.set_limit(settings.max_values_per_label);
+        let storage = Storage::open(&settings.output)?;
+        let instance = format!("{}-{}", system_time_ms(SystemTime::now()), std::process::id());
         Ok(Pipeline {
-            writer: ParquetWriter::new(Storage::open(&settings.output)?),
+            writer: ParquetWriter::with_instance(storage.clone(), instance.clone()),
+            store: CheckpointStore::new(storage, settings.checkpoint.debris_grace_ms),
+            instance,
+            checkpoint_seq: 0,
+            staged: Vec::new(),
+            unpublished: Vec::new(),
+            paused: false,
+            resuming: BTreeMap::new(),
             scratch: TaskOutput::default(),
             settings,
             metrics,
             health,
             decoder,
             tasks: BTreeMap::new(),
-            positions: BTreeMap::new(),
+            released: BTreeMap::new(),
             buffers: Buffers::default(),
             board: SummaryBoard::default(),
             exported: ExportedSeries::default(),
@@ -180,16 +254,18 @@ impl Pipeline {
     /// Runs until `control` says stop (or drain and the drain completes).
     ///
     /// # Errors
-    /// [`RuntimeError`] when a drain cannot start or the final write fails.
+    /// [`RuntimeError`] when a drain cannot start or the final checkpoint does not commit.
     pub fn run(mut self, source: &KafkaSource, control: &AtomicU8) -> Result<RunReport, RuntimeError> {
         let started = Instant::now();
+        source.defer_rebalances();
+        self.tidy();
         let mut drain_target: Option<BTreeMap<TopicPartition, (i64, i64)>> = None;
         let mut drain_requested_at: Option<Instant> = None;
         let mut last_tick = Instant::now();
-        let mut last_flush = Instant::now();
+        let mut next_checkpoint = Instant::now() + self.settings.checkpoint.interval;
+        let mut checkpoint_backoff = Duration::from_secs(1);
         let mut last_status = (Instant::now(), 0u64);
         let mut last_broker_warning = Instant::now();
-        let mut assignment_version = u64::MAX;
         let mut last_message = Instant::now();
         loop {
             match control.load(Ordering::Relaxed) {
@@ -220,6 +296,7 @@ impl Pipeline {
                 break;
             }
             match source.consumer().poll(Duration::from_millis(100)) {
+                Some(Ok(message)) if self.rewound(source, message.topic(), message.partition(), message.offset()) => {}
                 Some(Ok(message)) => {
                     last_message = Instant::now();
                     let topic = message.topic().to_owned();
@@ -245,18 +322,24 @@ impl Pipeline {
                 Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
                 None => {}
             }
+            // A message returned with a queued revocation is still this instance's: it was
+            // handled above, before the revocation's checkpoint.
+            while let Some(rebalance) = source.next_rebalance() {
+                self.rebalance(source, rebalance, control);
+            }
             if last_tick.elapsed() >= Duration::from_millis(200) {
                 last_tick = Instant::now();
-                let version = source.assignment_version();
-                if version != assignment_version {
-                    assignment_version = version;
-                    self.reconcile_assignment(source);
-                }
                 self.tick(source);
+                self.apply_backpressure(source);
             }
-            if last_flush.elapsed() >= self.settings.flush_interval {
-                last_flush = Instant::now();
-                self.checkpoint(source);
+            if Instant::now() >= next_checkpoint {
+                if self.checkpoint(source) {
+                    checkpoint_backoff = Duration::from_secs(1);
+                    next_checkpoint = Instant::now() + self.settings.checkpoint.interval;
+                } else {
+                    next_checkpoint = Instant::now() + checkpoint_backoff.min(self.settings.checkpoint.interval);
+                    checkpoint_backoff = (checkpoint_backoff * 2).min(Duration::from_secs(60));
+                }
             }
             if !self.health.brokers_up()
                 && last_broker_warning.elapsed() >= Duration::from_secs(10)
@@ -271,13 +354,237 @@ impl Pipeline {
             }
         }
         self.tick(source);
-        self.flush().map_err(RuntimeError::FinalFlush)?;
-        self.commit(source);
-        self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);
+        let deadline = Instant::now() + self.settings.checkpoint.shutdown_deadline;
+        while !self.checkpoint(source) {
+            if Instant::now() + Duration::from_secs(1) >= deadline {
+                return Err(RuntimeError::FinalCheckpoint(self.settings.checkpoint.shutdown_deadline));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
         if let Some(dlq) = &self.dead_letter_topic {
-            dlq.flush(Duration::from_secs(10));
+            dlq.flush(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
         }
         Ok(self.report)
+    }
+
+    /// Checks the first message of a partition resumed at a checkpointed offset. Kafka answers a
+    /// fetch with the whole batch that holds the offset (the consumer skips what precedes it),
+    /// but some Kafka-protocol brokers (tansu 0.6) start at the next batch instead, which would
+    /// silently skip the rest of that batch. When the first offset is past the resume point,
+    /// the partition is sent back further, twice as far each time, until the broker delivers
+    /// the resume point; what precedes it is skipped by [`Pipeline::handle`]. True when the
+    /// message is to be dropped.
+    fn rewound(&mut self, source: &KafkaSource, topic: &str, partition: i32, offset: i64) -> bool {
+        let tp = (topic.to_owned(), partition);
+        let Some(resume) = self.resuming.get_mut(&tp) else { return false };
+        if offset <= resume.next || resume.next - resume.rewind <= 0 {
+            if offset > resume.next {
+                tracing::warn!(topic, partition, expected = resume.next, got = offset, "offsets missing from the log");
+            }
+            self.resuming.remove(&tp);
+            return false;
+        }
+        resume.rewind = (resume.rewind * 2).max(1024);
+        let target = (resume.next - resume.rewind).max(0);
+        tracing::info!(
+            topic,
+            partition,
+            resume_at = resume.next,
+            got = offset,
+            fetching_from = target,
+            "the broker started past the resume point; fetching from earlier"
+        );
+        if let Err(error) = source.seek(&tp, target) {
+            tracing::warn!(%error, topic, partition, "seeking back failed; continuing from the broker's position");
+            self.resuming.remove(&tp);
+            return false;
+        }
+        true
+    }
+
+    /// Pauses consumption while more rows wait for a checkpoint than allowed (the storage is
+    /// slow or down), resumes once a checkpoint took them.
+    fn apply_backpressure(&mut self, source: &KafkaSource) {
+        let buffered = self.buffers.rows();
+        self.metrics.buffered_rows.set(buffered as i64);
+        let over = buffered >= self.settings.checkpoint.max_buffered_rows;
+        if over != self.paused && source.set_paused(over).is_ok() {
+            self.paused = over;
+            self.metrics.consumption_paused.set(i64::from(over));
+            if over {
+                tracing::warn!(buffered, "consumption paused: rows wait for a checkpoint the storage has not taken");
+            } else {
+                tracing::info!(buffered, "consumption resumed");
+            }
+        }
+    }
+
+    /// Applies a rebalance the group waits for.
+    fn rebalance(&mut self, source: &KafkaSource, rebalance: PendingRebalance, control: &AtomicU8) {
+        match rebalance {
+            PendingRebalance::Revoke(partitions) => {
+                self.tick(source);
+                if source.assignment_lost() {
+                    tracing::warn!("assignment lost (session expired): discarding work since the last checkpoint");
+                    self.roll_back();
+                } else if self.checkpoint(source) {
+                    self.released.append(&mut self.tasks);
+                } else {
+                    tracing::warn!("checkpoint before release failed: the next owner resumes from the previous one");
+                    self.roll_back();
+                }
+                self.forget_series(&partitions);
+                self.resuming.clear();
+                if let Err(error) = source.release(&partitions) {
+                    tracing::error!(%error, "releasing revoked partitions failed");
+                }
+            }
+            PendingRebalance::Assign(partitions) => {
+                let start = self.restore(&partitions, control);
+                self.resuming =
+                    start.iter().map(|(tp, next)| (tp.clone(), Resume { next: *next, rewind: 0 })).collect();
+                self.released.clear();
+                self.paused = false;
+                self.metrics.consumption_paused.set(0);
+                if let Err(error) = source.accept(&partitions, &start) {
+                    tracing::error!(%error, "accepting assigned partitions failed");
+                }
+            }
+        }
+    }
+
+    /// Drops everything not yet committed: tasks, buffered rows, staged files. What the last
+    /// checkpoint holds is replayed by whoever owns the partitions next.
+    fn roll_back(&mut self) {
+        self.tasks.clear();
+        self.released.clear();
+        self.buffers = Buffers::default();
+        self.staged.clear();
+    }
+
+    fn forget_series(&self, partitions: &[TopicPartition]) {
+        for (topic, partition) in partitions {
+            let labels = [topic.as_str(), &partition.to_string()];
+            let _ = self.metrics.partition_watermark.remove_label_values(&labels);
+            let _ = self.metrics.event_time_lag.remove_label_values(&labels);
+        }
+    }
+
+    /// Brings the tasks of newly assigned partitions to their newest checkpoint and returns
+    /// where each partition resumes. Waits (with backoff) while the checkpoint store cannot be
+    /// read: starting without the state would count events twice.
+    fn restore(&mut self, partitions: &[TopicPartition], control: &AtomicU8) -> BTreeMap<TopicPartition, i64> {
+        let started = Instant::now();
+        let keys: BTreeSet<(Stream, i32)> = partitions
+            .iter()
+            .filter_map(|(topic, partition)| self.settings.topics.stream_of(topic).map(|s| task_key(s, *partition)))
+            .collect();
+        let mut backoff = Duration::from_millis(500);
+        let mut wait = |error: &dyn std::fmt::Display, health: &Health| {
+            if control.load(Ordering::Relaxed) == CONTROL_STOP {
+                return false;
+            }
+            health.set_checkpoint_ok(false);
+            tracing::warn!(%error, retry_in = ?backoff, "cannot read the checkpoint store; waiting");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            true
+        };
+        let catalog = loop {
+            match self.store.catalog() {
+                Ok(catalog) => break catalog,
+                Err(error) if wait(&error, &self.health) => {}
+                Err(_) => return BTreeMap::new(),
+            }
+        };
+        let mut restored = 0;
+        for key in keys {
+            let latest = catalog.latest(&task_name(key));
+            let task = loop {
+                match self.restore_task(key, latest) {
+                    Ok(task) => break task,
+                    Err(error) if wait(&error, &self.health) => {}
+                    Err(_) => return BTreeMap::new(),
+                }
+            };
+            if let Some((task, from_store)) = task {
+                restored += u64::from(from_store);
+                self.tasks.insert(key, task);
+            }
+        }
+        self.health.set_checkpoint_ok(true);
+        self.report.restored += restored;
+        self.metrics.tasks_restored.inc_by(restored);
+        self.metrics.checkpoint_restore_duration.observe(started.elapsed().as_secs_f64());
+        if restored > 0 {
+            tracing::info!(tasks = restored, took = ?started.elapsed(), "restored partition state from checkpoints");
+            self.tidy();
+        }
+        let mut start = BTreeMap::new();
+        for (topic, partition) in partitions {
+            let Some(stream) = self.settings.topics.stream_of(topic) else { continue };
+            if let Some(offset) = self.tasks.get(&task_key(stream, *partition)).and_then(|t| t.offsets.get(&stream)) {
+                start.insert((topic.clone(), *partition), *offset);
+            }
+        }
+        start
+    }
+
+    /// The task for `key` as its newest checkpoint has it: the released one when nobody
+    /// checkpointed it since, else read from the store. `None` when it has no checkpoint; the
+    /// flag says whether the state was read.
+    fn restore_task(
+        &mut self,
+        key: (Stream, i32),
+        latest: Option<&TaskCheckpoint>,
+    ) -> Result<Option<(Task, bool)>, crate::checkpoint::CheckpointError> {
+        let Some(latest) = latest else { return Ok(None) };
+        if let Some(task) = self.released.remove(&key) {
+            if task.epoch == latest.epoch {
+                return Ok(Some((task, false)));
+            }
+        }
+        let state = PartitionTask::restore(&self.store.load_state(latest)?)?;
+        let mut task = Task::new(state);
+        task.epoch = latest.epoch;
+        task.state_key = Some(latest.state.clone());
+        task.dirty = false;
+        let now_ms = system_time_ms(SystemTime::now());
+        for (topic, offset) in &latest.offsets {
+            if let Some(stream) = self.settings.topics.stream_of(topic) {
+                task.offsets.insert(stream, *offset);
+                let progress = PartitionProgress {
+                    watermark: task.state.watermark(stream),
+                    last_event_at_ms: now_ms,
+                    caught_up: false,
+                };
+                task.progress.insert(stream, progress);
+            }
+        }
+        Ok(Some((task, true)))
+    }
+
+    /// Publishes files of checkpoints whose writer stopped before publishing them, and removes
+    /// what no checkpoint needs any more. Failures are retried at the next call.
+    fn tidy(&self) {
+        match self.store.tidy(system_time_ms(SystemTime::now())) {
+            Ok(report) if report != crate::checkpoint::TidyReport::default() => {
+                tracing::info!(?report, "checkpoint store tidied");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "tidying the checkpoint store failed; retried later"),
+        }
+    }
+
+    /// Next offset of every partition this instance consumes.
+    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+        let mut positions = BTreeMap::new();
+        for ((_, partition), task) in &self.tasks {
+            for (stream, offset) in &task.offsets {
+                positions.insert((self.settings.topics.of(*stream).to_owned(), *partition), *offset);
+            }
+        }
+        positions
     }
 
     /// Whether a drain is complete: every partition is at or past both the end offset read at
@@ -294,8 +601,9 @@ impl Pipeline {
             return false;
         }
         let highs = source.high_watermarks();
+        let positions = self.positions();
         target.iter().all(|(tp, (start, end))| {
-            let position = self.positions.get(tp).copied().unwrap_or(*start);
+            let position = positions.get(tp).copied().unwrap_or(*start);
             position >= *end && highs.get(tp).is_none_or(|high| position >= *high)
         })
     }
@@ -314,6 +622,16 @@ impl Pipeline {
         payload: &[u8],
     ) -> Result<(), DecodeError> {
         let Some(stream) = self.settings.topics.stream_of(topic) else { return Ok(()) };
+        let time = &self.settings.time;
+        let task = self
+            .tasks
+            .entry(task_key(stream, partition))
+            .or_insert_with(|| Task::new(PartitionTask::new(stream, partition, time)));
+        if task.offsets.get(&stream).is_some_and(|next| offset < *next) {
+            // Already in the checkpointed state (the consumer started before it).
+            return Ok(());
+        }
+
         let now_ms = system_time_ms(SystemTime::now());
         let decoded = self.decoder.decode(stream, payload, now_ms);
         if let Err(error) = &decoded
@@ -321,9 +639,10 @@ impl Pipeline {
         {
             return decoded.map(|_| ());
         }
+        task.offsets.insert(stream, offset + 1);
+        task.dirty = true;
         self.report.consumed += 1;
         self.metrics.messages_consumed.with_label_values(&[topic]).inc();
-        self.positions.insert((topic.to_owned(), partition), offset + 1);
         let event = match decoded {
             Ok(event) => event,
             Err(error) => {
@@ -350,11 +669,6 @@ impl Pipeline {
         };
         self.report.decoded += 1;
         self.metrics.events_decoded.with_label_values(&[stream.as_str()]).inc();
-        let time = &self.settings.time;
-        let task = self
-            .tasks
-            .entry(task_key(stream, partition))
-            .or_insert_with(|| Task { state: PartitionTask::new(stream, partition, time), progress: BTreeMap::new() });
         let disposition = task.state.process(&event, &mut self.scratch);
         let progress = task.progress.entry(stream).or_default();
         progress.last_event_at_ms = now_ms;
@@ -422,41 +736,18 @@ impl Pipeline {
         }
     }
 
-    /// Drops the state of partitions this instance no longer owns.
-    fn reconcile_assignment(&mut self, source: &KafkaSource) {
-        let assigned = source.assignment();
-        let topics = &self.settings.topics;
-        let metrics = &self.metrics;
-        self.tasks.retain(|(kind, partition), _| {
-            let mut keep = false;
-            for stream in task_streams(*kind) {
-                if assigned.contains(&(topics.of(*stream).to_owned(), *partition)) {
-                    keep = true;
-                } else {
-                    let labels = [topics.of(*stream), &partition.to_string()];
-                    let _ = metrics.partition_watermark.remove_label_values(&labels);
-                    let _ = metrics.event_time_lag.remove_label_values(&labels);
-                }
-            }
-            if !keep {
-                tracing::info!(task = kind.as_str(), partition, "partitions revoked; their open windows are dropped");
-            }
-            keep
-        });
-    }
-
     /// Periodic work: caught-up flags, watermark gauges, releasing instance-wide windows.
     fn tick(&mut self, source: &KafkaSource) {
         let highs = source.high_watermarks();
-        let caught_up = |tp: &TopicPartition, positions: &BTreeMap<TopicPartition, i64>| {
-            highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high)
-        };
+        let positions = self.positions();
+        let caught_up =
+            |tp: &TopicPartition| highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high);
         let now_ms = system_time_ms(SystemTime::now());
         let idle_timeout_ms = self.settings.time.idle_timeout_ms;
         for ((kind, partition), task) in &mut self.tasks {
             for &stream in task_streams(*kind) {
                 let tp = (self.settings.topics.of(stream).to_owned(), *partition);
-                let up_to_date = caught_up(&tp, &self.positions);
+                let up_to_date = caught_up(&tp);
                 let idle = match task.progress.get_mut(&stream) {
                     Some(progress) => {
                         progress.caught_up = up_to_date;
@@ -470,7 +761,9 @@ impl Pipeline {
                     None => up_to_date,
                 };
                 // An idle partition of a commerce task stops holding its fulfillment windows back.
+                let pending = self.scratch.pending();
                 task.state.set_idle(stream, idle, &mut self.scratch);
+                task.dirty |= self.scratch.pending() != pending;
             }
         }
         self.route_closed();
@@ -486,11 +779,7 @@ impl Pipeline {
                         .is_none_or(|task| !task.progress.contains_key(&stream))
                 })
             })
-            .map(|tp| PartitionProgress {
-                watermark: None,
-                last_event_at_ms: 0,
-                caught_up: caught_up(&tp, &self.positions),
-            })
+            .map(|tp| PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: caught_up(&tp) })
             .collect();
         self.metrics.sessions_open.set(self.tasks.values().map(|t| t.state.open_sessions() as i64).sum());
         self.metrics.orders_open.set(self.tasks.values().map(|t| t.state.open_orders() as i64).sum());
@@ -544,6 +833,7 @@ impl Pipeline {
     fn close_all(&mut self) {
         for task in self.tasks.values_mut() {
             task.state.close_all(&mut self.scratch);
+            task.dirty = true;
         }
         self.route_closed();
         for summary in self.board.release_all() {
@@ -670,28 +960,24 @@ impl Pipeline {
         }
     }
 
-    /// Writes buffered rows. Rows of a table whose write fails stay buffered for the next try.
-    fn flush(&mut self) -> Result<(), SinkError> {
+    /// Stages buffered rows for checkpoint `seq`. Rows of a table whose write fails stay
+    /// buffered for the next try; files already staged wait for the next commit.
+    fn stage(&mut self, seq: u64) -> Result<(), SinkError> {
         let writer = &mut self.writer;
         let buffers = &mut self.buffers;
         let outcomes = [
-            writer.write(&mut buffers.funnel),
-            writer.write(&mut buffers.sessions),
-            writer.write(&mut buffers.orders),
-            writer.write(&mut buffers.fulfillment),
-            writer.write(&mut buffers.facts),
-            writer.write(&mut buffers.orphans),
-            writer.write(&mut buffers.late),
-            writer.write(&mut buffers.dead),
+            writer.stage(&mut buffers.funnel, seq),
+            writer.stage(&mut buffers.sessions, seq),
+            writer.stage(&mut buffers.orders, seq),
+            writer.stage(&mut buffers.fulfillment, seq),
+            writer.stage(&mut buffers.facts, seq),
+            writer.stage(&mut buffers.orphans, seq),
+            writer.stage(&mut buffers.late, seq),
+            writer.stage(&mut buffers.dead, seq),
         ];
         let mut first_error = None;
         for outcome in outcomes {
-            for p in &outcome.published {
-                self.report.files += 1;
-                self.metrics.parquet_files.with_label_values(&[p.table]).inc();
-                self.metrics.parquet_bytes.with_label_values(&[p.table]).inc_by(p.bytes);
-                tracing::debug!(table = p.table, key = %p.key, rows = p.rows, "published Parquet file");
-            }
+            self.staged.extend(outcome.staged);
             if let Some(error) = outcome.error {
                 first_error.get_or_insert(error);
             }
@@ -700,35 +986,114 @@ impl Pipeline {
             None => Ok(()),
             Some(error) => {
                 self.metrics.sink_errors.with_label_values(&["parquet"]).inc();
-                tracing::error!(%error, "Parquet write failed; rows stay buffered and offsets uncommitted until it succeeds");
                 Err(error)
             }
         }
     }
 
-    /// Publishes buffered rows, then commits the offsets they cover; timed and counted as a
-    /// checkpoint. Offsets are committed only after every row before them is published.
-    fn checkpoint(&mut self, source: &KafkaSource) {
+    /// Takes a checkpoint: stages buffered rows, writes the state of every task changed since
+    /// the last one, commits the manifest, then publishes the files and commits the offsets to
+    /// Kafka. Returns whether the manifest committed; if not, nothing of it counts and the
+    /// next attempt starts over (rows stay buffered, staged files are listed again).
+    fn checkpoint(&mut self, source: &KafkaSource) -> bool {
         let started = Instant::now();
-        let ok = self.flush().is_ok() && self.commit(source);
-        self.health.set_checkpoint_ok(ok);
-        if ok {
-            self.metrics.checkpoint_duration.observe(started.elapsed().as_secs_f64());
-            self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);
-        } else {
-            self.metrics.checkpoint_failures.inc();
-        }
-    }
-
-    fn commit(&self, source: &KafkaSource) -> bool {
-        match source.commit(&self.positions) {
-            Ok(()) => true,
+        let seq = self.checkpoint_seq + 1;
+        match self.commit_checkpoint(seq) {
+            Ok(true) => {}
+            Ok(false) => return true,
             Err(error) => {
-                tracing::warn!(%error, "offset commit failed; will retry at the next flush");
-                false
+                self.health.set_checkpoint_ok(false);
+                self.metrics.checkpoint_failures.inc();
+                tracing::error!(%error, "checkpoint failed; rows stay buffered and offsets where they were, retrying");
+                return false;
             }
         }
+        self.checkpoint_seq = seq;
+        self.report.checkpoints += 1;
+        let files: Vec<StagedFile> = self.unpublished.drain(..).chain(self.staged.drain(..)).collect();
+        let failed = self.store.publish(files.clone());
+        for file in files.iter().filter(|f| !failed.iter().any(|(g, _)| g == *f)) {
+            self.report.files += 1;
+            self.metrics.parquet_files.with_label_values(&[file.table.as_str()]).inc();
+            self.metrics.parquet_bytes.with_label_values(&[file.table.as_str()]).inc_by(file.bytes);
+            tracing::debug!(table = file.table, key = %file.key, rows = file.rows, "published Parquet file");
+        }
+        if let Some((_, error)) = failed.first() {
+            self.metrics.sink_errors.with_label_values(&["parquet"]).inc();
+            tracing::warn!(%error, files = failed.len(), "publishing committed files failed; retried at the next checkpoint");
+        }
+        self.unpublished = failed.into_iter().map(|(file, _)| file).collect();
+        if let Err(error) = source.commit(&self.positions()) {
+            // The checkpoint holds the offsets; Kafka's copy only feeds lag monitoring.
+            tracing::warn!(%error, "committing offsets to Kafka failed; retried at the next checkpoint");
+        }
+        if seq % 10 == 1 {
+            self.tidy();
+        }
+        self.health.set_checkpoint_ok(true);
+        self.metrics.checkpoint_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.checkpoint_last_success.set(system_time_ms(SystemTime::now()) as f64 / 1000.0);
+        true
     }
+
+    /// Stages rows, writes changed state and commits the manifest of checkpoint `seq`; false
+    /// when there was nothing to commit.
+    fn commit_checkpoint(&mut self, seq: u64) -> Result<bool, CheckpointFailure> {
+        self.stage(seq)?;
+        let changed = self.tasks.values().any(|t| t.dirty || t.state_key.is_none());
+        if !changed && self.staged.is_empty() && self.unpublished.is_empty() {
+            // Every task's newest checkpoint is already committed as it stands.
+            return Ok(false);
+        }
+        let mut tasks = BTreeMap::new();
+        let mut written = Vec::new();
+        for (key, task) in &self.tasks {
+            let name = task_name(*key);
+            let (epoch, state) = match (&task.state_key, task.dirty) {
+                (Some(state), false) => (task.epoch, state.clone()),
+                _ => {
+                    let epoch = task.epoch + 1;
+                    let state = self.store.put_state(&name, epoch, task.state.snapshot()?)?;
+                    written.push((*key, epoch, state.clone()));
+                    (epoch, state)
+                }
+            };
+            let offsets = task
+                .offsets
+                .iter()
+                .map(|(stream, offset)| (self.settings.topics.of(*stream).to_owned(), *offset))
+                .collect();
+            tasks.insert(name, TaskCheckpoint { epoch, state, offsets });
+        }
+        let files = self.unpublished.iter().chain(&self.staged).cloned().collect();
+        let manifest = Manifest {
+            instance: self.instance.clone(),
+            seq,
+            written_at_ms: system_time_ms(SystemTime::now()),
+            tasks,
+            files,
+        };
+        self.store.commit(&manifest)?;
+        for (key, epoch, state) in written {
+            if let Some(task) = self.tasks.get_mut(&key) {
+                task.epoch = epoch;
+                task.state_key = Some(state);
+                task.dirty = false;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Why a checkpoint did not commit.
+#[derive(Debug, thiserror::Error)]
+enum CheckpointFailure {
+    #[error("staging Parquet files: {0}")]
+    Stage(#[from] SinkError),
+    #[error(transparent)]
+    Store(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::time::SnapshotError),
 }
 
 /// Adds a closed session to the session counters (by landing channel and device).

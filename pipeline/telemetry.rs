@@ -39,7 +39,7 @@ impl Health {
     pub fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
     }
-    /// Records whether the last checkpoint (publish, then offset commit) succeeded.
+    /// Records whether the last checkpoint (staged files, state and manifest) committed.
     pub fn set_checkpoint_ok(&self, ok: bool) {
         self.checkpoint_ok.store(ok, Ordering::Relaxed);
     }
@@ -65,7 +65,7 @@ impl Health {
             reasons.push("no partitions assigned");
         }
         if !self.checkpoint_ok.load(Ordering::Relaxed) {
-            reasons.push("last checkpoint failed (Parquet publish or offset commit)");
+            reasons.push("last checkpoint failed (staging, state or manifest write)");
         }
         if !self.dependencies_ok.load(Ordering::Relaxed) {
             reasons.push("schema registry unreachable; consumption paused");
@@ -91,6 +91,10 @@ pub struct Metrics {
     pub checkpoint_duration: Histogram,
     pub checkpoint_last_success: prometheus::Gauge,
     pub checkpoint_failures: IntCounter,
+    pub checkpoint_restore_duration: Histogram,
+    pub tasks_restored: IntCounter,
+    pub buffered_rows: IntGauge,
+    pub consumption_paused: IntGauge,
     pub label_budget: LabelBudget,
     pub kafka_connected: IntGauge,
     pub ready: IntGauge,
@@ -423,17 +427,36 @@ impl Metrics {
             checkpoint_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "storepulse_checkpoint_duration_seconds",
-                    "Time to publish buffered Parquet files and commit the consumed offsets, seconds.",
+                    "Time to stage buffered rows, write task state, commit the manifest, publish its files and commit offsets, seconds.",
                 )
                 .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             )?,
             checkpoint_last_success: prometheus::Gauge::with_opts(opts(
                 "storepulse_checkpoint_last_success_timestamp_seconds",
-                "When files were last published and offsets committed, Unix seconds (alert on its age).",
+                "When a checkpoint last committed, Unix seconds (alert on its age).",
             ))?,
             checkpoint_failures: IntCounter::with_opts(opts(
                 "storepulse_checkpoint_failures_total",
-                "Checkpoints that failed (a sink write or the offset commit); retried at the next interval.",
+                "Checkpoints that did not commit (staging, state or manifest write failed); retried with backoff.",
+            ))?,
+            checkpoint_restore_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "storepulse_checkpoint_restore_duration_seconds",
+                    "Time to read the checkpoint catalog and restore the state of newly assigned partitions, seconds.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )?,
+            tasks_restored: IntCounter::with_opts(opts(
+                "storepulse_tasks_restored_total",
+                "Partition tasks whose state was restored from a checkpoint on assignment.",
+            ))?,
+            buffered_rows: IntGauge::with_opts(opts(
+                "storepulse_buffered_rows",
+                "Output rows waiting for the next checkpoint.",
+            ))?,
+            consumption_paused: IntGauge::with_opts(opts(
+                "storepulse_consumption_paused",
+                "1 while consumption is paused because too many rows wait for a checkpoint (storage slow or down).",
             ))?,
             label_budget: LabelBudget {
                 limit: Arc::new(AtomicUsize::new(DEFAULT_MAX_VALUES_PER_LABEL)),
@@ -570,6 +593,10 @@ impl Metrics {
             Box::new(m.checkpoint_duration.clone()),
             Box::new(m.checkpoint_last_success.clone()),
             Box::new(m.checkpoint_failures.clone()),
+            Box::new(m.checkpoint_restore_duration.clone()),
+            Box::new(m.tasks_restored.clone()),
+            Box::new(m.buffered_rows.clone()),
+            Box::new(m.consumption_paused.clone()),
             Box::new(m.label_budget.folded.clone()),
             Box::new(m.kafka_connected.clone()),
             Box::new(m.ready.clone()),

@@ -90,7 +90,7 @@ fn run_until(
     settings.brokers = cluster.bootstrap_servers();
     settings.group_id = group.to_owned();
     settings.output = storepulse::sink::storage::Location::Local(out.path().to_path_buf());
-    settings.flush_interval = Duration::from_secs(1);
+    settings.checkpoint.interval = Duration::from_secs(1);
     settings.time.idle_timeout_ms = 1_000;
     let metrics = Metrics::new(&["1m".to_owned(), "1h".to_owned()]).expect("metrics");
     let window_end = metrics.window_end.with_label_values(&["1m"]);

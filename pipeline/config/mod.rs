@@ -70,6 +70,9 @@ pub struct RawConfig {
     /// Parquet output.
     #[serde(default)]
     pub output: RawOutput,
+    /// Checkpoints and shutdown.
+    #[serde(default)]
+    pub checkpoint: RawCheckpoint,
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: RawMetrics,
@@ -340,22 +343,75 @@ pub struct RawOutput {
     /// credentials from the `AWS_*` environment variables).
     #[serde(default = "default_output_dir")]
     pub dir: String,
-    /// How often buffered rows become Parquet files, seconds. Larger means fewer, bigger files.
-    #[serde(default = "default_flush_interval_secs")]
-    pub flush_interval_secs: u64,
 }
 
 impl Default for RawOutput {
     fn default() -> Self {
-        RawOutput { dir: default_output_dir(), flush_interval_secs: default_flush_interval_secs() }
+        RawOutput { dir: default_output_dir() }
     }
 }
 
 fn default_output_dir() -> String {
     "./storepulse-data".to_owned()
 }
-fn default_flush_interval_secs() -> u64 {
+
+/// `[checkpoint]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    /// Seconds between checkpoints. Each one publishes at most one Parquet file per table and
+    /// hour, so larger means fewer, bigger files and more to replay after a crash.
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub interval_secs: u64,
+    /// On SIGTERM or SIGINT, seconds allowed for the final checkpoint before exiting anyway
+    /// (nothing is lost: the last committed checkpoint is replayed).
+    #[serde(default = "default_shutdown_deadline_secs")]
+    pub shutdown_deadline_secs: u64,
+    /// Rows waiting for the next checkpoint beyond which consumption pauses (a slow or failing
+    /// storage applies backpressure instead of growing memory).
+    #[serde(default = "default_max_buffered_rows")]
+    pub max_buffered_rows: usize,
+    /// Seconds before staged files and state that no checkpoint lists (left by a crash) are
+    /// removed; must exceed the time one checkpoint takes.
+    #[serde(default = "default_debris_grace_secs")]
+    pub debris_grace_secs: u64,
+}
+
+impl Default for RawCheckpoint {
+    fn default() -> Self {
+        RawCheckpoint {
+            interval_secs: default_checkpoint_interval_secs(),
+            shutdown_deadline_secs: default_shutdown_deadline_secs(),
+            max_buffered_rows: default_max_buffered_rows(),
+            debris_grace_secs: default_debris_grace_secs(),
+        }
+    }
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
     60
+}
+fn default_shutdown_deadline_secs() -> u64 {
+    25
+}
+fn default_max_buffered_rows() -> usize {
+    1_000_000
+}
+fn default_debris_grace_secs() -> u64 {
+    900
+}
+
+/// Checkpoint settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointSettings {
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Time allowed for the final checkpoint on shutdown.
+    pub shutdown_deadline: Duration,
+    /// Buffered rows beyond which consumption pauses.
+    pub max_buffered_rows: usize,
+    /// Age after which unreferenced checkpoint debris is removed, milliseconds.
+    pub debris_grace_ms: i64,
 }
 
 /// `[metrics]`
@@ -410,8 +466,8 @@ pub struct Settings {
     pub time: TimeSettings,
     /// Root of the Parquet tables.
     pub output: Location,
-    /// Parquet flush interval.
-    pub flush_interval: Duration,
+    /// Checkpoint interval, shutdown deadline, backpressure.
+    pub checkpoint: CheckpointSettings,
     /// Metrics endpoint address.
     pub metrics_addr: SocketAddr,
     /// Series budget per data-driven label.
@@ -677,9 +733,25 @@ impl TryFrom<RawConfig> for Settings {
             return Err(invalid("time.dedupe_max_ids_per_partition", "must be at least 1"));
         }
         let output = Location::parse(&raw.output.dir).map_err(|e| invalid("output.dir", e))?;
-        if raw.output.flush_interval_secs == 0 {
-            return Err(invalid("output.flush_interval_secs", "must be at least 1"));
+        let c = &raw.checkpoint;
+        if c.interval_secs == 0 {
+            return Err(invalid("checkpoint.interval_secs", "must be at least 1"));
         }
+        if c.shutdown_deadline_secs == 0 {
+            return Err(invalid("checkpoint.shutdown_deadline_secs", "must be at least 1"));
+        }
+        if c.max_buffered_rows == 0 {
+            return Err(invalid("checkpoint.max_buffered_rows", "must be at least 1"));
+        }
+        if c.debris_grace_secs < 2 * c.interval_secs {
+            return Err(invalid("checkpoint.debris_grace_secs", "must be at least twice checkpoint.interval_secs"));
+        }
+        let checkpoint = CheckpointSettings {
+            interval: Duration::from_secs(c.interval_secs),
+            shutdown_deadline: Duration::from_secs(c.shutdown_deadline_secs),
+            max_buffered_rows: c.max_buffered_rows,
+            debris_grace_ms: (c.debris_grace_secs as i64).saturating_mul(1000),
+        };
         let metrics_addr = raw.metrics.listen_addr.parse::<SocketAddr>().map_err(|e| {
             invalid(
                 "metrics.listen_addr",
@@ -701,7 +773,7 @@ impl TryFrom<RawConfig> for Settings {
             validation,
             time,
             output,
-            flush_interval: Duration::from_secs(raw.output.flush_interval_secs),
+            checkpoint,
             metrics_addr,
             max_values_per_label: raw.metrics.max_values_per_label,
         })

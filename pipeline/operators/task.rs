@@ -77,6 +77,21 @@ pub struct TaskOutput {
     pub latencies: Vec<LatencyObservation>,
 }
 
+impl TaskOutput {
+    /// Rows and observations waiting to be routed: non-zero after a call changed the state.
+    pub fn pending(&self) -> usize {
+        self.funnel.len()
+            + self.sessions.len()
+            + self.orders.len()
+            + self.fulfillment.len()
+            + self.facts.len()
+            + self.orphans.len()
+            + self.late.len()
+            + self.latencies.len()
+            + usize::from(self.joins_late > 0)
+    }
+}
+
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {

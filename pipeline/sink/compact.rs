@@ -237,9 +237,9 @@ mod tests {
         let location = Location::Local(dir.path().to_path_buf());
         let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"));
         for offset in 0..5 {
-            assert!(writer.write(&mut vec![dead_letter(H0 + offset * 1000, offset)]).error.is_none());
+            writer.write(&mut vec![dead_letter(H0 + offset * 1000, offset)]).expect("write");
         }
-        assert!(writer.write(&mut vec![dead_letter(H0 + HOUR_MS, 99)]).error.is_none());
+        writer.write(&mut vec![dead_letter(H0 + HOUR_MS, 99)]).expect("write");
         let storage = Storage::open(&location).expect("storage");
         let hour0 = "dead_letters/dt=2025-11-11/hour=00";
         assert_eq!(storage.list(hour0).expect("list").len(), 5);
@@ -264,7 +264,7 @@ mod tests {
         let location = Location::Local(dir.path().to_path_buf());
         let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"));
         for offset in 0..3 {
-            assert!(writer.write(&mut vec![dead_letter(H0, offset)]).error.is_none());
+            writer.write(&mut vec![dead_letter(H0, offset)]).expect("write");
         }
         let storage = Storage::open(&location).expect("storage");
         let hour0 = "dead_letters/dt=2025-11-11/hour=00";

@@ -1,7 +1,7 @@
 //! Parquet tables in Hive-style hour partitions, `TABLE/dt=YYYY-MM-DD/hour=HH/part-….parquet`.
-//! A flush writes one zstd-compressed file per table and hour it has rows for. Each file is
-//! written whole under `_staging/` and then renamed into its partition, so a reader never sees a
-//! partial file.
+//! A checkpoint writes one zstd-compressed file per table and hour it has rows for. Each file is
+//! written whole under `_staging/` and renamed into its partition only after the checkpoint that
+//! lists it is committed, so a reader never sees a partial or uncommitted file.
 
 use crate::operators::{
     FulfillmentRow, FunnelRow, LatencySketch, OrderFact, OrdersRow, OrphanShipment, SessionRow, Step, channel_label,
@@ -440,42 +440,51 @@ fn all_nullable(batch: RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowEr
     RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), batch.columns().to_vec())
 }
 
-/// Writes Parquet files to a [`Storage`].
+/// Writes Parquet files to a [`Storage`]: staged first, published by [`publish`].
 pub struct ParquetWriter {
     storage: Storage,
     /// Distinguishes files of this process from those of earlier runs and other instances.
-    run_id: String,
+    instance: String,
     seq: u64,
 }
 
-/// What one published file holds.
-#[derive(Debug, Clone)]
-pub struct Published {
+/// A file written whole under `_staging/` and the partition key it is published to. Checkpoint
+/// manifests list these: publishing is a rename, repeated safely after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedFile {
     /// Table name.
-    pub table: &'static str,
-    /// Key under the storage root.
+    pub table: String,
+    /// Where the file waits, under `_staging/`.
+    pub staged: String,
+    /// Where readers find it once published.
     pub key: String,
     /// Size in bytes.
     pub bytes: u64,
     /// Rows written.
-    pub rows: usize,
+    pub rows: u64,
 }
 
-/// The files a flush of one table published, and the first failure, if any. Rows of failed
-/// hours are left in the caller's buffer.
+/// The files a flush of one table staged, and the first failure, if any. Rows of failed hours
+/// are left in the caller's buffer.
 #[derive(Debug, Default)]
-pub struct WriteOutcome {
-    /// Files now visible to readers.
-    pub published: Vec<Published>,
+pub struct StageOutcome {
+    /// Files written under `_staging/`, not yet visible to readers.
+    pub staged: Vec<StagedFile>,
     /// Why some rows are still buffered.
     pub error: Option<SinkError>,
 }
 
 impl ParquetWriter {
-    /// A writer publishing into `storage`.
+    /// A writer staging into `storage` under a name unique to this process.
     pub fn new(storage: Storage) -> Self {
-        let run_id = format!("{}-{}", crate::config::system_time_ms(std::time::SystemTime::now()), std::process::id());
-        ParquetWriter { storage, run_id, seq: 0 }
+        let instance =
+            format!("{}-{}", crate::config::system_time_ms(std::time::SystemTime::now()), std::process::id());
+        Self::with_instance(storage, instance)
+    }
+
+    /// A writer whose file names carry `instance`.
+    pub fn with_instance(storage: Storage, instance: String) -> Self {
+        ParquetWriter { storage, instance, seq: 0 }
     }
 
     /// Where files go.
@@ -483,17 +492,17 @@ impl ParquetWriter {
         &self.storage
     }
 
-    /// Writes the buffered `rows` of table `R::TABLE`, one file per hour partition, and
-    /// publishes each atomically. Written rows leave `rows`; rows whose file failed stay.
-    pub fn write<R: TableRow>(&mut self, rows: &mut Vec<R>) -> WriteOutcome {
+    /// Writes the buffered `rows` of table `R::TABLE` under `_staging/INSTANCE/CHECKPOINT/`, one
+    /// file per hour partition. Written rows leave `rows`; rows whose file failed stay.
+    pub fn stage<R: TableRow>(&mut self, rows: &mut Vec<R>, checkpoint: u64) -> StageOutcome {
         let mut by_hour: BTreeMap<i64, Vec<R>> = BTreeMap::new();
         for row in rows.drain(..) {
             by_hour.entry(hour_start(row.partition_time())).or_default().push(row);
         }
-        let mut outcome = WriteOutcome::default();
+        let mut outcome = StageOutcome::default();
         for (hour, group) in by_hour {
-            match self.write_file(hour, &group) {
-                Ok(published) => outcome.published.push(published),
+            match self.stage_file(hour, &group, checkpoint) {
+                Ok(staged) => outcome.staged.push(staged),
                 Err(error) => {
                     rows.extend(group);
                     outcome.error.get_or_insert(error);
@@ -503,18 +512,45 @@ impl ParquetWriter {
         outcome
     }
 
-    fn write_file<R: TableRow>(&mut self, hour: i64, rows: &[R]) -> Result<Published, SinkError> {
+    /// Stages and at once publishes `rows` (no checkpoint protects them): for tools and tests.
+    ///
+    /// # Errors
+    /// The first failure; rows of files not staged stay in `rows`.
+    pub fn write<R: TableRow>(&mut self, rows: &mut Vec<R>) -> Result<Vec<StagedFile>, SinkError> {
+        let outcome = self.stage(rows, 0);
+        for file in &outcome.staged {
+            publish(&self.storage, file)?;
+        }
+        match outcome.error {
+            Some(error) => Err(error),
+            None => Ok(outcome.staged),
+        }
+    }
+
+    fn stage_file<R: TableRow>(&mut self, hour: i64, rows: &[R], checkpoint: u64) -> Result<StagedFile, SinkError> {
         let encode_error = |message: String| SinkError::Encode { table: R::TABLE, message };
         let batch = R::to_batch(rows).and_then(all_nullable).map_err(|e| encode_error(e.to_string()))?;
         let data = encode(&[batch]).map_err(|e| encode_error(e.to_string()))?;
         let bytes = data.len() as u64;
         self.seq += 1;
-        let name = format!("part-{}-{:06}.parquet", self.run_id, self.seq);
-        let staged = format!("{STAGING}/{}-{name}", R::TABLE);
+        let name = format!("part-{}-{:06}.parquet", self.instance, self.seq);
+        let staged = format!("{STAGING}/{}/{checkpoint:012}/{}-{name}", self.instance, R::TABLE);
         let key = format!("{}/{}/{name}", R::TABLE, hour_partition(hour));
         self.storage.put(&staged, data)?;
-        self.storage.rename(&staged, &key)?;
-        Ok(Published { table: R::TABLE, key, bytes, rows: rows.len() })
+        Ok(StagedFile { table: R::TABLE.to_owned(), staged, key, bytes, rows: rows.len() as u64 })
+    }
+}
+
+/// Makes a staged file visible at its partition key. Idempotent: when the staged file is gone,
+/// an earlier attempt published it (and compaction may since have merged it).
+///
+/// # Errors
+/// When the store fails.
+pub fn publish(storage: &Storage, file: &StagedFile) -> Result<(), StorageError> {
+    match storage.rename(&file.staged, &file.key) {
+        Ok(()) => Ok(()),
+        Err(_) if !storage.exists(&file.staged)? => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
@@ -542,15 +578,21 @@ mod tests {
         // 2026-11-11 00:59 and 01:00 (UTC), and 00:30 again: two hour partitions.
         let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
         let mut rows = vec![row(h1 - 60_000), row(h1), row(h0 + 1_800_000)];
-        let outcome = writer.write(&mut rows);
+        let outcome = writer.stage(&mut rows, 3);
         assert!(outcome.error.is_none() && rows.is_empty());
-        let keys: Vec<_> = outcome.published.iter().map(|p| (p.key.rsplit_once('/').expect("dir").0, p.rows)).collect();
+        assert!(outcome.staged.iter().all(|f| f.staged.starts_with(STAGING) && f.staged.contains("/000000000003/")));
+        assert!(writer.storage().list("funnel").expect("list").is_empty(), "nothing visible before publication");
+        for file in &outcome.staged {
+            publish(writer.storage(), file).expect("publish");
+            publish(writer.storage(), file).expect("publishing again is a no-op");
+        }
+        let keys: Vec<_> = outcome.staged.iter().map(|p| (p.key.rsplit_once('/').expect("dir").0, p.rows)).collect();
         assert_eq!(keys, [("funnel/dt=2025-11-11/hour=00", 2), ("funnel/dt=2025-11-11/hour=01", 1)]);
-        for published in &outcome.published {
+        for published in &outcome.staged {
             let file = std::fs::File::open(dir.path().join(&published.key)).expect("published file");
             let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
             let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
-            assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), published.rows);
+            assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64, published.rows);
         }
         assert!(writer.storage().list(STAGING).expect("list").is_empty(), "staging must be empty after publish");
     }
@@ -572,8 +614,8 @@ mod tests {
             reason: "malformed",
             detail: "eof".into(),
         }];
-        let outcome = writer.write(&mut rows);
-        assert!(outcome.published.is_empty());
+        let outcome = writer.stage(&mut rows, 1);
+        assert!(outcome.staged.is_empty());
         assert!(outcome.error.expect("error").to_string().contains("_staging"));
         assert_eq!(rows.len(), 1, "rows stay buffered for the next flush");
     }

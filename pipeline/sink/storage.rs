@@ -86,14 +86,17 @@ pub struct Entry {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// Last modification, Unix milliseconds.
+    pub modified_ms: i64,
 }
 
-/// Blocking access to a [`Location`].
+/// Blocking access to a [`Location`]. Clones share the store and its runtime.
+#[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     root: StorePath,
     location: Location,
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl Storage {
@@ -127,7 +130,7 @@ impl Storage {
             .thread_name("storage")
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Storage { store, root, location: location.clone(), runtime })
+        Ok(Storage { store, root, location: location.clone(), runtime: Arc::new(runtime) })
     }
 
     /// The root this storage writes under.
@@ -179,8 +182,14 @@ impl Storage {
             .runtime
             .block_on(self.store.list(Some(&path)).try_collect())
             .map_err(|e| self.error("list", prefix, e))?;
-        let mut entries: Vec<Entry> =
-            metas.iter().map(|meta| Entry { key: self.relative(&meta.location), size: meta.size }).collect();
+        let mut entries: Vec<Entry> = metas
+            .iter()
+            .map(|meta| Entry {
+                key: self.relative(&meta.location),
+                size: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            })
+            .collect();
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(entries)
     }
@@ -245,10 +254,10 @@ mod tests {
         let storage = Storage::open(&Location::Local(dir.path().join("lake"))).expect("open");
         storage.put("_staging/a.parquet", b"abc".to_vec()).expect("put");
         storage.rename("_staging/a.parquet", "funnel/dt=2026-11-11/hour=00/a.parquet").expect("rename");
-        assert_eq!(
-            storage.list("funnel").expect("list"),
-            vec![Entry { key: "funnel/dt=2026-11-11/hour=00/a.parquet".into(), size: 3 }]
-        );
+        let listed = storage.list("funnel").expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].key.as_str(), listed[0].size), ("funnel/dt=2026-11-11/hour=00/a.parquet", 3));
+        assert!(listed[0].modified_ms > 1_700_000_000_000, "a modification time: {}", listed[0].modified_ms);
         assert!(storage.list("_staging").expect("list").is_empty());
         assert_eq!(storage.get("funnel/dt=2026-11-11/hour=00/a.parquet").expect("get").as_ref(), b"abc");
         storage.delete("funnel/dt=2026-11-11/hour=00/a.parquet").expect("delete");

@@ -1,16 +1,25 @@
 //! The Kafka source: one consumer in the job's group over the three topics, manual offset
-//! commits, librdkafka statistics for lag and broker health, and rebalance tracking.
+//! commits, librdkafka statistics for lag and broker health, and rebalances handed to the
+//! processing loop.
+//!
+//! A rebalance is not applied inside librdkafka's callback: the callback queues it, and the
+//! loop checkpoints revoked partitions before [`KafkaSource::release`] and restores assigned
+//! ones before [`KafkaSource::accept`] starts them at their checkpointed offsets. The group
+//! waits for those calls. Orders and logistics are co-partitioned by `order_id`; the range
+//! assignor gives partition *p* of both to the same member as long as they have equally many
+//! partitions, so one instance holds both halves of each commerce task.
 
 use crate::config::Settings;
 use crate::telemetry::{Health, Metrics};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use rdkafka::types::RDKafkaRespErr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +34,20 @@ pub struct SourceContext {
     assignment: Mutex<BTreeSet<TopicPartition>>,
     assignment_version: AtomicU64,
     high_watermarks: Mutex<HashMap<TopicPartition, i64>>,
+    /// Rebalances waiting for the processing loop.
+    pending: Mutex<VecDeque<PendingRebalance>>,
+    /// Whether rebalances wait for the loop; off while the consumer closes, so closing applies
+    /// them at once.
+    defer: AtomicBool,
+}
+
+/// A rebalance the group is waiting for this member to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingRebalance {
+    /// These partitions are now this member's (eager protocol: the whole new assignment).
+    Assign(Vec<TopicPartition>),
+    /// These partitions must be released.
+    Revoke(Vec<TopicPartition>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,29 +86,54 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+impl SourceContext {
+    fn record_assign(&self, partitions: &[TopicPartition]) {
         let mut assignment = lock(&self.assignment);
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                for e in tpl.elements() {
-                    assignment.insert((e.topic().to_owned(), e.partition()));
-                }
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-            }
-            Rebalance::Revoke(tpl) => {
-                for e in tpl.elements() {
-                    let tp = (e.topic().to_owned(), e.partition());
-                    let _ = self.metrics.consumer_lag.remove_label_values(&[tp.0.as_str(), &tp.1.to_string()]);
-                    lock(&self.high_watermarks).remove(&tp);
-                    assignment.remove(&tp);
-                }
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
-        }
+        assignment.extend(partitions.iter().cloned());
+        tracing::info!(partitions = partitions.len(), "partitions assigned");
         self.health.set_assigned(!assignment.is_empty());
         self.assignment_version.fetch_add(1, Ordering::Release);
+    }
+
+    fn record_revoke(&self, partitions: &[TopicPartition]) {
+        let mut assignment = lock(&self.assignment);
+        for tp in partitions {
+            let _ = self.metrics.consumer_lag.remove_label_values(&[tp.0.as_str(), &tp.1.to_string()]);
+            lock(&self.high_watermarks).remove(tp);
+            assignment.remove(tp);
+        }
+        tracing::info!(partitions = partitions.len(), "partitions revoked");
+        self.health.set_assigned(!assignment.is_empty());
+        self.assignment_version.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let partitions = partitions_of(tpl);
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => PendingRebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => PendingRebalance::Revoke(partitions),
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; releasing the assignment");
+                PendingRebalance::Revoke(partitions)
+            }
+        };
+        if self.defer.load(Ordering::Acquire) {
+            lock(&self.pending).push_back(event);
+            return;
+        }
+        let result = match &event {
+            PendingRebalance::Assign(partitions) => consumer.assign(tpl).map(|()| self.record_assign(partitions)),
+            PendingRebalance::Revoke(partitions) => consumer.unassign().map(|()| self.record_revoke(partitions)),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "applying a rebalance failed");
+        }
     }
 }
 
@@ -122,6 +170,8 @@ impl KafkaSource {
             assignment: Mutex::new(BTreeSet::new()),
             assignment_version: AtomicU64::new(0),
             high_watermarks: Mutex::new(HashMap::new()),
+            pending: Mutex::new(VecDeque::new()),
+            defer: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context)?;
         let topics =
@@ -138,6 +188,67 @@ impl KafkaSource {
     /// Partitions currently assigned to this instance.
     pub fn assignment(&self) -> BTreeSet<TopicPartition> {
         lock(&self.consumer.context().assignment).clone()
+    }
+
+    /// From now on, rebalances wait in [`KafkaSource::next_rebalance`] until the caller applies
+    /// them with [`KafkaSource::accept`] or [`KafkaSource::release`].
+    pub fn defer_rebalances(&self) {
+        self.consumer.context().defer.store(true, Ordering::Release);
+    }
+
+    /// The oldest rebalance waiting to be applied.
+    pub fn next_rebalance(&self) -> Option<PendingRebalance> {
+        lock(&self.consumer.context().pending).pop_front()
+    }
+
+    /// Applies an assignment, starting each partition at its offset in `start` (from a
+    /// checkpoint) or, when absent, at the group's committed offset.
+    ///
+    /// # Errors
+    /// When librdkafka refuses the assignment.
+    pub fn accept(&self, partitions: &[TopicPartition], start: &BTreeMap<TopicPartition, i64>) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in partitions {
+            let offset = start.get(tp).map_or(Offset::Stored, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(&tp.0, tp.1, offset)?;
+        }
+        self.consumer.assign(&tpl)?;
+        self.consumer.context().record_assign(partitions);
+        Ok(())
+    }
+
+    /// Moves the position of an assigned partition.
+    ///
+    /// # Errors
+    /// When librdkafka refuses or the partition is not assigned.
+    pub fn seek(&self, tp: &TopicPartition, offset: i64) -> KafkaResult<()> {
+        self.consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
+    }
+
+    /// Releases revoked partitions.
+    ///
+    /// # Errors
+    /// When librdkafka refuses.
+    pub fn release(&self, partitions: &[TopicPartition]) -> KafkaResult<()> {
+        self.consumer.unassign()?;
+        self.consumer.context().record_revoke(partitions);
+        Ok(())
+    }
+
+    /// Pauses (or resumes) fetching from every assigned partition; polling goes on serving
+    /// rebalances and statistics.
+    ///
+    /// # Errors
+    /// When librdkafka refuses.
+    pub fn set_paused(&self, paused: bool) -> KafkaResult<()> {
+        let assignment = self.consumer.assignment()?;
+        if paused { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) }
+    }
+
+    /// Whether the group took the assignment away without a revocation this member could act
+    /// on (session timeout): another member may already own it, so nothing may be committed.
+    pub fn assignment_lost(&self) -> bool {
+        self.consumer.assignment_lost()
     }
 
     /// Increases on every rebalance.
@@ -169,7 +280,8 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// Commits `positions` (next offset to consume per partition) synchronously.
+    /// Commits `positions` (next offset to consume per partition) synchronously. Only offsets a
+    /// checkpoint covers are committed; they serve lag monitoring and tools.
     ///
     /// # Errors
     /// When the group coordinator refuses or cannot be reached; the caller retries later.
@@ -182,5 +294,17 @@ impl KafkaSource {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync)
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing the consumer revokes through the callback, which must then apply at once.
+        self.consumer.context().defer.store(false, Ordering::Release);
+        for event in std::iter::from_fn(|| self.next_rebalance()) {
+            if let PendingRebalance::Revoke(partitions) = event {
+                let _ = self.release(&partitions);
+            }
+        }
     }
 }

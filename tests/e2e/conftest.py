@@ -92,7 +92,9 @@ logistics = "{topics[2]}"
 
 [output]
 dir = "{out}"
-flush_interval_secs = 5
+
+[checkpoint]
+interval_secs = 5
 
 [metrics]
 listen_addr = "127.0.0.1:{free_port()}"

@@ -13,9 +13,8 @@ import time
 import duckdb
 import pyarrow.parquet as pq
 from conftest import STOREPULSE, storepulse, write_config
-from oracle import table
+from oracle import TABLES, data_files, snapshot, table
 
-TABLES = ["funnel", "sessions", "orders", "fulfillment", "order_facts", "orphan_shipments", "late_events", "dead_letters"]
 # The column whose UTC hour names each table's partition (docs/tables.md).
 PARTITIONED_BY = {"funnel": "window_start", "sessions": "session_start", "orders": "window_start",
                   "fulfillment": "window_start", "order_facts": "closed_at_watermark",
@@ -24,23 +23,6 @@ PARTITIONED_BY = {"funnel": "window_start", "sessions": "session_start", "orders
 PARTITION_DIR = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/hour=\d{2}$")
 FAULTS = ["--duplicate-fraction", "0.01", "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s",
           "--malformed-fraction", "0.002"]
-
-
-def data_files(out: pathlib.Path, name: str) -> list[pathlib.Path]:
-    return sorted((out / name).glob("*/*/*.parquet"))
-
-
-def snapshot(out: pathlib.Path) -> dict[str, list[tuple]]:
-    """Every row of every table, sorted. Dead letters without the wall-clock rejection time."""
-    con = duckdb.connect()
-    result = {}
-    for name in TABLES:
-        if not data_files(out, name):
-            result[name] = []
-            continue
-        exclude = "EXCLUDE (rejected_at, dt, hour)" if name == "dead_letters" else ""
-        result[name] = con.sql(f"SELECT * {exclude} FROM {table(out, name)} ORDER BY ALL").fetchall()
-    return result
 
 
 def check_layout(out: pathlib.Path) -> None:
@@ -150,7 +132,7 @@ def test_kill_9_while_writing_or_compacting_never_exposes_a_partial_file(broker,
         # A consumer group per run: a SIGKILLed member holds its partitions until the broker
         # expires it, and exactly-once restarts are not what this test is about.
         path = write_config(tmp_path / f"c{run}.toml", broker, out, f"lake-kill-{run}")
-        path.write_text(path.read_text().replace("flush_interval_secs = 5", "flush_interval_secs = 1"))
+        path.write_text(path.read_text().replace("interval_secs = 5", "interval_secs = 1"))
         return path
 
     killed_running = 0

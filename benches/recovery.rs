@@ -1,0 +1,99 @@
+//! Recovery time from a checkpoint holding one million open orders: builds a commerce task
+//! with that many paid, unshipped orders, commits it to a checkpoint store on local disk, then
+//! times what an instance does when the partition is assigned to it (read the catalog, read the
+//! state, decode it, rebuild the order index). Prints the median of five restores. Run with
+//! `cargo bench --bench recovery [-- ORDERS]`; the target is under 5 seconds for 1,000,000.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use storepulse::checkpoint::{CheckpointStore, Manifest, TaskCheckpoint};
+use storepulse::config::TimeSettings;
+use storepulse::event::{Channel, Device, Event, OrderEvent, OrderEventType, OrderItem, PaymentMethod, Stream};
+use storepulse::operators::{PartitionTask, TaskOutput};
+use storepulse::sink::storage::{Location, Storage};
+
+const T0: i64 = 1_794_322_800_000;
+
+fn order(kind: OrderEventType, i: u64, t: i64) -> Event {
+    Event::Order(OrderEvent {
+        event_id: format!("o-{i}-{}", kind.as_str()),
+        event_type: kind,
+        event_time: t,
+        order_id: format!("ord-{i:010}"),
+        visitor_id: Some(format!("v-{:08}", i * 7 % 5_000_000)),
+        user_id: Some(format!("u-{:08}", i * 7 % 3_000_000)),
+        channel: Channel::LiveStream,
+        device: Device::App,
+        region: Some(["ZJ", "SH", "GD", "BJ", "SC"][(i % 5) as usize].into()),
+        currency: "CNY".into(),
+        items_subtotal_minor: 29_900,
+        discount_minor: 5_000,
+        shipping_minor: 0,
+        paid_amount_minor: 24_900,
+        refund_amount_minor: None,
+        items: vec![OrderItem { sku: "p-1".into(), category_id: None, quantity: 1, unit_price_minor: 29_900 }],
+        payment_method: Some(PaymentMethod::Alipay),
+        warehouse: Some(["WH-HZ1", "WH-SH2", "WH-GZ1", "WH-CD1"][(i % 4) as usize].into()),
+        promised_ship_by: Some(t + 72 * 3_600_000),
+        promised_deliver_by: Some(t + 7 * 86_400_000),
+    })
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn main() {
+    let orders: u64 = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let mut task = PartitionTask::new(Stream::Orders, 0, &TimeSettings::default());
+    let mut out = TaskOutput::default();
+    for i in 0..orders {
+        let t = T0 + i as i64;
+        task.process(&order(OrderEventType::Created, i, t), &mut out);
+        task.process(&order(OrderEventType::Paid, i, t + 1), &mut out);
+        out = TaskOutput::default();
+    }
+    assert_eq!(task.open_orders() as u64, orders);
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("local storage");
+    let store = CheckpointStore::new(storage, 900_000);
+    let started = Instant::now();
+    let snapshot = task.snapshot().expect("the state encodes");
+    let bytes = snapshot.len();
+    let state = store.put_state("commerce-0", 1, snapshot).expect("state written");
+    let manifest = Manifest {
+        instance: "bench".into(),
+        seq: 1,
+        written_at_ms: 0,
+        tasks: BTreeMap::from([(
+            "commerce-0".to_owned(),
+            TaskCheckpoint { epoch: 1, state, offsets: BTreeMap::from([("orders".to_owned(), 2 * orders as i64)]) },
+        )]),
+        files: Vec::new(),
+    };
+    store.commit(&manifest).expect("manifest committed");
+    let checkpoint = started.elapsed();
+
+    let restores: Vec<Duration> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let catalog = store.catalog().expect("catalog");
+            let latest = catalog.latest("commerce-0").expect("the task's checkpoint");
+            let restored = PartitionTask::restore(&store.load_state(latest).expect("state read")).expect("decodes");
+            assert_eq!(restored.open_orders() as u64, orders);
+            started.elapsed()
+        })
+        .collect();
+    let restore = median(restores.clone());
+    println!("open orders                 {orders:>12}");
+    println!(
+        "checkpoint state            {:>12.1} MB ({:.0} bytes per open order)",
+        bytes as f64 / 1e6,
+        bytes as f64 / orders as f64
+    );
+    println!("checkpoint (encode + write) {:>12.2} s", checkpoint.as_secs_f64());
+    println!("restore, median of 5        {:>12.2} s (all: {:?})", restore.as_secs_f64(), restores);
+    println!("target                      {:>12} s", "< 5.00");
+}

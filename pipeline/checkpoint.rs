@@ -1,0 +1,361 @@
+//! Checkpoints: the one atomic commit point of exactly-once output.
+//!
+//! A checkpoint of an instance is a manifest, written in one `put`, that lists for each task it
+//! owns the state snapshot and the source offsets it covers, and the Parquet files staged since
+//! the previous checkpoint. Nothing else is ever the commit point:
+//!
+//! 1. buffered rows are staged under `_staging/` and each task's state is written under
+//!    `_checkpoints/state/TASK/EPOCH.cbor` (invisible to readers, harmless if a crash follows);
+//! 2. the manifest is written under `_checkpoints/manifests/` — from here on the checkpoint
+//!    exists, whatever happens next;
+//! 3. the staged files are published (renamed into their partitions), idempotently; a crash
+//!    here is repaired by whoever reads the manifest next ([`CheckpointStore::tidy`]);
+//! 4. the offsets are committed to Kafka, for lag monitoring only: on restart a task resumes
+//!    from its checkpoint's offsets, not from Kafka's.
+//!
+//! A task's epoch grows by one at each checkpoint of it, whichever instance owns it, so the
+//! newest checkpoint of a task is the one with the highest epoch in any manifest: that is how
+//! state moves with its partition between instances of a consumer group. Everything lives on
+//! the output storage (local directory or S3), beside the tables, under prefixes readers skip.
+
+use crate::sink::parquet::{STAGING, StagedFile, publish};
+use crate::sink::storage::{Storage, StorageError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Root of checkpoint manifests and task state.
+pub const CHECKPOINTS: &str = "_checkpoints";
+const MANIFESTS: &str = "_checkpoints/manifests";
+const STATES: &str = "_checkpoints/state";
+/// Merges in flight of `storepulse compact`, which has its own recovery.
+const COMPACTION_STAGING: &str = "_staging/compaction";
+
+/// One task's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCheckpoint {
+    /// Grows by one at each checkpoint of the task, across instances.
+    pub epoch: u64,
+    /// Key of the state snapshot.
+    pub state: String,
+    /// Next offset to consume, per source topic.
+    pub offsets: BTreeMap<String, i64>,
+}
+
+/// The commit record of one checkpoint of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Writer instance (process start time and pid).
+    pub instance: String,
+    /// Checkpoint number within the instance.
+    pub seq: u64,
+    /// Wall-clock time of the commit, Unix milliseconds.
+    pub written_at_ms: i64,
+    /// Every task the instance owned, by name (`clickstream-3`, `commerce-3`).
+    pub tasks: BTreeMap<String, TaskCheckpoint>,
+    /// Files this checkpoint commits that were not yet seen published.
+    pub files: Vec<StagedFile>,
+}
+
+impl Manifest {
+    /// Its key: sorts by instance, then by checkpoint number.
+    pub fn key(&self) -> String {
+        format!("{MANIFESTS}/{}/{:012}.json", self.instance, self.seq)
+    }
+}
+
+/// A checkpoint store that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The storage failed; retried by the caller.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A manifest that is not valid JSON of a manifest (a bug or a foreign file).
+    #[error("checkpoint manifest {key}: {message}")]
+    Manifest {
+        /// Its key.
+        key: String,
+        /// Parser message.
+        message: String,
+    },
+    /// Operator state that cannot be encoded or decoded.
+    #[error(transparent)]
+    Snapshot(#[from] crate::time::SnapshotError),
+}
+
+/// Every committed manifest, as read at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    /// Manifests, oldest first (by commit time, then key).
+    pub manifests: Vec<Manifest>,
+}
+
+impl Catalog {
+    /// A catalog of `manifests` in commit order.
+    pub fn new(mut manifests: Vec<Manifest>) -> Self {
+        manifests.sort_by_key(|m| (m.written_at_ms, m.key()));
+        Catalog { manifests }
+    }
+
+    /// The newest checkpoint of `task`: the highest epoch, and of equal epochs the latest
+    /// committed.
+    pub fn latest(&self, task: &str) -> Option<&TaskCheckpoint> {
+        let mut best: Option<&TaskCheckpoint> = None;
+        for manifest in &self.manifests {
+            if let Some(t) = manifest.tasks.get(task)
+                && best.is_none_or(|b| t.epoch >= b.epoch)
+            {
+                best = Some(t);
+            }
+        }
+        best
+    }
+
+    /// Indices of manifests nothing depends on any more: for every task they list, a later
+    /// manifest holds the same or a newer epoch. Their files must be published before they go.
+    pub fn superseded(&self) -> Vec<usize> {
+        (0..self.manifests.len())
+            .filter(|&i| {
+                self.manifests[i].tasks.iter().all(|(task, t)| {
+                    self.manifests[i + 1..]
+                        .iter()
+                        .any(|later| later.tasks.get(task).is_some_and(|l| l.epoch >= t.epoch))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What [`CheckpointStore::tidy`] repaired and removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TidyReport {
+    /// Files of committed checkpoints published now (their writer stopped before it could).
+    pub republished: usize,
+    /// Manifests removed because later ones supersede them.
+    pub manifests_removed: usize,
+    /// State snapshots no manifest refers to, removed.
+    pub states_removed: usize,
+    /// Staged files no manifest lists (a checkpoint that never committed), removed.
+    pub staged_discarded: usize,
+}
+
+/// Reads and writes checkpoints on the output storage.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    storage: Storage,
+    /// How old an unreferenced state or staged file must be before it is taken for debris: a
+    /// live instance commits what it stages within one checkpoint.
+    grace_ms: i64,
+}
+
+impl CheckpointStore {
+    /// A store on `storage`; unreferenced objects younger than `grace_ms` are left alone.
+    pub fn new(storage: Storage, grace_ms: i64) -> Self {
+        CheckpointStore { storage, grace_ms }
+    }
+
+    /// The storage it writes to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Every committed manifest.
+    ///
+    /// # Errors
+    /// When the storage fails or a manifest does not parse.
+    pub fn catalog(&self) -> Result<Catalog, CheckpointError> {
+        let mut manifests = Vec::new();
+        for entry in self.storage.list(MANIFESTS)? {
+            if !entry.key.ends_with(".json") {
+                continue;
+            }
+            let bytes = match self.storage.get(&entry.key) {
+                Ok(bytes) => bytes,
+                // Removed by another instance's tidy between list and get.
+                Err(_) if !self.storage.exists(&entry.key)? => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let manifest: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| CheckpointError::Manifest { key: entry.key.clone(), message: e.to_string() })?;
+            manifests.push(manifest);
+        }
+        Ok(Catalog::new(manifests))
+    }
+
+    /// Writes a task's state for `epoch` and returns its key.
+    ///
+    /// # Errors
+    /// When the storage fails.
+    pub fn put_state(&self, task: &str, epoch: u64, state: Vec<u8>) -> Result<String, CheckpointError> {
+        let key = format!("{STATES}/{task}/{epoch:012}.cbor");
+        self.storage.put(&key, state)?;
+        Ok(key)
+    }
+
+    /// Reads a task's state.
+    ///
+    /// # Errors
+    /// When the storage fails.
+    pub fn load_state(&self, checkpoint: &TaskCheckpoint) -> Result<bytes::Bytes, CheckpointError> {
+        Ok(self.storage.get(&checkpoint.state)?)
+    }
+
+    /// Commits `manifest`: the single write after which the checkpoint exists.
+    ///
+    /// # Errors
+    /// When the storage fails; the checkpoint then does not exist.
+    pub fn commit(&self, manifest: &Manifest) -> Result<(), CheckpointError> {
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| CheckpointError::Manifest { key: manifest.key(), message: e.to_string() })?;
+        self.storage.put(&manifest.key(), json)?;
+        Ok(())
+    }
+
+    /// Publishes committed files; returns those that failed, to be retried.
+    pub fn publish(&self, files: Vec<StagedFile>) -> Vec<(StagedFile, StorageError)> {
+        files.into_iter().filter_map(|file| publish(&self.storage, &file).err().map(|error| (file, error))).collect()
+    }
+
+    /// Repairs and cleans the store: publishes every file a committed manifest lists and that
+    /// is still staged (its writer died between commit and publication), then removes
+    /// superseded manifests, state no manifest refers to, and staged files no manifest lists
+    /// (checkpoints that never committed), the last two only once older than the grace period.
+    ///
+    /// # Errors
+    /// When the storage fails; what was done so far stays done, and the next call goes on.
+    pub fn tidy(&self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
+        let mut report = TidyReport::default();
+        let catalog = self.catalog()?;
+        let staged: BTreeMap<String, i64> = self
+            .storage
+            .list(STAGING)?
+            .into_iter()
+            .filter(|e| !e.key.starts_with(COMPACTION_STAGING))
+            .map(|e| (e.key, e.modified_ms))
+            .collect();
+        for file in catalog.manifests.iter().flat_map(|m| &m.files) {
+            if staged.contains_key(&file.staged) {
+                publish(&self.storage, file)?;
+                report.republished += 1;
+            }
+        }
+        let superseded: BTreeSet<usize> = catalog.superseded().into_iter().collect();
+        for &i in &superseded {
+            self.storage.delete(&catalog.manifests[i].key())?;
+            report.manifests_removed += 1;
+        }
+        let kept = catalog.manifests.iter().enumerate().filter(|(i, _)| !superseded.contains(i)).map(|(_, m)| m);
+        let referenced: BTreeSet<&str> = kept.flat_map(|m| m.tasks.values().map(|t| t.state.as_str())).collect();
+        let old = |modified_ms: i64| now_ms - modified_ms > self.grace_ms;
+        for entry in self.storage.list(STATES)? {
+            if !referenced.contains(entry.key.as_str()) && old(entry.modified_ms) {
+                self.storage.delete(&entry.key)?;
+                report.states_removed += 1;
+            }
+        }
+        let listed: BTreeSet<&str> =
+            catalog.manifests.iter().flat_map(|m| &m.files).map(|f| f.staged.as_str()).collect();
+        for (key, modified_ms) in &staged {
+            if !listed.contains(key.as_str()) && old(*modified_ms) {
+                self.storage.delete(key)?;
+                report.staged_discarded += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::storage::Location;
+
+    fn task(epoch: u64) -> TaskCheckpoint {
+        TaskCheckpoint {
+            epoch,
+            state: format!("{STATES}/t/{epoch:012}.cbor"),
+            offsets: BTreeMap::from([("orders".to_owned(), 10 * epoch as i64)]),
+        }
+    }
+
+    fn manifest(instance: &str, seq: u64, at: i64, tasks: &[(&str, u64)]) -> Manifest {
+        Manifest {
+            instance: instance.into(),
+            seq,
+            written_at_ms: at,
+            tasks: tasks.iter().map(|(name, epoch)| ((*name).to_owned(), task(*epoch))).collect(),
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_highest_epoch_wins_across_instances() {
+        let catalog = Catalog::new(vec![
+            manifest("b", 1, 200, &[("commerce-0", 4)]),
+            manifest("a", 7, 100, &[("commerce-0", 3), ("clickstream-0", 9)]),
+        ]);
+        assert_eq!(catalog.latest("commerce-0").map(|t| t.epoch), Some(4));
+        assert_eq!(catalog.latest("clickstream-0").map(|t| t.epoch), Some(9));
+        assert_eq!(catalog.latest("commerce-1"), None);
+    }
+
+    #[test]
+    fn a_manifest_is_superseded_only_when_every_task_it_lists_is_newer_elsewhere() {
+        let catalog = Catalog::new(vec![
+            // a released commerce-0 to b, which has checkpointed it since; a still owns clickstream-0.
+            manifest("a", 1, 100, &[("commerce-0", 3), ("clickstream-0", 9)]),
+            manifest("a", 2, 150, &[("clickstream-0", 9)]),
+            manifest("b", 1, 200, &[("commerce-0", 4)]),
+            // b's newer checkpoint of the same epoch (nothing new arrived) supersedes its older one.
+            manifest("b", 2, 300, &[("commerce-0", 4)]),
+        ]);
+        assert_eq!(catalog.superseded(), [0, 2]);
+        // Two manifests with the same epoch never supersede each other both.
+        let tie = Catalog::new(vec![manifest("a", 1, 100, &[("t", 1)]), manifest("b", 1, 100, &[("t", 1)])]);
+        assert_eq!(tie.superseded().len(), 1);
+    }
+
+    #[test]
+    fn tidy_publishes_committed_files_and_discards_uncommitted_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let store = CheckpointStore::new(storage.clone(), 0);
+        let file = |n: u32| StagedFile {
+            table: "funnel".into(),
+            staged: format!("{STAGING}/1-1/000000000001/funnel-{n}.parquet"),
+            key: format!("funnel/dt=2026-11-11/hour=00/part-{n}.parquet"),
+            bytes: 3,
+            rows: 1,
+        };
+        for n in 0..3 {
+            storage.put(&file(n).staged, b"abc".to_vec()).expect("put");
+        }
+        storage.put(&format!("{COMPACTION_STAGING}/merge.json"), b"{}".to_vec()).expect("put");
+        let state = store.put_state("commerce-0", 1, vec![1, 2, 3]).expect("state");
+        store.put_state("commerce-0", 2, vec![4]).expect("a state whose manifest never committed");
+        let mut committed = manifest("1-1", 1, 100, &[]);
+        committed.tasks.insert("commerce-0".into(), TaskCheckpoint { epoch: 1, state, offsets: BTreeMap::new() });
+        // File 0 was published before the crash, file 1 was not; file 2 was never committed.
+        committed.files = vec![file(0), file(1)];
+        store.commit(&committed).expect("commit");
+        storage.rename(&file(0).staged, &file(0).key).expect("published");
+
+        let report = store.tidy(i64::MAX / 2).expect("tidy");
+        assert_eq!(report, TidyReport { republished: 1, manifests_removed: 0, states_removed: 1, staged_discarded: 1 });
+        assert!(storage.exists(&file(1).key).expect("head"));
+        assert!(!storage.exists(&file(2).key).expect("head"), "an uncommitted file is never published");
+        assert_eq!(storage.list(STAGING).expect("list").len(), 1, "only the compaction record remains");
+        assert_eq!(store.load_state(&committed.tasks["commerce-0"]).expect("state").as_ref(), [1, 2, 3]);
+        assert_eq!(store.tidy(i64::MAX / 2).expect("again"), TidyReport::default());
+    }
+
+    #[test]
+    fn young_debris_is_left_for_its_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let store = CheckpointStore::new(storage.clone(), 3_600_000);
+        storage.put(&format!("{STAGING}/2-2/000000000005/orders-x.parquet"), b"x".to_vec()).expect("put");
+        store.put_state("clickstream-1", 5, vec![0]).expect("state");
+        let now = crate::config::system_time_ms(std::time::SystemTime::now());
+        assert_eq!(store.tidy(now).expect("tidy"), TidyReport::default());
+    }
+}

@@ -1,0 +1,280 @@
+"""Checkpoints and exactly-once output against a real broker: kill -9 at random points and
+restart, SIGTERM and restart, and two instances of one consumer group where one dies. Each run's
+Parquet must equal, row for row, a single uninterrupted run over the same events, and the SQL
+oracle over the generator's events file.
+
+Dead letters are compared without `rejected_at` (and its dt/hour partition): it is the wall
+clock of the rejection, which a replay after a crash repeats at a later time."""
+
+import json
+import pathlib
+import random
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+
+import duckdb
+from conftest import STOREPULSE, TANSU, Broker, free_port, storepulse, wait_for_port, write_config
+from oracle import (TABLES, facts_from_events, facts_from_parquet, funnel_from_events, funnel_from_parquet,
+                    load_commerce, load_events, orders_from_events, orders_from_parquet, rows, sessions_from_events,
+                    sessions_from_parquet, snapshot)
+
+# Traffic with duplicates, out-of-order and malformed messages; no deliberately late events (a
+# late logistics event makes a window's backlog depend on how two partitions interleaved).
+TRAFFIC = ["--profile", "steady", "--visitors-per-sec", "0.5", "--duplicate-fraction", "0.01",
+           "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s", "--malformed-fraction", "0.002"]
+CONSUMED = re.compile(r"consumed (\d+) messages")
+
+
+def produce(broker, tmp_path: pathlib.Path, count: int, seed: int) -> pathlib.Path:
+    broker.create_topics()
+    events = tmp_path / "events.jsonl"
+    storepulse("generate", "--brokers", broker.address, "--count", count, "--seed", seed, *TRAFFIC,
+               "--events-file", events)
+    return events
+
+
+def config(tmp_path: pathlib.Path, broker, out: pathlib.Path, group: str, interval: int = 1, extra: str = "",
+           name: str = "") -> pathlib.Path:
+    path = write_config(tmp_path / f"{name or group}.toml", broker, out, group, extra)
+    path.write_text(path.read_text().replace("interval_secs = 5", f"interval_secs = {interval}"))
+    return path
+
+
+def reference(broker, tmp_path: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """An uninterrupted bounded run: its output and how many messages it consumed."""
+    out = tmp_path / "reference"
+    result = storepulse("run", "--config", config(tmp_path, broker, out, "reference", interval=5), "--bounded")
+    return out, consumed(result.stderr)
+
+
+def consumed(stderr: str) -> int:
+    return int(CONSUMED.findall(stderr)[-1])
+
+
+def committed_messages(out: pathlib.Path) -> int:
+    """Messages covered by the newest checkpoint of every task (sum of their offsets)."""
+    newest: dict[str, dict] = {}
+    for path in (out / "_checkpoints" / "manifests").glob("*/*.json"):
+        try:
+            manifest = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        for name, task in manifest["tasks"].items():
+            if name not in newest or task["epoch"] >= newest[name]["epoch"]:
+                newest[name] = task
+    return sum(sum(task["offsets"].values()) for task in newest.values())
+
+
+def assert_same_output(actual: pathlib.Path, expected: pathlib.Path) -> None:
+    want, got = snapshot(expected), snapshot(actual)
+    for name in TABLES:
+        assert len(got[name]) == len(want[name]), f"{name}: {len(got[name])} rows, uninterrupted run has {len(want[name])}"
+        assert got[name] == want[name], name
+    assert sum(len(v) for v in want.values()) > 1_000
+
+
+def assert_matches_oracle(out: pathlib.Path, events: pathlib.Path) -> None:
+    con = duckdb.connect()
+    load_events(con, events)
+    assert funnel_from_parquet(con, out) == rows(funnel_from_events(con))
+    assert sessions_from_parquet(con, out) == rows(sessions_from_events(con))
+    load_commerce(con, out)
+    assert orders_from_parquet(con, out) == rows(orders_from_events(con))
+    assert facts_from_parquet(con, out) == rows(facts_from_events(con))
+
+
+def metrics_port(path: pathlib.Path) -> int:
+    return int(re.search(r'listen_addr = "127\.0\.0\.1:(\d+)"', path.read_text()).group(1))
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def consumed_so_far(port: int) -> int:
+    return int(sum(float(v) for v in re.findall(r"^storepulse_messages_consumed_total\{[^}]*\} (\S+)$", scrape(port), re.M)))
+
+
+def test_kill_9_ten_times_then_restart_equals_an_uninterrupted_run(broker, tmp_path):
+    events = produce(broker, tmp_path, 200_000, seed=21)
+    expected, total = reference(broker, tmp_path)
+    out = tmp_path / "crashing"
+    rng = random.Random(8)
+    killed_mid_run, run = 0, 0
+    progress = []
+    # A new consumer group per start: tansu keeps a SIGKILLed member in its group for minutes,
+    # and the state and offsets come from the checkpoints on storage, not from the group.
+    while killed_mid_run < 10 and run < 30:
+        proc = subprocess.Popen([STOREPULSE, "run", "--config", str(config(tmp_path, broker, out, f"crash-{run}"))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        covered = committed_messages(out)
+        killed_mid_run += covered < total
+        progress.append(covered)
+        run += 1
+    final = storepulse("run", "--config", config(tmp_path, broker, out, "crash-final"), "--bounded")
+    print(f"{total} messages; killed {run} times ({killed_mid_run} before the end); messages covered by the "
+          f"checkpoint after each kill: {progress}; the final run consumed {consumed(final.stderr)}")
+    assert killed_mid_run >= 10
+    assert progress[-1] > progress[0], "checkpoints advance between kills"
+    assert "partition tasks restored" in final.stderr and " 0 partition tasks restored" not in final.stderr
+    assert_same_output(out, expected)
+    assert_matches_oracle(out, events)
+    assert not list(out.glob("*/*/*/*.tmp")), "no temporary files among the tables"
+
+
+def test_sigterm_takes_a_final_checkpoint_and_the_restart_reprocesses_nothing(broker, tmp_path):
+    produce(broker, tmp_path, 60_000, seed=22)
+    expected, total = reference(broker, tmp_path)
+    out = tmp_path / "stopped"
+    # A long interval: only the checkpoint taken on SIGTERM can cover what the first run consumed.
+    path = config(tmp_path, broker, out, "sigterm", interval=300)
+    port = metrics_port(path)
+    proc = subprocess.Popen([STOREPULSE, "run", "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: proc.poll() is not None or consumed_so_far(port) >= total // 4, 120, "consumption")
+    proc.send_signal(signal.SIGTERM)
+    stopped_at = time.time()
+    _, stderr = proc.communicate(timeout=60)
+    took = time.time() - stopped_at
+    assert proc.returncode == 0, stderr[-3000:]
+    first = consumed(stderr)
+    assert 0 < first < total, f"stopped mid-run: {first} of {total}"
+    second = consumed(storepulse("run", "--config", path, "--bounded").stderr)
+    reprocessed = first + second - total
+    print(f"SIGTERM after {first} of {total} messages, exit 0 after {took:.2f}s; the restart consumed {second}; "
+          f"reprocessed {reprocessed}")
+    assert reprocessed == 0
+    assert took < 25
+    assert_same_output(out, expected)
+
+
+def assigned(port: int) -> set[tuple[str, str]]:
+    """Partitions an instance reports lag for: exactly those assigned to it."""
+    family = "storepulse_consumer_lag_messages{"
+    series = set()
+    for line in scrape(port).splitlines():
+        if line.startswith(family):
+            labels = dict(part.split("=", 1) for part in line[len(family):line.index("}")].split(","))
+            series.add((labels["topic"].strip('"'), labels["partition"].strip('"')))
+    return series
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    started = time.time()
+    while not condition():
+        assert time.time() - started < timeout, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.2)
+    return time.time() - started
+
+
+def test_two_instances_share_the_partitions_and_the_survivor_resumes_the_others_from_checkpoints(broker, tmp_path):
+    """One instance leaves mid-run (SIGTERM: tansu 0.6 never expires a SIGKILLed member, so a
+    kill -9 would leave its partitions unowned; the kill -9 test above covers crash recovery)."""
+    produce(broker, tmp_path, 150_000, seed=23)
+    expected, total = reference(broker, tmp_path)
+    out = tmp_path / "scaled"
+    paths = [config(tmp_path, broker, out, "scale-out", name=f"instance-{i}") for i in range(2)]
+    ports = [metrics_port(p) for p in paths]
+    logs = [open(tmp_path / f"instance-{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen([STOREPULSE, "run", "--config", str(p)], stdout=subprocess.DEVNULL, stderr=log)
+             for p, log in zip(paths, logs)]
+    try:
+        wait_until(lambda: all(assigned(p) for p in ports) and len(assigned(ports[0]) | assigned(ports[1])) == 12,
+                   120, "both instances to share the 12 partitions")
+        shared = [len(assigned(p)) for p in ports]
+        wait_until(lambda: all(consumed_so_far(p) > 3_000 for p in ports), 120, "both instances to consume")
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(timeout=60) == 0
+        covered_at_stop = committed_messages(out)
+        assert covered_at_stop < total, "stopped mid-run"
+        takeover = wait_until(lambda: len(assigned(ports[0])) == 12, 120, "the survivor to take every partition")
+        wait_until(lambda: committed_messages(out) >= total, 300, "the survivor to catch up")
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(timeout=60) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for log in logs:
+            log.close()
+    survivor = (tmp_path / "instance-0.log").read_text()
+    restored = int(re.findall(r"(\d+) partition tasks restored", survivor)[-1])
+    # A last bounded run closes the windows still open, as the reference run did at its end.
+    storepulse("run", "--config", paths[0], "--bounded")
+    print(f"partitions shared {shared}; one left with {covered_at_stop} of {total} messages checkpointed; "
+          f"the survivor owned all 12 after {takeover:.1f}s and restored {restored} tasks from checkpoints")
+    assert min(shared) >= 1
+    assert restored >= 1
+    assert_same_output(out, expected)
+
+
+class DurableBroker(Broker):
+    """A tansu broker keeping its log in SQLite, so it can be stopped and started again."""
+
+    def __init__(self, directory: pathlib.Path):
+        super().__init__(free_port(), directory / "tansu.log")
+        self.directory = directory
+        self.proc = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [TANSU, "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
+                 "--storage-engine", "sqlite://tansu.db"],
+                cwd=self.directory, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path):
+    broker = DurableBroker(tmp_path)
+    broker.start()
+    try:
+        produce(broker, tmp_path, 100_000, seed=24)
+        expected, total = reference(broker, tmp_path)
+        out = tmp_path / "through-restart"
+        path = config(tmp_path, broker, out, "broker-restart")
+        port = metrics_port(path)
+        log = open(tmp_path / "storepulse.log", "w")
+        proc = subprocess.Popen([STOREPULSE, "run", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_until(lambda: consumed_so_far(port) > total // 4, 120, "consumption to start")
+            broker.stop()
+            before_outage = consumed_so_far(port)
+            down = wait_until(lambda: "ready 0" in readiness(port), 60, "/readyz to report the outage")
+            time.sleep(5)
+            broker.start()
+            back = wait_until(lambda: committed_messages(out) >= total, 300, "the run to finish after the restart")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        storepulse("run", "--config", path, "--bounded")
+        print(f"broker killed after {before_outage} of {total} messages; not ready after {down:.1f}s; "
+              f"everything checkpointed {back:.1f}s after the broker came back")
+        assert before_outage < total
+        assert_same_output(out, expected)
+    finally:
+        if broker.proc and broker.proc.poll() is None:
+            broker.stop()
+
+
+def readiness(port: int) -> str:
+    """`ready 1` or `ready 0`, from the storepulse_ready gauge."""
+    value = re.search(r"^storepulse_ready (\S+)$", scrape(port), re.M)
+    return f"ready {int(float(value.group(1)))}" if value else "ready ?"

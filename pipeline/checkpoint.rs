@@ -215,6 +215,19 @@ impl CheckpointStore {
         files.into_iter().filter_map(|file| publish(&self.storage, &file).err().map(|error| (file, error))).collect()
     }
 
+    /// Removes every checkpoint (for a source that starts empty, like the demo's embedded
+    /// cluster, whose offsets no earlier checkpoint can describe); returns how many objects.
+    ///
+    /// # Errors
+    /// When the storage fails.
+    pub fn discard_all(&self) -> Result<usize, CheckpointError> {
+        let entries = self.storage.list(CHECKPOINTS)?;
+        for entry in &entries {
+            self.storage.delete(&entry.key)?;
+        }
+        Ok(entries.len())
+    }
+
     /// Repairs and cleans the store: publishes every file a committed manifest lists and that
     /// is still staged (its writer died between commit and publication), then removes
     /// superseded manifests, state no manifest refers to, and staged files no manifest lists
@@ -357,5 +370,7 @@ mod tests {
         store.put_state("clickstream-1", 5, vec![0]).expect("state");
         let now = crate::config::system_time_ms(std::time::SystemTime::now());
         assert_eq!(store.tidy(now).expect("tidy"), TidyReport::default());
+        assert_eq!(store.discard_all().expect("discard"), 1, "the one state object");
+        assert!(storage.list(CHECKPOINTS).expect("list").is_empty());
     }
 }

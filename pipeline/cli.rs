@@ -1,6 +1,7 @@
 //! The command line: `run` (production), `demo` (everything embedded) and `generate`
 //! (synthetic traffic into any broker). Thin: parsing and wiring only.
 
+use crate::checkpoint::CheckpointStore;
 use crate::codec::WireFormat;
 use crate::config::{RawConfig, Settings, TopicNames, system_time_ms};
 use crate::event::{Channel, Stream};
@@ -411,6 +412,13 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     settings.output = args.out.clone();
     settings.metrics_addr = args.metrics_addr;
     settings.checkpoint.interval = Duration::from_secs(args.checkpoint_interval_secs.max(1));
+    // The embedded cluster starts empty: an earlier demo's checkpoints name offsets it never had.
+    let discarded = CheckpointStore::new(Storage::open(&settings.output)?, 0)
+        .discard_all()
+        .context("removing an earlier demo's checkpoints")?;
+    if discarded > 0 {
+        println!("removed {discarded} checkpoint objects of an earlier demo under {}", settings.output);
+    }
     for stream in Stream::ALL {
         cluster
             .create_topic(settings.topics.of(stream), args.partitions, 1)

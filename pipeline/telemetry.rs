@@ -433,7 +433,7 @@ impl Metrics {
             )?,
             checkpoint_last_success: prometheus::Gauge::with_opts(opts(
                 "storepulse_checkpoint_last_success_timestamp_seconds",
-                "When a checkpoint last committed, Unix seconds (alert on its age).",
+                "When everything consumed was last known checkpointed (a commit, or nothing new since), Unix seconds (alert on its age).",
             ))?,
             checkpoint_failures: IntCounter::with_opts(opts(
                 "storepulse_checkpoint_failures_total",

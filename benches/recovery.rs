@@ -4,11 +4,9 @@
 //! state, decode it, rebuild the order index). Prints the median of five restores. Run with
 //! `cargo bench --bench recovery [-- ORDERS]`; the target is under 5 seconds for 1,000,000.
 
-mod fixtures;
-
-use fixtures::{T0, order_event};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use storepulse::bench::memory::{T0, order_event};
 use storepulse::checkpoint::{CheckpointStore, Manifest, TaskCheckpoint};
 use storepulse::config::TimeSettings;
 use storepulse::event::{Event, OrderEventType, Stream};

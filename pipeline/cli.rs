@@ -1,6 +1,7 @@
-//! The command line: `run` (production), `demo` (everything embedded) and `generate`
-//! (synthetic traffic into any broker). Thin: parsing and wiring only.
+//! The command line: `run` (production), `demo` (everything embedded), `generate`,
+//! `compact` and `bench`. Thin: parsing and wiring only.
 
+use crate::bench::{self, BenchOptions};
 use crate::checkpoint::CheckpointStore;
 use crate::codec::WireFormat;
 use crate::config::{RawConfig, Settings, TopicNames, system_time_ms};
@@ -42,6 +43,44 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Merge the files of each closed hour partition into one and mark it `_SUCCESS`.
     Compact(CompactArgs),
+    /// Measure throughput, CPU per event, latency and memory on this machine and broker.
+    Bench(BenchArgs),
+}
+
+/// `storepulse bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Bootstrap servers of the broker to measure against (default: librdkafka's embedded
+    /// mock cluster, which says nothing about a real broker). Topics named bench-* are created.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Events to pre-produce and consume in the throughput phases.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Seconds between the full pipeline's checkpoints.
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_interval_secs: u64,
+    /// Length of the latency run at a fixed real-time rate (0s skips it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub latency_for: Duration,
+    /// Visitors per second in the latency and soak runs (about 6 messages each).
+    #[arg(long, default_value_t = 200.0)]
+    pub visitors_per_sec: f64,
+    /// Length of the resident-memory soak (e.g. 10m; 0s skips it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub soak: Duration,
+    /// Open orders and sessions for the bytes-per-entry figures (0 skips them).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_entries: u64,
+    /// Directory for the pipeline's Parquet and checkpoints (default: a temporary one, removed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Internal: print the bytes per open `order` or `session` with N open, in this process.
+    #[arg(long, num_args = 2, value_names = ["KIND", "N"], hide = true)]
+    pub memory_probe: Option<Vec<String>>,
 }
 
 /// `storepulse compact`
@@ -260,7 +299,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => run_demo(&args),
         Command::Generate(args) => run_generate(&args),
         Command::Compact(args) => run_compact(&args),
+        Command::Bench(args) => run_bench(&args),
     }
+}
+
+fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some([kind, n]) = args.memory_probe.as_deref() {
+        let n = n.parse().with_context(|| format!("--memory-probe: {n:?} is not a count"))?;
+        println!("{:.1}", bench::memory_probe(kind, n)?);
+        return Ok(());
+    }
+    if args.events == 0 || args.partitions < 1 {
+        bail!("--events and --partitions must be at least 1");
+    }
+    if args.visitors_per_sec <= 0.0 {
+        bail!("--visitors-per-sec must be positive");
+    }
+    let options = BenchOptions {
+        brokers: args.brokers.clone(),
+        events: args.events,
+        partitions: args.partitions,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
+        latency_for: args.latency_for,
+        visitors_per_sec: args.visitors_per_sec,
+        soak: args.soak,
+        memory_entries: args.memory_entries,
+        out: args.out.clone(),
+    };
+    let report = bench::run(&options)?;
+    println!("{}", report.render());
+    Ok(())
 }
 
 fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
@@ -338,19 +406,9 @@ fn start_http(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
-    let listener =
-        runtime.block_on(http::bind(addr)).with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(async move {
-        if let Err(error) = http::serve(listener, metrics, health, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        {
-            tracing::error!(%error, "metrics endpoint failed");
-        }
-    });
-    Ok(stop_tx)
+    let (_, stop) = http::spawn(runtime, addr, metrics, health)
+        .with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
+    Ok(stop)
 }
 
 fn run_pipeline_thread(

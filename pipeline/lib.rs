@@ -18,8 +18,10 @@
 //! | checkpoints | [`checkpoint`] | state, offsets and staged files committed in one manifest |
 //! | wiring | [`runtime`] | the processing loop |
 //! | traffic | [`generate`] | deterministic synthetic traffic with fault injection |
-//! | command line | [`cli`] | `run`, `demo`, `generate` |
+//! | benchmark | [`bench`] | `storepulse bench`: throughput, CPU per event, latency, memory |
+//! | command line | [`cli`] | `run`, `demo`, `generate`, `compact`, `bench` |
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod codec;

@@ -22,6 +22,7 @@ use crate::source::{KafkaSource, PendingRebalance, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
 use crate::time::{PartitionProgress, low_watermark};
+use prometheus::IntCounter;
 use rdkafka::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -162,10 +163,17 @@ struct ExportedSeries {
     warehouses: BTreeSet<String>,
 }
 
+/// Per-stream counters resolved once: a labelled lookup per message would hash the labels.
+struct StreamCounters {
+    consumed: [IntCounter; 3],
+    decoded: [IntCounter; 3],
+}
+
 /// The processing loop and everything it owns.
 pub struct Pipeline {
     settings: Settings,
     metrics: Metrics,
+    counters: StreamCounters,
     health: Arc<Health>,
     decoder: Decoder,
     tasks: BTreeMap<(Stream, i32), Task>,
@@ -214,9 +222,10 @@ impl Pipeline {
         };
         let decoder = Decoder::new(settings.format, schemas, settings.validation);
         // Series exist from the first scrape, so rate() and absence alerts work before traffic.
-        for stream in Stream::ALL {
-            metrics.messages_consumed.with_label_values(&[settings.topics.of(stream)]);
-        }
+        let counters = StreamCounters {
+            consumed: Stream::ALL.map(|s| metrics.messages_consumed.with_label_values(&[settings.topics.of(s)])),
+            decoded: Stream::ALL.map(|s| metrics.events_decoded.with_label_values(&[s.as_str()])),
+        };
         let dead_letter_topic = settings
             .dead_letter_topic
             .as_deref()
@@ -235,6 +244,7 @@ impl Pipeline {
             paused: false,
             resuming: BTreeMap::new(),
             scratch: TaskOutput::default(),
+            counters,
             settings,
             metrics,
             health,
@@ -299,13 +309,13 @@ impl Pipeline {
                 Some(Ok(message)) if self.rewound(source, message.topic(), message.partition(), message.offset()) => {}
                 Some(Ok(message)) => {
                     last_message = Instant::now();
-                    let topic = message.topic().to_owned();
+                    let topic = message.topic();
                     let (partition, offset, key) = (message.partition(), message.offset(), message.key());
                     let payload = message.payload().unwrap_or_default();
                     let mut backoff = Duration::from_millis(500);
                     // An outage (schema registry) pauses consumption on this message instead of
                     // turning good data into dead letters; its offset is not passed until it is handled.
-                    while let Err(error) = self.handle(&topic, partition, offset, key, payload) {
+                    while let Err(error) = self.handle(topic, partition, offset, key, payload) {
                         self.health.set_dependencies_ok(false);
                         if control.load(Ordering::Relaxed) == CONTROL_STOP {
                             break;
@@ -642,7 +652,7 @@ impl Pipeline {
         task.offsets.insert(stream, offset + 1);
         task.dirty = true;
         self.report.consumed += 1;
-        self.metrics.messages_consumed.with_label_values(&[topic]).inc();
+        self.counters.consumed[stream.index()].inc();
         let event = match decoded {
             Ok(event) => event,
             Err(error) => {
@@ -668,7 +678,7 @@ impl Pipeline {
             }
         };
         self.report.decoded += 1;
-        self.metrics.events_decoded.with_label_values(&[stream.as_str()]).inc();
+        self.counters.decoded[stream.index()].inc();
         let disposition = task.state.process(&event, &mut self.scratch);
         let progress = task.progress.entry(stream).or_default();
         progress.last_event_at_ms = now_ms;

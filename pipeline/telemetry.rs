@@ -47,7 +47,12 @@ impl Health {
     pub fn set_dependencies_ok(&self, ok: bool) {
         self.dependencies_ok.store(ok, Ordering::Relaxed);
     }
-    /// Whether a broker connection is up.
+    /// Whether this instance owns partitions.
+    pub fn assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// Whether a broker answered recently.
     pub fn brokers_up(&self) -> bool {
         self.brokers_up.load(Ordering::Relaxed)
     }

@@ -1,7 +1,7 @@
 //! Avro: the bundled reader schemas, writer-schema lookup by id (schema registry, a directory,
 //! or the bundled ids), the Confluent wire format and plain datums.
 
-use super::DecodeError;
+use super::{DecodeError, avro_direct};
 use crate::event::{ClickEvent, Event, OrderEvent, ShipmentEvent, Stream};
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -76,11 +76,20 @@ pub enum WriterSchemaSource {
     },
 }
 
+/// How a writer schema reads as a stream's reader schema.
+#[derive(Debug, Clone)]
+struct Verdict {
+    /// Why it may not resolve, if the checker objects.
+    incompatibility: Option<String>,
+    /// Same Parsing Canonical Form as the bundled schema: datums decode directly.
+    direct: bool,
+}
+
 /// Parsed writer schemas and per-stream compatibility verdicts.
 #[derive(Default)]
 pub struct SchemaCache {
     schemas: HashMap<u32, Arc<Schema>>,
-    verdicts: HashMap<(u32, Stream), Result<(), String>>,
+    verdicts: HashMap<(u32, Stream), Verdict>,
     unknown: HashMap<u32, Instant>,
 }
 
@@ -104,13 +113,17 @@ impl WriterSchemaSource {
     /// `stream`. The verdict only explains a failed resolution: apache-avro's checker is
     /// stricter than the Avro spec (it refuses new enum symbols that the reader's enum default
     /// covers), so resolution itself decides.
-    fn resolve(&mut self, id: u32, stream: Stream) -> Result<(Arc<Schema>, Option<String>), DecodeError> {
+    fn resolve(&mut self, id: u32, stream: Stream) -> Result<(Arc<Schema>, Verdict), DecodeError> {
         let schema = self.fetch(id)?;
         let cache = self.cache_mut();
         let verdict = cache.verdicts.entry((id, stream)).or_insert_with(|| {
-            SchemaCompatibility::can_read(&schema, reader_schema(stream)).map_err(|e| e.to_string())
+            let reader = reader_schema(stream);
+            Verdict {
+                incompatibility: SchemaCompatibility::can_read(&schema, reader).err().map(|e| e.to_string()),
+                direct: schema.canonical_form() == reader.canonical_form(),
+            }
         });
-        Ok((schema, verdict.clone().err()))
+        Ok((schema, verdict.clone()))
     }
 
     fn cache_mut(&mut self) -> &mut SchemaCache {
@@ -245,8 +258,13 @@ pub(super) fn decode_confluent(
         return Err(DecodeError::TruncatedHeader { len: payload.len() });
     };
     let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let (writer, incompatibility) = schemas.resolve(id, stream)?;
-    decode_datum(stream, &writer, datum).map_err(|error| match (error, incompatibility) {
+    let (writer, verdict) = schemas.resolve(id, stream)?;
+    if verdict.direct
+        && let Some(event) = avro_direct::decode(stream, datum)
+    {
+        return Ok(event);
+    }
+    decode_general(stream, &writer, datum).map_err(|error| match (error, verdict.incompatibility) {
         (DecodeError::SchemaMismatch(_), Some(message)) => {
             DecodeError::IncompatibleWriterSchema { id, stream: stream.as_str(), message }
         }
@@ -256,7 +274,10 @@ pub(super) fn decode_confluent(
 
 /// Decodes a bare datum written with the bundled schema of `stream`.
 pub(super) fn decode_plain_datum(stream: Stream, payload: &[u8]) -> Result<Event, DecodeError> {
-    decode_datum(stream, reader_schema(stream), payload)
+    match avro_direct::decode(stream, payload) {
+        Some(event) => Ok(event),
+        None => decode_general(stream, reader_schema(stream), payload),
+    }
 }
 
 /// A reader over a datum that remembers whether the decoder tried to read past its end.
@@ -277,7 +298,8 @@ impl std::io::Read for EndAwareReader<'_> {
     }
 }
 
-fn decode_datum(stream: Stream, writer: &Schema, datum: &[u8]) -> Result<Event, DecodeError> {
+/// The general path: any writer schema that resolves to the reader schema, and the errors.
+pub(super) fn decode_general(stream: Stream, writer: &Schema, datum: &[u8]) -> Result<Event, DecodeError> {
     let mut reader = EndAwareReader { rest: datum, read_past_end: false };
     let value = apache_avro::from_avro_datum(writer, &mut reader, None).map_err(classify_avro_error)?;
     if reader.read_past_end {

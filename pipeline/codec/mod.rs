@@ -5,6 +5,7 @@
 //! as the dead-letter reason and as a metric label.
 
 mod avro;
+mod avro_direct;
 mod json;
 mod validate;
 

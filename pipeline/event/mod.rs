@@ -322,6 +322,15 @@ impl Stream {
     /// All streams, in a fixed order.
     pub const ALL: [Stream; 3] = [Stream::Clickstream, Stream::Orders, Stream::Logistics];
 
+    /// Position in [`Stream::ALL`], for per-stream arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Clickstream => 0,
+            Stream::Orders => 1,
+            Stream::Logistics => 2,
+        }
+    }
+
     /// Short name, used as the default topic name and as a label.
     pub fn as_str(self) -> &'static str {
         match self {

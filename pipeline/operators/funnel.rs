@@ -6,8 +6,9 @@
 use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, TumblingWindows};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// One closed window of one partition, channel and device.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,6 +10,7 @@ mod latency;
 mod lifecycle;
 mod orders;
 mod sessions;
+mod state_codec;
 mod task;
 
 pub use fulfillment::{FulfillmentCounts, FulfillmentOperator, FulfillmentRow};

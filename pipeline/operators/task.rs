@@ -78,6 +78,19 @@ pub struct TaskOutput {
 }
 
 impl TaskOutput {
+    /// Drops every row and observation, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.funnel.clear();
+        self.sessions.clear();
+        self.orders.clear();
+        self.fulfillment.clear();
+        self.facts.clear();
+        self.orphans.clear();
+        self.late.clear();
+        self.joins_late = 0;
+        self.latencies.clear();
+    }
+
     /// Rows and observations waiting to be routed: non-zero after a call changed the state.
     pub fn pending(&self) -> usize {
         self.funnel.len()

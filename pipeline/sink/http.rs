@@ -17,6 +17,32 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Binds `addr` and serves the endpoints on `runtime` in the background until the returned
+/// sender is used or dropped; returns the bound address too (`addr` may ask for port 0).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn spawn(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = runtime.block_on(bind(addr))?;
+    let bound = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        if let Err(error) = serve(listener, metrics, health, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok((bound, stop_tx))
+}
+
 /// Serves the endpoints until `shutdown` completes.
 ///
 /// # Errors

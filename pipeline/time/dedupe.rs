@@ -5,8 +5,9 @@
 //! enough. Memory is bounded twice: ids older than the watermark minus the horizon are
 //! forgotten, and past `max_ids` the oldest ids are forgotten first (and counted).
 
+use hashbrown::HashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 /// Seen event ids of one partition.

@@ -10,9 +10,10 @@
 //! that would stretch a session beyond it starts a new session instead.
 
 use super::{Late, LatenessGate};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 
 /// State that can absorb another session's state when two sessions merge.

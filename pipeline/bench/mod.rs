@@ -1,0 +1,610 @@
+//! `storepulse bench`: how fast storepulse is on this machine and broker, for sizing.
+//!
+//! One run pre-produces the generator's events (Avro, Confluent framing) to fresh topics, then
+//! measures, each from its first event to its last:
+//! 1. the ceiling: a consumer in its own group that only polls and decodes every message;
+//! 2. the full pipeline (`storepulse run` in-process: every operator, Parquet, the metrics
+//!    endpoint, checkpoints) in another group over the same messages;
+//! 3. processing only: decode and operators over the same messages already in memory.
+//!
+//! Then, unless disabled: latency from an event's sending to its window's gauge at a fixed,
+//! sub-saturation rate in real time; bytes per open order and session (each in a fresh
+//! process); and resident memory over a soak. CPU time is the whole process's (librdkafka's
+//! threads included) from `/proc`, so figures per CPU-second stay honest on a shared machine.
+
+pub mod memory;
+pub mod probe;
+mod report;
+pub mod stats;
+
+use crate::codec::{Decoder, WireFormat, WriterSchemaSource};
+use crate::config::{FamilyLateness, RawConfig, Settings, TimeSettings, TopicNames, system_time_ms};
+use crate::event::Stream;
+use crate::generate::producer::{Encoder, ProduceOptions, produce};
+use crate::generate::{Generator, GeneratorConfig, Profile};
+use crate::operators::{PartitionTask, TaskOutput};
+use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use crate::sink::http;
+use crate::sink::storage::Location;
+use crate::source::KafkaSource;
+use crate::telemetry::{Health, Metrics, window_labels};
+use anyhow::{Context, bail};
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use stats::PhaseFigures;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What to measure, and against which broker.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Bootstrap servers; `None` runs librdkafka's embedded mock cluster (no network).
+    pub brokers: Option<String>,
+    /// Events to pre-produce for phases 1 to 3.
+    pub events: u64,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Checkpoint interval of the full pipeline.
+    pub checkpoint_interval: Duration,
+    /// Length of the latency run (zero skips it).
+    pub latency_for: Duration,
+    /// Visitors per second of the latency and soak runs (sets their message rate).
+    pub visitors_per_sec: f64,
+    /// Length of the soak (zero skips it).
+    pub soak: Duration,
+    /// Open orders and sessions for the memory figures (zero skips them).
+    pub memory_entries: u64,
+    /// Where the pipeline writes Parquet and checkpoints; a fresh temporary directory (removed
+    /// afterwards) by default.
+    pub out: Option<PathBuf>,
+}
+
+/// Latency figures of the paced run.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyFigures {
+    /// Messages per second sent.
+    pub rate: f64,
+    /// Events whose window was published (after warm-up).
+    pub events: usize,
+    /// Send → gauge, ms: p50, p99.
+    pub event_p50_ms: f64,
+    /// See `event_p50_ms`.
+    pub event_p99_ms: f64,
+    /// Window end → gauge, ms: p50, p99 (the pipeline's own delay once a window can close).
+    pub close_p50_ms: f64,
+    /// See `close_p50_ms`.
+    pub close_p99_ms: f64,
+}
+
+/// One soak sample.
+#[derive(Debug, Clone, Copy)]
+pub struct SoakSample {
+    /// Since the start of the soak.
+    pub at: Duration,
+    /// Resident set, bytes.
+    pub rss: u64,
+    /// Messages consumed so far.
+    pub consumed: u64,
+    /// Open orders and sessions held.
+    pub open_orders: i64,
+    /// See `open_orders`.
+    pub open_sessions: i64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    /// The machine, one line.
+    pub machine: String,
+    /// The broker, as given or "embedded mock cluster".
+    pub broker: String,
+    /// Messages pre-produced, and how long that took.
+    pub produced: u64,
+    /// See `produced`.
+    pub produce_time: Duration,
+    /// Phase 1: consume + decode.
+    pub ceiling: Option<PhaseFigures>,
+    /// Phase 2: the full pipeline.
+    pub pipeline: Option<PhaseFigures>,
+    /// What the full pipeline counted (to show it did the work).
+    pub pipeline_report: RunReport,
+    /// Phase 3: decode + operators in memory.
+    pub processing: Option<PhaseFigures>,
+    /// The paced latency run.
+    pub latency: Option<LatencyFigures>,
+    /// Bytes per open order and per open session.
+    pub memory: Option<(f64, f64)>,
+    /// Soak samples, and the warm-up left out of the flatness figure.
+    pub soak: Vec<SoakSample>,
+    /// See `soak`.
+    pub soak_warm_up: Duration,
+}
+
+/// Runs every phase.
+///
+/// # Errors
+/// When the broker cannot be reached, topics cannot be created, a phase stalls, or the
+/// pipeline fails.
+pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let mut report = BenchReport { machine: probe::machine(), ..BenchReport::default() };
+    // The memory figures come first and from fresh processes, before this one holds anything.
+    if options.memory_entries > 0 {
+        eprintln!("measuring bytes per open order and session ({} each, fresh processes)", options.memory_entries);
+        report.memory = Some((
+            memory_in_child("order", options.memory_entries)?,
+            memory_in_child("session", options.memory_entries)?,
+        ));
+    }
+    let broker = match &options.brokers {
+        Some(brokers) => Broker::External(brokers.clone()),
+        None => Broker::Embedded(rdkafka::mocking::MockCluster::new(1).context("starting the embedded Kafka cluster")?),
+    };
+    let brokers = broker.bootstrap_servers();
+    report.broker = match &broker {
+        Broker::External(brokers) => brokers.clone(),
+        Broker::Embedded(_) => format!("embedded mock cluster at {brokers} (use --brokers for a real broker)"),
+    };
+    let run_id = system_time_ms(SystemTime::now());
+    let scratch = Scratch::new(options.out.clone(), run_id)?;
+    let base = base_settings(&brokers, options)?;
+    // Each run its own output: checkpoints name partitions, not topics.
+    let output = |run: &str| Location::Local(scratch.dir.join(run));
+
+    let topics = topic_names(run_id, "load");
+    broker.create_topics(&topics, options.partitions)?;
+    let traffic =
+        GeneratorConfig { count: Some(options.events), profile: Profile::Double11, ..GeneratorConfig::default() };
+    eprintln!("producing {} events to {brokers} ({} partitions per topic)", options.events, options.partitions);
+    let started = Instant::now();
+    let produce_options = ProduceOptions {
+        brokers: brokers.clone(),
+        topics: topics.clone(),
+        encoder: Encoder::new(WireFormat::Confluent),
+        rate: None,
+        speed: None,
+        events_file: None,
+        client: Default::default(),
+    };
+    let produced =
+        produce(Generator::new(traffic.clone()), &produce_options, &AtomicBool::new(false), &AtomicU64::new(0))?;
+    report.produced = produced.sent;
+    report.produce_time = started.elapsed();
+
+    let settings = |group: &str| Settings {
+        topics: topics.clone(),
+        group_id: format!("bench-{run_id}-{group}"),
+        output: output(group),
+        ..base.clone()
+    };
+    eprintln!("phase 1: consume + decode");
+    report.ceiling = Some(ceiling(&settings("ceiling"), report.produced)?);
+    eprintln!("phase 2: full pipeline");
+    let (figures, run_report) = full_pipeline(settings("pipeline"), report.produced)?;
+    report.pipeline = Some(figures);
+    report.pipeline_report = run_report;
+    eprintln!("phase 3: processing only");
+    report.processing = Some(processing_only(&traffic, options.partitions, &base.time));
+
+    if !options.latency_for.is_zero() {
+        eprintln!("latency: paced real-time traffic for {}", humantime::format_duration(options.latency_for));
+        let topics = topic_names(run_id, "latency");
+        broker.create_topics(&topics, options.partitions)?;
+        let mut time = base.time.clone();
+        // One-second windows and no allowed lateness: what remains is the pipeline's own delay.
+        time.window_sizes_ms = vec![1_000];
+        time.out_of_orderness_ms = 0;
+        time.lateness = FamilyLateness::uniform(0);
+        time.idle_timeout_ms = 1_000;
+        let settings = Settings {
+            topics,
+            group_id: format!("bench-{run_id}-latency"),
+            output: output("latency"),
+            time,
+            ..base.clone()
+        };
+        let paced = paced_run(settings, options.visitors_per_sec, options.latency_for, None)?;
+        report.latency = Some(paced.latency(Duration::from_secs(5)));
+    }
+    if !options.soak.is_zero() {
+        eprintln!("soak: paced real-time traffic for {}", humantime::format_duration(options.soak));
+        let topics = topic_names(run_id, "soak");
+        broker.create_topics(&topics, options.partitions)?;
+        let settings =
+            Settings { topics, group_id: format!("bench-{run_id}-soak"), output: output("soak"), ..base.clone() };
+        let interval = (options.soak / 20).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        report.soak = paced_run(settings, options.visitors_per_sec, options.soak, Some(interval))?.soak;
+        report.soak_warm_up = options.soak / 5;
+    }
+    drop(broker);
+    Ok(report)
+}
+
+/// The output directory of the pipeline phases; removed afterwards when it was made here.
+struct Scratch {
+    dir: PathBuf,
+    remove: bool,
+}
+
+impl Scratch {
+    fn new(out: Option<PathBuf>, run_id: i64) -> anyhow::Result<Self> {
+        let (dir, remove) = match out {
+            Some(dir) => (dir, false),
+            None => (std::env::temp_dir().join(format!("storepulse-bench-{run_id}-{}", std::process::id())), true),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch { dir, remove })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn topic_names(run_id: i64, purpose: &str) -> TopicNames {
+    let name = |stream: &str| format!("bench-{run_id}-{purpose}-{stream}");
+    TopicNames { clickstream: name("clickstream"), orders: name("orders"), logistics: name("logistics") }
+}
+
+/// The production defaults, pointed at the bench's broker and scratch directory.
+fn base_settings(brokers: &str, options: &BenchOptions) -> anyhow::Result<Settings> {
+    let mut settings = Settings::try_from(RawConfig::default())?;
+    settings.brokers = brokers.to_owned();
+    settings.format = WireFormat::Confluent;
+    settings.metrics_addr = "127.0.0.1:0".parse().context("a loopback address")?;
+    settings.checkpoint.interval = options.checkpoint_interval;
+    Ok(settings)
+}
+
+/// The broker measured against.
+enum Broker {
+    External(String),
+    Embedded(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+}
+
+impl Broker {
+    fn bootstrap_servers(&self) -> String {
+        match self {
+            Broker::External(brokers) => brokers.clone(),
+            Broker::Embedded(cluster) => cluster.bootstrap_servers(),
+        }
+    }
+
+    fn create_topics(&self, topics: &TopicNames, partitions: i32) -> anyhow::Result<()> {
+        let names = [&topics.clickstream, &topics.orders, &topics.logistics];
+        let brokers = match self {
+            Broker::Embedded(cluster) => {
+                for name in names {
+                    cluster.create_topic(name, partitions, 1).with_context(|| format!("creating topic {name}"))?;
+                }
+                return Ok(());
+            }
+            Broker::External(brokers) => brokers,
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .context("creating the Kafka admin client")?;
+        let new: Vec<NewTopic<'_>> =
+            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1))).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = runtime.block_on(admin.create_topics(&new, &options)).context("creating the bench topics")?;
+        for result in results {
+            if let Err((name, code)) = result
+                && code != RDKafkaErrorCode::TopicAlreadyExists
+            {
+                bail!("creating topic {name}: {code}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Measures from the first event to the last: wall, process CPU, and the phase's peak RSS.
+struct Meter {
+    started: Option<(Instant, f64)>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        probe::reset_peak_rss();
+        Meter { started: None }
+    }
+
+    fn start(&mut self) {
+        self.started.get_or_insert_with(|| (Instant::now(), probe::process_cpu_seconds()));
+    }
+
+    fn stop(&self, events: u64) -> PhaseFigures {
+        let (at, cpu) = self.started.unwrap_or_else(|| (Instant::now(), probe::process_cpu_seconds()));
+        PhaseFigures {
+            events,
+            wall: at.elapsed(),
+            cpu_seconds: probe::process_cpu_seconds() - cpu,
+            peak_rss: probe::peak_rss_bytes(),
+        }
+    }
+}
+
+/// Waits at most this long for a phase's next message before calling it stalled.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Phase 1: poll and decode every message, nothing else.
+fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
+    let source = KafkaSource::connect(settings, metrics, Health::new()).context("creating the Kafka consumer")?;
+    let mut decoder = Decoder::new(settings.format, WriterSchemaSource::local(None), settings.validation);
+    let mut meter = Meter::new();
+    let (mut seen, mut decoded) = (0u64, 0u64);
+    let mut last = Instant::now();
+    while seen < expected {
+        match source.consumer().poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                meter.start();
+                seen += 1;
+                last = Instant::now();
+                let Some(stream) = settings.topics.stream_of(message.topic()) else { continue };
+                let now_ms = system_time_ms(SystemTime::now());
+                decoded += u64::from(decoder.decode(stream, message.payload().unwrap_or_default(), now_ms).is_ok());
+            }
+            Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
+            None if last.elapsed() > STALL => bail!("phase 1 stalled after {seen} of {expected} messages"),
+            None => {}
+        }
+    }
+    let figures = meter.stop(seen);
+    if decoded != seen {
+        bail!("phase 1 decoded {decoded} of {seen} messages; the generator's events must all decode");
+    }
+    Ok(figures)
+}
+
+fn consumed(metrics: &Metrics, topics: &TopicNames) -> u64 {
+    Stream::ALL.iter().map(|s| metrics.messages_consumed.with_label_values(&[topics.of(*s)]).get()).sum()
+}
+
+/// Phase 2: the whole pipeline, draining to the end of the pre-produced messages.
+fn full_pipeline(settings: Settings, expected: u64) -> anyhow::Result<(PhaseFigures, RunReport)> {
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
+    let health = Health::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (addr, _stop_http) = http::spawn(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
+    let topics = settings.topics.clone();
+    let control = Arc::new(AtomicU8::new(CONTROL_DRAIN));
+    let pipeline = spawn_pipeline(settings, metrics.clone(), health, Arc::clone(&control));
+    let mut meter = Meter::new();
+    let mut figures = None;
+    let (mut last_count, mut last_change, mut last_scrape) = (0, Instant::now(), Instant::now());
+    while !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(2));
+        let count = consumed(&metrics, &topics);
+        if count > 0 {
+            meter.start();
+        }
+        if count != last_count {
+            (last_count, last_change) = (count, Instant::now());
+        }
+        if figures.is_none() && count >= expected {
+            figures = Some(meter.stop(count));
+        }
+        // Prometheus scrapes too: rendering every family is part of the pipeline's cost.
+        if last_scrape.elapsed() >= Duration::from_secs(5) {
+            last_scrape = Instant::now();
+            let _ = ureq::get(&format!("http://{addr}/metrics")).call();
+        }
+        if last_change.elapsed() > STALL {
+            control.store(CONTROL_STOP, Ordering::Relaxed);
+        }
+    }
+    let report = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    match figures {
+        Some(figures) if report.decoded == expected => Ok((figures, report)),
+        _ => bail!("phase 2 consumed {} and decoded {} of {expected} messages", report.consumed, report.decoded),
+    }
+}
+
+fn spawn_pipeline(
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    control: Arc<AtomicU8>,
+) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
+                .context("creating the Kafka consumer")?;
+            let pipeline = Pipeline::new(settings, metrics, health, false).context("starting the pipeline")?;
+            Ok(pipeline.run(&source, &control)?)
+        })
+        .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
+}
+
+/// FNV-1a of the key, for spreading in-memory events over partitions as a producer would.
+fn partition_of(key: &str, partitions: i32) -> i32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// Phase 3: decode and operators over the same events, encoded in memory; this thread's CPU.
+fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettings) -> PhaseFigures {
+    let encoder = Encoder::new(WireFormat::Confluent);
+    let messages: Vec<(Stream, i32, Vec<u8>)> = Generator::new(traffic.clone())
+        .filter_map(|g| {
+            let partition = partition_of(g.event.key(), partitions);
+            encoder.encode(&g).ok().map(|payload| (g.stream, partition, payload))
+        })
+        .collect();
+    probe::reset_peak_rss();
+    let (started, cpu) = (Instant::now(), probe::thread_cpu_seconds());
+    let mut decoder = Decoder::new(WireFormat::Confluent, WriterSchemaSource::local(None), Default::default());
+    let mut tasks: HashMap<(Stream, i32), PartitionTask> = HashMap::new();
+    let mut out = TaskOutput::default();
+    let mut rows = 0usize;
+    for (stream, partition, payload) in &messages {
+        let now_ms = system_time_ms(SystemTime::now());
+        let Ok(event) = decoder.decode(*stream, payload, now_ms) else { continue };
+        let key = (if *stream == Stream::Logistics { Stream::Orders } else { *stream }, *partition);
+        tasks.entry(key).or_insert_with(|| PartitionTask::new(*stream, *partition, time)).process(&event, &mut out);
+        rows += out.pending();
+        out.clear();
+    }
+    for task in tasks.values_mut() {
+        task.close_all(&mut out);
+    }
+    rows += out.pending();
+    tracing::debug!(rows, "processing only: rows produced");
+    PhaseFigures {
+        events: messages.len() as u64,
+        wall: started.elapsed(),
+        cpu_seconds: probe::thread_cpu_seconds() - cpu,
+        peak_rss: probe::peak_rss_bytes(),
+    }
+}
+
+/// What a paced run observed.
+struct Paced {
+    /// (window end, wall ms) of each sample of the base window's end gauge that changed.
+    window_ends: Vec<(i64, i64)>,
+    window_ms: i64,
+    traffic: GeneratorConfig,
+    sent: u64,
+    duration: Duration,
+    soak: Vec<SoakSample>,
+}
+
+impl Paced {
+    fn latency(&self, warm_up: Duration) -> LatencyFigures {
+        let events: Vec<i64> = Generator::new(GeneratorConfig { count: Some(self.sent), ..self.traffic.clone() })
+            .map(|g| g.event.event_time())
+            .collect();
+        let first_end = (self.traffic.start_ms.div_euclid(self.window_ms) + 1) * self.window_ms;
+        let published = stats::publication_times(&self.window_ends, self.window_ms, first_end);
+        let from = self.traffic.start_ms + warm_up.as_millis() as i64;
+        let mut latencies = stats::event_latencies(&events, &published, self.window_ms, from);
+        let mut close: Vec<f64> =
+            published.iter().filter(|(end, _)| **end > from).map(|(end, at)| (at - end) as f64).collect();
+        LatencyFigures {
+            rate: self.sent as f64 / self.duration.as_secs_f64(),
+            events: latencies.len(),
+            event_p50_ms: stats::quantile(&mut latencies, 0.5).unwrap_or(f64::NAN),
+            event_p99_ms: stats::quantile(&mut latencies, 0.99).unwrap_or(f64::NAN),
+            close_p50_ms: stats::quantile(&mut close, 0.5).unwrap_or(f64::NAN),
+            close_p99_ms: stats::quantile(&mut close, 0.99).unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Runs the pipeline on real-time traffic (event time = wall clock) for `duration`, sampling
+/// the base window's end gauge every millisecond and, with `soak_every`, the resident set.
+fn paced_run(
+    settings: Settings,
+    visitors_per_sec: f64,
+    duration: Duration,
+    soak_every: Option<Duration>,
+) -> anyhow::Result<Paced> {
+    let window_ms = settings.time.window_sizes_ms[0];
+    let window = window_labels(&[window_ms]).remove(0);
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
+    let health = Health::new();
+    let control = Arc::new(AtomicU8::new(CONTROL_RUN));
+    let produce_options = ProduceOptions {
+        brokers: settings.brokers.clone(),
+        topics: settings.topics.clone(),
+        encoder: Encoder::new(WireFormat::Confluent),
+        rate: None,
+        speed: Some(1.0),
+        events_file: None,
+        client: Default::default(),
+    };
+    let topics = settings.topics.clone();
+    let pipeline = spawn_pipeline(settings, metrics.clone(), Arc::clone(&health), Arc::clone(&control));
+    // Start the traffic once the pipeline owns its partitions, so the group join is not timed.
+    let joining = Instant::now();
+    while !health.assigned() && joining.elapsed() < STALL {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let traffic = GeneratorConfig {
+        start_ms: system_time_ms(SystemTime::now()),
+        profile: Profile::Steady,
+        visitors_per_sec,
+        ..GeneratorConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let generator = {
+        let (traffic, stop, sent) = (traffic.clone(), Arc::clone(&stop), Arc::clone(&sent));
+        std::thread::Builder::new()
+            .name("generator".into())
+            .spawn(move || produce(Generator::new(traffic), &produce_options, &stop, &sent))?
+    };
+    let gauge = metrics.window_end.with_label_values(&[window.as_str()]);
+    let started = Instant::now();
+    let mut window_ends = Vec::new();
+    let mut soak = Vec::new();
+    let mut next_sample = started;
+    // After the traffic stops, wait for its last windows to be published.
+    let until = started + duration + Duration::from_secs(3);
+    while Instant::now() < until && !pipeline.is_finished() {
+        if started.elapsed() >= duration {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let end_ms = (gauge.get() * 1000.0).round() as i64;
+        if end_ms > 0 && window_ends.last().is_none_or(|(last, _)| *last != end_ms) {
+            window_ends.push((end_ms, system_time_ms(SystemTime::now())));
+        }
+        if let Some(every) = soak_every
+            && Instant::now() >= next_sample
+        {
+            next_sample += every;
+            soak.push(SoakSample {
+                at: started.elapsed(),
+                rss: probe::rss_bytes(),
+                consumed: consumed(&metrics, &topics),
+                open_orders: metrics.orders_open.get(),
+                open_sessions: metrics.sessions_open.get(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let produced = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
+    control.store(CONTROL_STOP, Ordering::Relaxed);
+    pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    Ok(Paced { window_ends, window_ms, traffic, sent: produced.sent, duration, soak })
+}
+
+/// Runs `storepulse bench --memory-probe KIND N` and reads the figure it prints.
+fn memory_in_child(kind: &str, entries: u64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("finding this executable to measure memory in a fresh process")?;
+    let out = std::process::Command::new(exe)
+        .args(["bench", "--memory-probe", kind, &entries.to_string()])
+        .output()
+        .context("running the memory probe")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse::<f64>().with_context(|| {
+        format!("the memory probe printed {text:?} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The figure of `--memory-probe KIND N`: resident bytes per open `order` or `session`.
+///
+/// # Errors
+/// When `kind` is neither.
+pub fn memory_probe(kind: &str, entries: u64) -> anyhow::Result<f64> {
+    match kind {
+        "order" => Ok(memory::bytes_per_open_order(entries)),
+        "session" => Ok(memory::bytes_per_open_session(entries)),
+        other => bail!("--memory-probe takes order or session, not {other:?}"),
+    }
+}

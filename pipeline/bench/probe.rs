@@ -1,0 +1,87 @@
+//! What the process costs, read from Linux's `/proc`: CPU time (all threads, so librdkafka's
+//! fetcher threads count too; or the calling thread alone), resident set and its peak.
+
+/// `USER_HZ`: the unit of the CPU times in `/proc/*/stat`, 100 on every Linux architecture
+/// storepulse runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn cpu_seconds_of(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND
+}
+
+/// CPU seconds (user + system) of the whole process so far.
+pub fn process_cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) of the calling thread so far.
+pub fn thread_cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/thread-self/stat")
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Resident set size, bytes: what the allocator really took from the OS, slack included.
+pub fn rss_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+/// Peak resident set size since start or the last [`reset_peak_rss`], bytes.
+pub fn peak_rss_bytes() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+/// Restarts the peak at the current resident set, so each phase reports its own peak.
+/// Returns false where the kernel does not allow it (the peak then spans earlier phases).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// One line about the machine: CPU model, cores, memory.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{model}, {cores} cores available, {:.1} GiB memory", mem_kib as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work_and_memory_is_reported() {
+        let before = thread_cpu_seconds();
+        let mut x = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        assert_ne!(x, 1);
+        assert!(thread_cpu_seconds() - before >= 0.1, "300 ms of spinning shows as CPU time");
+        assert!(process_cpu_seconds() >= thread_cpu_seconds());
+        assert!(rss_bytes() > 0 && peak_rss_bytes() >= rss_bytes());
+    }
+}

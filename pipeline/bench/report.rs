@@ -1,0 +1,143 @@
+//! The benchmark's printed table.
+
+use super::BenchReport;
+use super::stats::{PhaseFigures, spread};
+use std::fmt::Write as _;
+
+const MB: f64 = 1024.0 * 1024.0;
+
+fn phase_row(out: &mut String, name: &str, figures: Option<&PhaseFigures>) {
+    let Some(f) = figures else { return };
+    let _ = writeln!(
+        out,
+        "{name:<34} {:>12.0} {:>14.2} {:>16.0} {:>12.0}",
+        f.events_per_sec(),
+        f.cpu_seconds_per_million(),
+        f.events_per_cpu_second(),
+        f.peak_rss as f64 / MB
+    );
+}
+
+impl BenchReport {
+    /// The figures as a table, with the targets beside them.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "machine: {}", self.machine);
+        let _ = writeln!(out, "broker:  {}", self.broker);
+        let _ = writeln!(
+            out,
+            "events:  {} pre-produced (Avro, Confluent framing, Double 11 mix) in {:.1} s\n",
+            self.produced,
+            self.produce_time.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:>12} {:>14} {:>16} {:>12}",
+            "phase", "events/s", "CPU-s per M", "events per CPU-s", "peak RSS MB"
+        );
+        phase_row(&mut out, "1 ceiling: consume + decode", self.ceiling.as_ref());
+        phase_row(&mut out, "2 full pipeline", self.pipeline.as_ref());
+        phase_row(&mut out, "3 processing only (in memory)", self.processing.as_ref());
+        if let (Some(full), Some(ceiling)) = (&self.pipeline, &self.ceiling) {
+            let _ = writeln!(
+                out,
+                "\nfull pipeline / ceiling: {:.1} % of events/s (target >= 90 %), {:.2}x the CPU per event",
+                100.0 * full.events_per_sec() / ceiling.events_per_sec(),
+                full.cpu_seconds_per_million() / ceiling.cpu_seconds_per_million()
+            );
+            let r = &self.pipeline_report;
+            let _ = writeln!(
+                out,
+                "full pipeline did: {} events, {} windows closed, {} Parquet files, {} checkpoints",
+                r.decoded, r.windows_closed, r.files, r.checkpoints
+            );
+        }
+        if let Some(p) = &self.processing {
+            let _ = writeln!(
+                out,
+                "processing only: {:.0} events per CPU-second (target >= 1,000,000)",
+                p.events_per_cpu_second()
+            );
+        }
+        if let Some(l) = &self.latency {
+            let _ = writeln!(
+                out,
+                "\nlatency at {:.0} messages/s in real time (1 s windows, no lateness; {} events after warm-up):",
+                l.rate, l.events
+            );
+            let _ = writeln!(
+                out,
+                "  sent -> its window's gauge    p50 {:>7.0} ms   p99 {:>7.0} ms (includes waiting for the window to end)",
+                l.event_p50_ms, l.event_p99_ms
+            );
+            let _ = writeln!(
+                out,
+                "  window end -> gauge           p50 {:>7.0} ms   p99 {:>7.0} ms",
+                l.close_p50_ms, l.close_p99_ms
+            );
+        }
+        if let Some((order, session)) = self.memory {
+            let _ = writeln!(
+                out,
+                "\nmemory: {order:.0} bytes per open order (target <= 256), {session:.0} bytes per open session"
+            );
+        }
+        if !self.soak.is_empty() {
+            let _ = writeln!(out, "\nsoak: resident set over time");
+            let _ = writeln!(
+                out,
+                "{:>8} {:>10} {:>12} {:>12} {:>14}",
+                "at s", "RSS MB", "consumed", "open orders", "open sessions"
+            );
+            for s in &self.soak {
+                let _ = writeln!(
+                    out,
+                    "{:>8.0} {:>10.1} {:>12} {:>12} {:>14}",
+                    s.at.as_secs_f64(),
+                    s.rss as f64 / MB,
+                    s.consumed,
+                    s.open_orders,
+                    s.open_sessions
+                );
+            }
+            let settled: Vec<u64> = self.soak.iter().filter(|s| s.at >= self.soak_warm_up).map(|s| s.rss).collect();
+            if let Some(spread) = spread(&settled) {
+                let _ = writeln!(
+                    out,
+                    "RSS after the first {:.0} s varies by {:.1} % (target: within 10 %)",
+                    self.soak_warm_up.as_secs_f64(),
+                    100.0 * spread
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_table_shows_each_phase_and_the_ratio() {
+        let phase = |events_per_sec: u64, cpu: f64| PhaseFigures {
+            events: events_per_sec * 2,
+            wall: Duration::from_secs(2),
+            cpu_seconds: cpu,
+            peak_rss: 64 << 20,
+        };
+        let report = BenchReport {
+            ceiling: Some(phase(500_000, 1.0)),
+            pipeline: Some(phase(450_000, 1.5)),
+            processing: Some(phase(2_000_000, 2.0)),
+            memory: Some((231.4, 480.0)),
+            ..BenchReport::default()
+        };
+        let text = report.render();
+        assert!(text.contains("full pipeline / ceiling: 90.0 %"), "{text}");
+        assert!(text.contains("1.67x the CPU per event"), "{text}");
+        assert!(text.contains("processing only: 2000000 events per CPU-second"), "{text}");
+        assert!(text.contains("231 bytes per open order"), "{text}");
+    }
+}

@@ -1,0 +1,35 @@
+"""`storepulse bench` against a real broker: every phase runs over the same pre-produced
+events and prints its figures; the full pipeline's Parquet is real output. Figures are not
+asserted (a shared machine is too noisy for that; BENCHMARKS.md records a run)."""
+
+import re
+
+import duckdb
+from conftest import storepulse
+from oracle import table
+
+
+def figures(text: str, phase: str) -> list[float]:
+    line = next(l for l in text.splitlines() if l.startswith(phase))
+    return [float(v) for v in line[len(phase):].split()]
+
+
+def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
+    out = tmp_path / "bench"
+    result = storepulse("bench", "--brokers", broker.address, "--events", "6000", "--latency-for", "12s",
+                        "--memory-entries", "20000", "--out", out, timeout=600)
+    text = result.stdout
+    for phase in ["1 ceiling: consume + decode", "2 full pipeline", "3 processing only (in memory)"]:
+        events_per_sec, cpu_per_million, events_per_cpu, peak_rss_mb = figures(text, phase)
+        assert events_per_sec > 0 and cpu_per_million > 0 and events_per_cpu > 0 and peak_rss_mb > 1, text
+    assert "full pipeline did: 6000 events" in text, text
+    assert re.search(r"full pipeline / ceiling: [0-9.]+ %", text), text
+    latency = re.search(r"sent -> its window's gauge\s+p50\s+(\d+) ms\s+p99\s+(\d+) ms", text)
+    assert latency and 0 < int(latency[1]) <= int(latency[2]), text
+    memory = re.search(r"memory: (\d+) bytes per open order.*, (\d+) bytes per open session", text)
+    assert memory and int(memory[1]) > 50 and int(memory[2]) > 50, text
+    # The measured pipeline did the real work: its tables are there and readable.
+    visitors = duckdb.connect().execute(
+        f"SELECT sum(visitors) FROM {table(out / 'pipeline', 'funnel')}"
+        " WHERE window_size = '1m' AND channel = 'all' AND device = 'all'").fetchone()[0]
+    assert visitors and visitors > 0

@@ -97,12 +97,24 @@ impl Task {
     }
 }
 
-/// Where an assigned partition must resume, and how far before it the consumer was sent back.
+/// Where an assigned partition must resume, how far before it the consumer was sent back, and
+/// since when it waits for its first message.
 #[derive(Debug, Clone, Copy)]
 struct Resume {
     next: i64,
     rewind: i64,
+    since: Instant,
 }
+
+impl Resume {
+    fn at(next: i64) -> Self {
+        Resume { next, rewind: 0, since: Instant::now() }
+    }
+}
+
+/// How long a resumed partition with messages to deliver may stay silent before it is sent
+/// back further (a broker that skips to the next batch delivers nothing from inside the last).
+const RESUME_SILENCE: Duration = Duration::from_secs(2);
 
 /// The name of a task in checkpoints.
 fn task_name((kind, partition): (Stream, i32)) -> String {
@@ -394,22 +406,54 @@ impl Pipeline {
             self.resuming.remove(&tp);
             return false;
         }
-        resume.rewind = (resume.rewind * 2).max(1024);
-        let target = (resume.next - resume.rewind).max(0);
         tracing::info!(
             topic,
             partition,
             resume_at = resume.next,
             got = offset,
-            fetching_from = target,
-            "the broker started past the resume point; fetching from earlier"
+            "the broker started past the resume point"
         );
-        if let Err(error) = source.seek(&tp, target) {
-            tracing::warn!(%error, topic, partition, "seeking back failed; continuing from the broker's position");
+        if !Self::send_back(source, &tp, resume) {
             self.resuming.remove(&tp);
             return false;
         }
         true
+    }
+
+    /// Seeks a resuming partition twice as far before its resume point as last time; false
+    /// when the seek failed (the partition then continues from the broker's position).
+    fn send_back(source: &KafkaSource, tp: &TopicPartition, resume: &mut Resume) -> bool {
+        resume.rewind = (resume.rewind * 2).max(1024);
+        resume.since = Instant::now();
+        let target = (resume.next - resume.rewind).max(0);
+        tracing::info!(
+            topic = tp.0,
+            partition = tp.1,
+            resume_at = resume.next,
+            fetching_from = target,
+            "fetching from earlier"
+        );
+        match source.seek(tp, target) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, topic = tp.0, partition = tp.1, "seeking back failed; continuing from the broker's position");
+                false
+            }
+        }
+    }
+
+    /// Sends back resuming partitions that stayed silent although they have messages to deliver.
+    fn unstick_silent(&mut self, source: &KafkaSource, highs: &std::collections::HashMap<TopicPartition, i64>) {
+        let mut failed = Vec::new();
+        for (tp, resume) in &mut self.resuming {
+            let behind = highs.get(tp).is_some_and(|high| *high > resume.next);
+            if behind && resume.since.elapsed() >= RESUME_SILENCE && !Self::send_back(source, tp, resume) {
+                failed.push(tp.clone());
+            }
+        }
+        for tp in failed {
+            self.resuming.remove(&tp);
+        }
     }
 
     /// Pauses consumption while more rows wait for a checkpoint than allowed (the storage is
@@ -420,6 +464,17 @@ impl Pipeline {
         let over = buffered >= self.settings.checkpoint.max_buffered_rows;
         if over != self.paused && source.set_paused(over).is_ok() {
             self.paused = over;
+            if !over {
+                // Resumed partitions fetch from their position again, usually mid-batch: check
+                // their first messages as after an assignment (see `rewound`).
+                let assigned = source.assignment();
+                self.resuming.extend(
+                    self.positions()
+                        .into_iter()
+                        .filter(|(tp, _)| assigned.contains(tp))
+                        .map(|(tp, next)| (tp, Resume::at(next))),
+                );
+            }
             self.metrics.consumption_paused.set(i64::from(over));
             if over {
                 tracing::warn!(buffered, "consumption paused: rows wait for a checkpoint the storage has not taken");
@@ -451,8 +506,7 @@ impl Pipeline {
             }
             PendingRebalance::Assign(partitions) => {
                 let start = self.restore(&partitions, control);
-                self.resuming =
-                    start.iter().map(|(tp, next)| (tp.clone(), Resume { next: *next, rewind: 0 })).collect();
+                self.resuming = start.iter().map(|(tp, next)| (tp.clone(), Resume::at(*next))).collect();
                 self.released.clear();
                 self.paused = false;
                 self.metrics.consumption_paused.set(0);
@@ -749,6 +803,7 @@ impl Pipeline {
     /// Periodic work: caught-up flags, watermark gauges, releasing instance-wide windows.
     fn tick(&mut self, source: &KafkaSource) {
         let highs = source.high_watermarks();
+        self.unstick_silent(source, &highs);
         let positions = self.positions();
         let caught_up =
             |tp: &TopicPartition| highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high);

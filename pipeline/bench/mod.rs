@@ -17,7 +17,7 @@ pub mod probe;
 mod report;
 pub mod stats;
 
-use crate::codec::{Decoder, WireFormat, WriterSchemaSource};
+use crate::codec::{Decoder, WireFormat, WriterSchemaSource, decode_confluent_general_path};
 use crate::config::{FamilyLateness, RawConfig, Settings, TimeSettings, TopicNames, system_time_ms};
 use crate::event::Stream;
 use crate::generate::producer::{Encoder, ProduceOptions, produce};
@@ -116,6 +116,9 @@ pub struct BenchReport {
     pub pipeline_report: RunReport,
     /// Phase 3: decode + operators in memory.
     pub processing: Option<PhaseFigures>,
+    /// Decoding alone, events per CPU-second: the direct path, and apache-avro's general path,
+    /// over the same messages.
+    pub decode: Option<(f64, f64)>,
     /// The paced latency run.
     pub latency: Option<LatencyFigures>,
     /// Bytes per open order and per open session.
@@ -189,7 +192,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     report.pipeline = Some(figures);
     report.pipeline_report = run_report;
     eprintln!("phase 3: processing only");
-    report.processing = Some(processing_only(&traffic, options.partitions, &base.time));
+    let (processing, decode) = processing_only(&traffic, options.partitions, &base.time);
+    report.processing = Some(processing);
+    report.decode = Some(decode);
 
     if !options.latency_for.is_zero() {
         eprintln!("latency: paced real-time traffic for {}", humantime::format_duration(options.latency_for));
@@ -437,7 +442,8 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
 }
 
 /// Phase 3: decode and operators over the same events, encoded in memory; this thread's CPU.
-fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettings) -> PhaseFigures {
+/// Then decoding alone, by the direct and the general path (events per CPU-second each).
+fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettings) -> (PhaseFigures, (f64, f64)) {
     let encoder = Encoder::new(WireFormat::Confluent);
     let messages: Vec<(Stream, i32, Vec<u8>)> = Generator::new(traffic.clone())
         .filter_map(|g| {
@@ -464,12 +470,23 @@ fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettin
     }
     rows += out.pending();
     tracing::debug!(rows, "processing only: rows produced");
-    PhaseFigures {
+    let figures = PhaseFigures {
         events: messages.len() as u64,
         wall: started.elapsed(),
         cpu_seconds: probe::thread_cpu_seconds() - cpu,
         peak_rss: probe::peak_rss_bytes(),
-    }
+    };
+    // The general path is slow: a sample of the same messages is enough to compare.
+    let sample = &messages[..messages.len().min(200_000)];
+    let events_per_cpu_second = |decode: &mut dyn FnMut(Stream, &[u8]) -> bool| {
+        let cpu = probe::thread_cpu_seconds();
+        let decoded = sample.iter().filter(|(stream, _, payload)| decode(*stream, payload)).count();
+        decoded as f64 / (probe::thread_cpu_seconds() - cpu).max(1e-9)
+    };
+    let now_ms = system_time_ms(SystemTime::now());
+    let direct = events_per_cpu_second(&mut |stream, payload| decoder.decode(stream, payload, now_ms).is_ok());
+    let general = events_per_cpu_second(&mut |stream, payload| decode_confluent_general_path(stream, payload).is_ok());
+    (figures, (direct, general))
 }
 
 /// What a paced run observed.

@@ -197,6 +197,17 @@ impl Decoder {
     }
 }
 
+/// Decodes a Confluent-framed message written with a bundled schema through apache-avro's
+/// general path only (`Value` tree, resolution, serde), which every message took before the
+/// direct path existed: `storepulse bench` times both on the same messages.
+///
+/// # Errors
+/// As [`Decoder::decode`], without validation.
+pub fn decode_confluent_general_path(stream: Stream, payload: &[u8]) -> Result<Event, DecodeError> {
+    let datum = payload.get(5..).ok_or(DecodeError::TruncatedHeader { len: payload.len() })?;
+    avro::decode_general(stream, reader_schema(stream), datum)
+}
+
 /// Encodes an event as JSON bytes (the `json` wire format).
 ///
 /// # Errors

@@ -24,6 +24,8 @@ def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
         assert events_per_sec > 0 and cpu_per_million > 0 and events_per_cpu > 0 and peak_rss_mb > 1, text
     assert "full pipeline did: 6000 events" in text, text
     assert re.search(r"full pipeline / ceiling: [0-9.]+ %", text), text
+    decode = re.search(r"decode only: (\d+) events per CPU-second direct .*, (\d+) through", text)
+    assert decode and int(decode[1]) > 0 and int(decode[2]) > 0, text
     latency = re.search(r"sent -> its window's gauge\s+p50\s+(\d+) ms\s+p99\s+(\d+) ms", text)
     assert latency and 0 < int(latency[1]) <= int(latency[2]), text
     memory = re.search(r"memory: (\d+) bytes per open order.*, (\d+) bytes per open session", text)

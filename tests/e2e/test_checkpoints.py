@@ -278,3 +278,48 @@ def readiness(port: int) -> str:
     """`ready 1` or `ready 0`, from the storepulse_ready gauge."""
     value = re.search(r"^storepulse_ready (\S+)$", scrape(port), re.M)
     return f"ready {int(float(value.group(1)))}" if value else "ready ?"
+
+
+def gauge(port: int, name: str) -> float:
+    value = re.search(rf"^{name} (\S+)$", scrape(port), re.M)
+    return float(value.group(1)) if value else float("nan")
+
+
+def test_a_storage_outage_pauses_consumption_and_loses_nothing(broker, tmp_path):
+    produce(broker, tmp_path, 60_000, seed=25)
+    expected, total = reference(broker, tmp_path)
+    out = tmp_path / "through-outage"
+    out.mkdir()
+    # A file where the staging directory belongs: every Parquet write fails (ENOTDIR, even for
+    # root) until it is removed, as with an unwritable volume or a failing object store.
+    blocker = out / "_staging"
+    blocker.write_text("storage outage")
+    path = config(tmp_path, broker, out, "storage-outage", interval=1)
+    path.write_text(path.read_text().replace("[checkpoint]\n", "[checkpoint]\nmax_buffered_rows = 200\n"))
+    port = metrics_port(path)
+    log = open(tmp_path / "storepulse.log", "w")
+    proc = subprocess.Popen([STOREPULSE, "run", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        paused = wait_until(lambda: gauge(port, "storepulse_consumption_paused") == 1
+                            and gauge(port, "storepulse_checkpoint_failures_total") >= 3, 120,
+                            "consumption to pause and checkpoints to fail")
+        assert readiness(port) == "ready 0"
+        held = consumed_so_far(port)
+        time.sleep(3)
+        assert consumed_so_far(port) == held < total, "paused consumption stays paused"
+        buffered = gauge(port, "storepulse_buffered_rows")
+        blocker.unlink()
+        resumed = wait_until(lambda: gauge(port, "storepulse_consumption_paused") == 0, 60, "consumption to resume")
+        back = wait_until(lambda: committed_messages(out) >= total, 300, "the run to finish after the outage")
+        assert readiness(port) == "ready 1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    storepulse("run", "--config", path, "--bounded")
+    print(f"storage failing: paused after {paused:.1f}s at {held} of {total} messages with {buffered:.0f} rows "
+          f"buffered; resumed {resumed:.1f}s after it recovered, everything checkpointed {back:.1f}s later")
+    assert_same_output(out, expected)
+    assert_matches_oracle(out, tmp_path / "events.jsonl")

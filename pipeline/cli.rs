@@ -8,11 +8,10 @@ use crate::config::{RawConfig, Settings, TopicNames, system_time_ms};
 use crate::event::{Channel, Stream};
 use crate::generate::producer::{Encoder, ProduceOptions, ProduceReport, produce};
 use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Profile};
-use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, RunReport};
 use crate::sink::compact::{TABLES, compact};
 use crate::sink::http;
 use crate::sink::storage::{Location, Storage};
-use crate::source::KafkaSource;
 use crate::telemetry::{Health, Metrics, window_labels};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -411,24 +410,6 @@ fn start_http(
     Ok(stop)
 }
 
-fn run_pipeline_thread(
-    settings: Settings,
-    metrics: Metrics,
-    health: Arc<Health>,
-    control: Arc<AtomicU8>,
-    progress: bool,
-) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
-    std::thread::Builder::new()
-        .name("pipeline".into())
-        .spawn(move || {
-            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
-                .context("creating the Kafka consumer")?;
-            let pipeline = Pipeline::new(settings, metrics, health, progress).context("starting the pipeline")?;
-            Ok(pipeline.run(&source, &control)?)
-        })
-        .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
-}
-
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
     if args.check {
@@ -447,7 +428,7 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown requested; stopping consumption and taking a final checkpoint");
         signal_control.store(CONTROL_STOP, Ordering::Relaxed);
     });
-    let pipeline = run_pipeline_thread(settings, metrics, health, control, false);
+    let pipeline = crate::runtime::spawn(settings, metrics, health, control, false);
     let report = pipeline.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))??;
     print_report(&report);
     Ok(())
@@ -513,7 +494,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
             .spawn(move || produce(Generator::new(generator_config), &options, &stop, &sent))?
     };
     let control = Arc::new(AtomicU8::new(CONTROL_RUN));
-    let pipeline = run_pipeline_thread(settings, metrics, health, Arc::clone(&control), true);
+    let pipeline = crate::runtime::spawn(settings, metrics, health, Arc::clone(&control), true);
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {

@@ -22,6 +22,7 @@ use crate::source::{KafkaSource, PendingRebalance, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
 use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
 use crate::time::{PartitionProgress, low_watermark};
+use anyhow::Context;
 use prometheus::IntCounter;
 use rdkafka::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +53,26 @@ pub enum RuntimeError {
     /// The output location could not be opened.
     #[error(transparent)]
     Storage(#[from] crate::sink::storage::StorageError),
+}
+
+/// Runs a pipeline on a thread of its own: connects the Kafka source, builds the pipeline and
+/// runs it until `control` says stop (or a drain completes). See [`Pipeline::new`] for `progress`.
+pub fn spawn(
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    control: Arc<AtomicU8>,
+    progress: bool,
+) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
+                .context("creating the Kafka consumer")?;
+            let pipeline = Pipeline::new(settings, metrics, health, progress).context("starting the pipeline")?;
+            Ok(pipeline.run(&source, &control)?)
+        })
+        .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
 }
 
 /// Counts of one run, for the final report.

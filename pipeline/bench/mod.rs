@@ -23,7 +23,7 @@ use crate::event::Stream;
 use crate::generate::producer::{Encoder, ProduceOptions, produce};
 use crate::generate::{Generator, GeneratorConfig, Profile};
 use crate::operators::{PartitionTask, TaskOutput};
-use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, RunReport};
 use crate::sink::http;
 use crate::sink::storage::Location;
 use crate::source::KafkaSource;
@@ -386,7 +386,7 @@ fn full_pipeline(settings: Settings, expected: u64) -> anyhow::Result<(PhaseFigu
     let (addr, _stop_http) = http::spawn(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
     let topics = settings.topics.clone();
     let control = Arc::new(AtomicU8::new(CONTROL_DRAIN));
-    let pipeline = spawn_pipeline(settings, metrics.clone(), health, Arc::clone(&control));
+    let pipeline = crate::runtime::spawn(settings, metrics.clone(), health, Arc::clone(&control), false);
     let mut meter = Meter::new();
     let mut figures = None;
     let (mut last_count, mut last_change, mut last_scrape) = (0, Instant::now(), Instant::now());
@@ -416,23 +416,6 @@ fn full_pipeline(settings: Settings, expected: u64) -> anyhow::Result<(PhaseFigu
         Some(figures) if report.decoded == expected => Ok((figures, report)),
         _ => bail!("phase 2 consumed {} and decoded {} of {expected} messages", report.consumed, report.decoded),
     }
-}
-
-fn spawn_pipeline(
-    settings: Settings,
-    metrics: Metrics,
-    health: Arc<Health>,
-    control: Arc<AtomicU8>,
-) -> std::thread::JoinHandle<anyhow::Result<RunReport>> {
-    std::thread::Builder::new()
-        .name("pipeline".into())
-        .spawn(move || {
-            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health))
-                .context("creating the Kafka consumer")?;
-            let pipeline = Pipeline::new(settings, metrics, health, false).context("starting the pipeline")?;
-            Ok(pipeline.run(&source, &control)?)
-        })
-        .unwrap_or_else(|e| panic!("cannot spawn the pipeline thread: {e}"))
 }
 
 /// FNV-1a of the key, for spreading in-memory events over partitions as a producer would.
@@ -545,7 +528,7 @@ fn paced_run(
         client: Default::default(),
     };
     let topics = settings.topics.clone();
-    let pipeline = spawn_pipeline(settings, metrics.clone(), Arc::clone(&health), Arc::clone(&control));
+    let pipeline = crate::runtime::spawn(settings, metrics.clone(), Arc::clone(&health), Arc::clone(&control), false);
     // Start the traffic once the pipeline owns its partitions, so the group join is not timed.
     let joining = Instant::now();
     while !health.assigned() && joining.elapsed() < STALL {

@@ -6,6 +6,7 @@ oracle over the generator's events file.
 Dead letters are compared without `rejected_at` (and its dt/hour partition): it is the wall
 clock of the rejection, which a replay after a crash repeats at a later time."""
 
+import contextlib
 import json
 import pathlib
 import random
@@ -84,6 +85,20 @@ def assert_matches_oracle(out: pathlib.Path, events: pathlib.Path) -> None:
     load_commerce(con, out)
     assert orders_from_parquet(con, out) == rows(orders_from_events(con))
     assert facts_from_parquet(con, out) == rows(facts_from_events(con))
+
+
+@contextlib.contextmanager
+def running(config_path: pathlib.Path, log_path: pathlib.Path):
+    """`storepulse run` in the background, its log in `log_path`; killed if still running on exit."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([STOREPULSE, "run", "--config", str(config_path)], stdout=subprocess.DEVNULL,
+                                stderr=log)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
 
 
 def metrics_port(path: pathlib.Path) -> int:
@@ -248,9 +263,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path):
         out = tmp_path / "through-restart"
         path = config(tmp_path, broker, out, "broker-restart")
         port = metrics_port(path)
-        log = open(tmp_path / "storepulse.log", "w")
-        proc = subprocess.Popen([STOREPULSE, "run", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=log)
-        try:
+        with running(path, tmp_path / "storepulse.log") as proc:
             wait_until(lambda: consumed_so_far(port) > total // 4, 120, "consumption to start")
             broker.stop()
             before_outage = consumed_so_far(port)
@@ -260,10 +273,6 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path):
             back = wait_until(lambda: committed_messages(out) >= total, 300, "the run to finish after the restart")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
         storepulse("run", "--config", path, "--bounded")
         print(f"broker killed after {before_outage} of {total} messages; not ready after {down:.1f}s; "
               f"everything checkpointed {back:.1f}s after the broker came back")
@@ -297,9 +306,7 @@ def test_a_storage_outage_pauses_consumption_and_loses_nothing(broker, tmp_path)
     path = config(tmp_path, broker, out, "storage-outage", interval=1)
     path.write_text(path.read_text().replace("[checkpoint]\n", "[checkpoint]\nmax_buffered_rows = 200\n"))
     port = metrics_port(path)
-    log = open(tmp_path / "storepulse.log", "w")
-    proc = subprocess.Popen([STOREPULSE, "run", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=log)
-    try:
+    with running(path, tmp_path / "storepulse.log") as proc:
         paused = wait_until(lambda: gauge(port, "storepulse_consumption_paused") == 1
                             and gauge(port, "storepulse_checkpoint_failures_total") >= 3, 120,
                             "consumption to pause and checkpoints to fail")
@@ -314,10 +321,6 @@ def test_a_storage_outage_pauses_consumption_and_loses_nothing(broker, tmp_path)
         assert readiness(port) == "ready 1"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
     storepulse("run", "--config", path, "--bounded")
     print(f"storage failing: paused after {paused:.1f}s at {held} of {total} messages with {buffered:.0f} rows "
           f"buffered; resumed {resumed:.1f}s after it recovered, everything checkpointed {back:.1f}s later")

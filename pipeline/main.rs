@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use storepulse::cli::{Cli, run};
 use storepulse::config::ConfigError;
 
+// The pipeline allocates and frees a few short strings per event; mimalloc does that in about
+// half the CPU of glibc's allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

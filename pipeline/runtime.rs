@@ -624,10 +624,10 @@ impl Pipeline {
         latest: Option<&TaskCheckpoint>,
     ) -> Result<Option<(Task, bool)>, crate::checkpoint::CheckpointError> {
         let Some(latest) = latest else { return Ok(None) };
-        if let Some(task) = self.released.remove(&key) {
-            if task.epoch == latest.epoch {
-                return Ok(Some((task, false)));
-            }
+        if let Some(task) = self.released.remove(&key)
+            && task.epoch == latest.epoch
+        {
+            return Ok(Some((task, false)));
         }
         let state = PartitionTask::restore(&self.store.load_state(latest)?)?;
         let mut task = Task::new(state);

@@ -426,7 +426,7 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
 
 /// Phase 3: decode and operators over the same events, encoded in memory; this thread's CPU.
 /// Then decoding alone, by the direct and the general path (events per CPU-second each).
-fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettings) -> (PhaseFigures, (f64, f64)) {
+pub fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSettings) -> (PhaseFigures, (f64, f64)) {
     let encoder = Encoder::new(WireFormat::Confluent);
     let messages: Vec<(Stream, i32, Vec<u8>)> = Generator::new(traffic.clone())
         .filter_map(|g| {

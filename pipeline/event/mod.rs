@@ -29,6 +29,14 @@ macro_rules! symbol_enum {
             /// Every symbol, in schema order.
             pub const ALL: &'static [$name] = &[$($name::$variant,)+ $name::$other];
 
+            /// How many symbols there are.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Position in [`Self::ALL`], for dense per-symbol tables.
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
             /// The schema symbol, also used as Parquet value and Prometheus label.
             pub fn as_str(self) -> &'static str {
                 match self {

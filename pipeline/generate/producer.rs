@@ -259,10 +259,10 @@ impl ClientContext for DeliveryCounter {}
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            if self.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                tracing::error!(%error, "message not delivered");
-            }
+        if let Err((error, _)) = result
+            && self.failed.fetch_add(1, Ordering::Relaxed) < 5
+        {
+            tracing::error!(%error, "message not delivered");
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, TumblingWindows};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use smol_str::SmolStr;
 
 /// One closed window of one partition, channel and device.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,7 +35,7 @@ impl FunnelRow {
 }
 
 /// Counts of one funnel row; all add up across partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FunnelCounts {
     /// Clickstream events.
     pub events: u64,
@@ -64,34 +64,83 @@ impl FunnelCounts {
     }
 }
 
-/// What one visitor did in one window under one channel and device.
+/// What one visitor did in one open window under one channel and device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Touch {
+    /// The window's end and size, ms.
+    window_end: i64,
+    window_ms: i64,
     channel: Channel,
     device: Device,
     /// Bit per [`Step`] reached.
     steps: u8,
-    events: u32,
-    page_views: u32,
 }
 
-/// Per window: each visitor's touches (almost always one).
-type WindowState = HashMap<Box<str>, Vec<Touch>>;
+/// Counts of one open window, one cell per channel × device including the `None` subtotals,
+/// updated as events arrive: closing a window reads its cells and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<(usize, FunnelCounts)>", into = "Vec<(usize, FunnelCounts)>")]
+struct WindowCounts(Vec<FunnelCounts>);
+
+impl WindowCounts {
+    const DEVICE_CELLS: usize = Device::COUNT + 1;
+
+    fn cell(channel: Option<Channel>, device: Option<Device>) -> usize {
+        channel.map_or(0, |c| c.index() + 1) * Self::DEVICE_CELLS + device.map_or(0, |d| d.index() + 1)
+    }
+
+    fn group(cell: usize) -> GroupKey {
+        let (channel, device) = (cell / Self::DEVICE_CELLS, cell % Self::DEVICE_CELLS);
+        let channel = channel.checked_sub(1).and_then(|i| Channel::ALL.get(i)).copied();
+        (channel, device.checked_sub(1).and_then(|i| Device::ALL.get(i)).copied())
+    }
+}
+
+impl Default for WindowCounts {
+    fn default() -> Self {
+        WindowCounts(vec![FunnelCounts::default(); (Channel::COUNT + 1) * Self::DEVICE_CELLS])
+    }
+}
+
+/// Checkpoints hold the cells with visitors only.
+impl From<WindowCounts> for Vec<(usize, FunnelCounts)> {
+    fn from(counts: WindowCounts) -> Self {
+        counts.0.into_iter().enumerate().filter(|(_, c)| c.visitors > 0).collect()
+    }
+}
+
+impl From<Vec<(usize, FunnelCounts)>> for WindowCounts {
+    fn from(cells: Vec<(usize, FunnelCounts)>) -> Self {
+        let mut counts = WindowCounts::default();
+        for (cell, c) in cells {
+            if let Some(slot) = counts.0.get_mut(cell) {
+                *slot = c;
+            }
+        }
+        counts
+    }
+}
 
 /// A row's grouping: channel and device, `None` for the all-values subtotal.
 type GroupKey = (Option<Channel>, Option<Device>);
 
 /// Per-partition funnel state.
+///
+/// Distinct visitors are counted when they first appear in a window's cell, and a step's
+/// visitors when a visitor first reaches it there; each visitor's touches of the open windows
+/// are kept for that, under one lookup of its id per event. A visitor is forgotten once all
+/// the windows it touched have closed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunnelOperator {
     partition: i32,
-    windows: TumblingWindows<WindowState>,
+    windows: TumblingWindows<WindowCounts>,
+    visitors: HashMap<SmolStr, Vec<Touch>>,
 }
 
 impl FunnelOperator {
     /// State for clickstream partition `partition`, windows of each of `sizes_ms`.
     pub fn new(partition: i32, sizes_ms: &[i64], lateness_ms: i64) -> Self {
-        FunnelOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms) }
+        FunnelOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms), visitors: HashMap::new() }
     }
 
     /// Counts one click into its windows.
@@ -99,21 +148,42 @@ impl FunnelOperator {
     /// # Errors
     /// [`Late`] when the event's window has already closed; nothing is counted then.
     pub fn record(&mut self, event: &ClickEvent) -> Result<(), Late> {
+        self.windows.check(event.event_time)?;
         let (channel, device) = (event.effective_channel(), event.device);
-        let step_bit = Step::of(event.event_type).map_or(0, Step::bit);
-        let page_view = u32::from(event.event_type == ClickEventType::PageView);
-        self.windows.record(event.event_time, |window| {
-            let touches = match window.get_mut(event.visitor_id.as_str()) {
-                Some(touches) => touches,
-                None => window.entry(event.visitor_id.as_str().into()).or_default(),
-            };
-            match touches.iter_mut().find(|t| t.channel == channel && t.device == device) {
-                Some(t) => {
-                    t.steps |= step_bit;
-                    t.events += 1;
-                    t.page_views += page_view;
+        let step = Step::of(event.event_type);
+        let step_bit = step.map_or(0, Step::bit);
+        let page_views = u64::from(event.event_type == ClickEventType::PageView);
+        // The visitor's own cell and the three subtotals it adds to.
+        let groups: [GroupKey; 4] =
+            [(Some(channel), Some(device)), (Some(channel), None), (None, Some(device)), (None, None)];
+        let id = event.visitor_id.as_str();
+        let touches = match self.visitors.get_mut(id) {
+            Some(touches) => touches,
+            None => self.visitors.entry(id.into()).or_default(),
+        };
+        touches.retain(|t| self.windows.is_open(t.window_end));
+        self.windows.record_each(event.event_time, |window_end, window_ms, counts| {
+            let in_window = |t: &Touch| t.window_end == window_end && t.window_ms == window_ms;
+            for (c, d) in groups {
+                // Steps the visitor had reached in this group and window; `None` if it was not in it.
+                let before = touches
+                    .iter()
+                    .filter(|t| in_window(t) && c.is_none_or(|c| c == t.channel) && d.is_none_or(|d| d == t.device))
+                    .map(|t| t.steps)
+                    .reduce(|a, b| a | b);
+                let cell = &mut counts.0[WindowCounts::cell(c, d)];
+                cell.events += 1;
+                cell.page_views += page_views;
+                cell.visitors += u64::from(before.is_none());
+                if let Some(step) = step
+                    && before.unwrap_or(0) & step_bit == 0
+                {
+                    cell.step_visitors[step as usize] += 1;
                 }
-                None => touches.push(Touch { channel, device, steps: step_bit, events: 1, page_views: page_view }),
+            }
+            match touches.iter_mut().find(|t| in_window(t) && t.channel == channel && t.device == device) {
+                Some(t) => t.steps |= step_bit,
+                None => touches.push(Touch { window_end, window_ms, channel, device, steps: step_bit }),
             }
         })
     }
@@ -121,55 +191,42 @@ impl FunnelOperator {
     /// Closes windows the watermark has passed.
     pub fn advance_to(&mut self, watermark: i64) -> Vec<FunnelRow> {
         let closed = self.windows.advance(watermark);
+        // Visitors go when the longest window they touched closes; closed windows' touches of
+        // the visitors that stay go when the visitor is next seen.
+        if closed.iter().any(|w| w.size_ms == self.windows.longest_ms()) {
+            self.visitors.retain(|_, touches| {
+                touches.retain(|t| self.windows.is_open(t.window_end));
+                !touches.is_empty()
+            });
+        }
         self.rows(closed)
     }
 
     /// Closes every window (end of a bounded input).
     pub fn close_all(&mut self) -> Vec<FunnelRow> {
+        self.visitors.clear();
         let closed = self.windows.close_all();
         self.rows(closed)
     }
 
-    fn rows(&self, closed: Vec<crate::time::ClosedWindow<WindowState>>) -> Vec<FunnelRow> {
-        let mut rows = Vec::new();
-        for window in closed {
-            let mut groups: BTreeMap<GroupKey, FunnelCounts> = BTreeMap::new();
-            let mut per_visitor: Vec<(GroupKey, u8, u32, u32)> = Vec::new();
-            for touches in window.state.values() {
-                // Union the visitor's touches per group first, so each group counts them once.
-                per_visitor.clear();
-                for t in touches {
-                    let (c, d) = (Some(t.channel), Some(t.device));
-                    for key in [(c, d), (c, None), (None, d), (None, None)] {
-                        match per_visitor.iter_mut().find(|(k, ..)| *k == key) {
-                            Some(entry) => {
-                                entry.1 |= t.steps;
-                                entry.2 += t.events;
-                                entry.3 += t.page_views;
-                            }
-                            None => per_visitor.push((key, t.steps, t.events, t.page_views)),
-                        }
-                    }
-                }
-                for &(key, steps, events, page_views) in &per_visitor {
-                    let counts = groups.entry(key).or_default();
-                    counts.visitors += 1;
-                    counts.events += u64::from(events);
-                    counts.page_views += u64::from(page_views);
-                    for step in Step::ALL {
-                        counts.step_visitors[step as usize] += u64::from(steps & step.bit() != 0);
-                    }
-                }
-            }
-            rows.extend(groups.into_iter().map(|((channel, device), counts)| FunnelRow {
-                window_ms: window.size_ms,
-                window_start: window.start,
-                partition: self.partition,
-                channel,
-                device,
-                counts,
-            }));
-        }
+    /// Visitors held: those with a touch in an open window.
+    pub fn visitors_held(&self) -> usize {
+        self.visitors.len()
+    }
+
+    fn rows(&self, closed: Vec<crate::time::ClosedWindow<WindowCounts>>) -> Vec<FunnelRow> {
+        let mut rows: Vec<FunnelRow> = closed
+            .into_iter()
+            .flat_map(|window| {
+                let (window_ms, window_start, partition) = (window.size_ms, window.start, self.partition);
+                window.state.0.into_iter().enumerate().filter(|(_, counts)| counts.visitors > 0).map(
+                    move |(cell, counts)| {
+                        let (channel, device) = WindowCounts::group(cell);
+                        FunnelRow { window_ms, window_start, partition, channel, device, counts }
+                    },
+                )
+            })
+            .collect();
         rows.sort();
         rows
     }
@@ -236,5 +293,86 @@ mod tests {
         assert_eq!(op.advance_to(60_000).len(), 4);
         assert!(op.record(&click("b", 2_000, ClickEventType::PageView, Channel::Direct, Device::App)).is_err());
         assert!(op.close_all().is_empty());
+    }
+
+    /// Counts from scratch: per window and group, the distinct visitors and the union of their steps.
+    fn recount(clicks: &[ClickEvent], sizes: &[i64]) -> Vec<FunnelRow> {
+        use std::collections::BTreeMap;
+        // (size, start, group, visitor) -> (steps, events, page views)
+        type PerVisitor<'a> = BTreeMap<(i64, i64, GroupKey, &'a str), (u8, u64, u64)>;
+        let mut per_visitor = PerVisitor::new();
+        for e in clicks {
+            for &size in sizes {
+                let (c, d) = (Some(e.effective_channel()), Some(e.device));
+                for group in [(c, d), (c, None), (None, d), (None, None)] {
+                    let v = per_visitor
+                        .entry((size, crate::time::window_start(e.event_time, size), group, &e.visitor_id))
+                        .or_default();
+                    v.0 |= Step::of(e.event_type).map_or(0, Step::bit);
+                    v.1 += 1;
+                    v.2 += u64::from(e.event_type == ClickEventType::PageView);
+                }
+            }
+        }
+        let mut rows: BTreeMap<(i64, i64, GroupKey), FunnelCounts> = BTreeMap::new();
+        for ((size, start, group, _), (steps, events, page_views)) in per_visitor {
+            let counts = rows.entry((size, start, group)).or_default();
+            counts.visitors += 1;
+            counts.events += events;
+            counts.page_views += page_views;
+            for step in Step::ALL {
+                counts.step_visitors[step as usize] += u64::from(steps & step.bit() != 0);
+            }
+        }
+        let mut rows: Vec<FunnelRow> = rows
+            .into_iter()
+            .map(|((window_ms, window_start, (channel, device)), counts)| FunnelRow {
+                window_ms,
+                window_start,
+                partition: 0,
+                channel,
+                device,
+                counts,
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn incremental_counts_equal_a_recount_through_advances_and_a_checkpoint(
+            clicks in proptest::collection::vec((0..6usize, 0..4usize, 0..3usize, 0..ClickEventType::COUNT, 0..400_000i64), 1..120),
+            restore_at in 0..120usize,
+        ) {
+            let sizes = [60_000, 300_000];
+            let clicks: Vec<ClickEvent> = clicks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (visitor, channel, device, kind, t))| ClickEvent {
+                    channel: Some(Channel::ALL[channel]),
+                    ..ClickEvent::new(format!("e{i}"), ClickEventType::ALL[kind], t, format!("v{visitor}"), Device::ALL[device])
+                })
+                .collect();
+            let mut op = FunnelOperator::new(0, &sizes, 0);
+            let mut rows = Vec::new();
+            let mut on_time = Vec::new();
+            let mut watermark = 0;
+            for (i, e) in clicks.iter().enumerate() {
+                if i == restore_at {
+                    op = crate::time::restore(&crate::time::snapshot(&op).expect("encodes")).expect("decodes");
+                }
+                if op.record(e).is_ok() {
+                    on_time.push(e.clone());
+                }
+                // A watermark 100 s behind the latest event, so some events are late.
+                watermark = watermark.max(e.event_time - 100_000);
+                rows.extend(op.advance_to(watermark));
+            }
+            rows.extend(op.close_all());
+            rows.sort();
+            proptest::prop_assert_eq!(rows, recount(&on_time, &sizes));
+            proptest::prop_assert_eq!(op.visitors_held(), 0);
+        }
     }
 }

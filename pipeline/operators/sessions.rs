@@ -7,7 +7,9 @@
 use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, Merge, Session, SessionWindows, window_start};
+use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 /// A session longer than this is engaged.
 pub const ENGAGED_AFTER_MS: i64 = 10_000;
@@ -82,11 +84,9 @@ struct SessionFacts {
 }
 
 impl SessionFacts {
-    fn land(&mut self, candidate: Landing) {
-        let earlier = |l: &Landing| (candidate.event_time, &candidate.event_id) < (l.event_time, &l.event_id);
-        if self.landing.as_ref().is_none_or(earlier) {
-            self.landing = Some(candidate);
-        }
+    /// Whether an event would be the landing event: earlier than the current one.
+    fn lands_before(&self, event_time: i64, event_id: &str) -> bool {
+        self.landing.as_ref().is_none_or(|l| (event_time, event_id) < (l.event_time, &*l.event_id))
     }
 
     fn depth_in_order(&self) -> u8 {
@@ -104,8 +104,10 @@ impl SessionFacts {
 
 impl Merge for SessionFacts {
     fn merge(&mut self, other: Self) {
-        if let Some(landing) = other.landing {
-            self.land(landing);
+        if let Some(landing) = other.landing
+            && self.lands_before(landing.event_time, &landing.event_id)
+        {
+            self.landing = Some(landing);
         }
         self.events += other.events;
         self.page_views += other.page_views;
@@ -114,7 +116,25 @@ impl Merge for SessionFacts {
 }
 
 /// Session key: visitor and client session id.
-type Key = (Box<str>, Option<Box<str>>);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct Key(SmolStr, Option<SmolStr>);
+
+/// A [`Key`] borrowed from an event, so that looking a session up copies nothing. Hashes like
+/// [`Key`]: the derived `Hash` of both hashes the same strings in the same order.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, Option<&'a str>);
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_deref()
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(key: &KeyRef<'_>) -> Self {
+        Key(key.0.into(), key.1.map(Into::into))
+    }
+}
 
 /// Per-partition session state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,15 +160,17 @@ impl SessionOperator {
     /// # Errors
     /// [`Late`] when the event's window has closed; nothing is recorded then.
     pub fn record(&mut self, event: &ClickEvent) -> Result<(), Late> {
-        let key: Key = (event.visitor_id.as_str().into(), event.session_id.as_deref().map(Into::into));
+        let key = KeyRef(&event.visitor_id, event.session_id.as_deref());
         self.sessions.record(&key, event.event_time, |facts| {
-            facts.land(Landing {
-                event_time: event.event_time,
-                event_id: event.event_id.as_str().into(),
-                channel: event.effective_channel(),
-                device: event.device,
-                page: event.page.as_deref().map(Into::into),
-            });
+            if facts.lands_before(event.event_time, &event.event_id) {
+                facts.landing = Some(Landing {
+                    event_time: event.event_time,
+                    event_id: event.event_id.as_str().into(),
+                    channel: event.effective_channel(),
+                    device: event.device,
+                    page: event.page.as_deref().map(Into::into),
+                });
+            }
             facts.events += 1;
             facts.page_views += u32::from(event.event_type == ClickEventType::PageView);
             if let Some(step) = Step::of(event.event_type) {
@@ -177,7 +199,7 @@ impl SessionOperator {
     fn rows(&self, closed: Vec<(Key, Session<SessionFacts>)>) -> Vec<SessionRow> {
         closed
             .into_iter()
-            .filter_map(|((visitor, client_session), session)| {
+            .filter_map(|(Key(visitor, client_session), session)| {
                 let facts = session.state;
                 let depth = facts.depth_in_order();
                 let landing = facts.landing?;
@@ -269,6 +291,20 @@ mod tests {
         let rows = op.close_all();
         let ids: Vec<Option<&str>> = rows.iter().map(|r| r.client_session_id.as_deref()).collect();
         assert_eq!(ids, vec![Some("s1"), Some("s2"), None]);
+    }
+
+    #[test]
+    fn a_borrowed_key_hashes_and_compares_like_the_key_it_stands_for() {
+        use std::hash::BuildHasher;
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        for (visitor, session) in [("v000000001", None), ("v000000001", Some("s1")), ("", Some(""))] {
+            let key = Key(visitor.into(), session.map(Into::into));
+            let borrowed = KeyRef(visitor, session);
+            assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&key));
+            assert!(borrowed.equivalent(&key));
+            assert_eq!(Key::from(&borrowed), key);
+        }
+        assert!(!KeyRef("v1", None).equivalent(&Key("v1".into(), Some("".into()))));
     }
 
     #[test]

@@ -195,15 +195,43 @@ impl<S: Default> TumblingWindows<S> {
     /// # Errors
     /// [`Late`] when the event's smallest window closed before it arrived; nothing is updated.
     pub fn record(&mut self, event_time: i64, mut update: impl FnMut(&mut S)) -> Result<(), Late> {
+        self.record_each(event_time, |_, _, state| update(state))
+    }
+
+    /// Whether an event at `event_time` would be on time.
+    ///
+    /// # Errors
+    /// [`Late`] when its smallest window has closed.
+    pub fn check(&self, event_time: i64) -> Result<(), Late> {
+        self.gate.check(event_time)
+    }
+
+    /// Whether the windows ending at `end` are still open.
+    pub fn is_open(&self, end: i64) -> bool {
+        self.gate.watermark().is_none_or(|watermark| !self.gate.closed(end, watermark))
+    }
+
+    /// The longest window size, ms.
+    pub fn longest_ms(&self) -> i64 {
+        self.sizes_ms.last().copied().unwrap_or_default()
+    }
+
+    /// Like [`TumblingWindows::record`], also telling `update` each window's end and size, ms.
+    ///
+    /// # Errors
+    /// [`Late`] when the event's smallest window closed before it arrived; nothing is updated.
+    pub fn record_each(&mut self, event_time: i64, mut update: impl FnMut(i64, i64, &mut S)) -> Result<(), Late> {
         self.gate.check(event_time)?;
         for &size in &self.sizes_ms {
             let end = window_start(event_time, size) + size;
-            update(self.open.entry((end, size)).or_default());
+            update(end, size, self.open.entry((end, size)).or_default());
         }
         Ok(())
     }
 
     /// Closes every window whose end plus lateness is at or before `watermark`, in end order.
+    /// Every window ending at or before the last one closed is closed then: closing depends on
+    /// the end only.
     pub fn advance(&mut self, watermark: i64) -> Vec<ClosedWindow<S>> {
         if !self.gate.advance(watermark) {
             return Vec::new();

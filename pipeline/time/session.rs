@@ -10,7 +10,7 @@
 //! that would stretch a session beyond it starts a new session instead.
 
 use super::{Late, LatenessGate};
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -93,14 +93,21 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
     }
 
     /// Adds an event of `key` at `event_time` to its session and applies `update` to it.
+    /// `key` may be a borrowed form of the key: it is copied only for a key not seen before.
     ///
     /// # Errors
     /// [`Late`] when the event's window has closed; nothing is updated.
-    pub fn record(&mut self, key: &K, event_time: i64, update: impl FnOnce(&mut S)) -> Result<(), Late> {
+    pub fn record<Q>(&mut self, key: &Q, event_time: i64, update: impl FnOnce(&mut S)) -> Result<(), Late>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+        for<'q> K: From<&'q Q>,
+    {
         self.gate.check(event_time)?;
         let (gap, max_length) = (self.gap_ms, self.max_length_ms);
-        let created_new_key = !self.open.contains_key(key);
-        let sessions = self.open.entry(key.clone()).or_default();
+        let (sessions, created_new_key) = match self.open.get_mut(key) {
+            Some(sessions) => (sessions, false),
+            None => (self.open.entry(K::from(key)).or_default(), true),
+        };
         // Sessions the event touches form a contiguous run.
         let touches = |s: &Session<S>| event_time - s.last < gap && s.start - event_time < gap;
         let first = sessions.iter().position(touches);
@@ -109,7 +116,7 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
                 let at = sessions.partition_point(|s| s.start < event_time);
                 sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
                 if !created_new_key {
-                    self.deadlines.push(Reverse((event_time + gap, key.clone())));
+                    self.deadlines.push(Reverse((event_time + gap, K::from(key))));
                 }
                 at
             }
@@ -139,14 +146,14 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
                     // Too long either way: the guard starts a new session here.
                     let at = sessions.partition_point(|s| s.start <= event_time);
                     sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
-                    self.deadlines.push(Reverse((event_time + gap, key.clone())));
+                    self.deadlines.push(Reverse((event_time + gap, K::from(key))));
                     at
                 }
             }
         };
         update(&mut sessions[index].state);
         if created_new_key {
-            self.deadlines.push(Reverse((event_time + gap, key.clone())));
+            self.deadlines.push(Reverse((event_time + gap, K::from(key))));
         }
         Ok(())
     }
@@ -165,16 +172,22 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
             }
             let Some(Reverse((_, key))) = self.deadlines.pop() else { break };
             let Some(sessions) = self.open.get_mut(&key) else { continue };
-            let (done, keep): (Vec<_>, Vec<_>) =
-                std::mem::take(sessions).into_iter().partition(|s| s.last + self.gap_ms <= horizon);
-            *sessions = keep;
-            match sessions.iter().map(|s| s.last).min() {
-                Some(last) => self.deadlines.push(Reverse((last + self.gap_ms, key.clone()))),
-                None => {
-                    self.open.remove(&key);
-                }
+            let gap = self.gap_ms;
+            let done = |s: &Session<S>| s.last + gap <= horizon;
+            if sessions.iter().all(done) {
+                // The usual case: the key's last session ends; its key moves into the output.
+                let sessions = self.open.remove(&key).unwrap_or_default();
+                push_with_key(&mut closed, key, sessions);
+                continue;
             }
-            closed.extend(done.into_iter().map(|s| (key.clone(), s)));
+            if sessions.iter().any(done) {
+                let (ended, open): (Vec<_>, Vec<_>) = std::mem::take(sessions).into_iter().partition(done);
+                *sessions = open;
+                closed.extend(ended.into_iter().map(|s| (key.clone(), s)));
+            }
+            if let Some(last) = sessions.iter().map(|s| s.last).min() {
+                self.deadlines.push(Reverse((last + gap, key)));
+            }
         }
         closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
         closed
@@ -183,10 +196,10 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
     /// Closes every open session (end of a bounded input), ordered by start and key.
     pub fn close_all(&mut self) -> Vec<(K, Session<S>)> {
         self.deadlines.clear();
-        let mut closed: Vec<(K, Session<S>)> = std::mem::take(&mut self.open)
-            .into_iter()
-            .flat_map(|(key, sessions)| sessions.into_iter().map(move |s| (key.clone(), s)))
-            .collect();
+        let mut closed = Vec::with_capacity(self.open_sessions());
+        for (key, sessions) in std::mem::take(&mut self.open) {
+            push_with_key(&mut closed, key, sessions);
+        }
         closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
         if let Some(last) = closed.iter().map(|(_, s)| s.last).max() {
             self.gate.advance(last + self.gap_ms + self.gate.window_ms() + self.gate.lateness_ms());
@@ -197,6 +210,15 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
     /// Open sessions, all keys.
     pub fn open_sessions(&self) -> usize {
         self.open.values().map(Vec::len).sum()
+    }
+}
+
+/// Appends each of `sessions` with its key, copying the key for all but the last.
+fn push_with_key<K: Clone, S>(closed: &mut Vec<(K, Session<S>)>, key: K, mut sessions: Vec<Session<S>>) {
+    let last = sessions.pop();
+    closed.extend(sessions.into_iter().map(|s| (key.clone(), s)));
+    if let Some(s) = last {
+        closed.push((key, s));
     }
 }
 

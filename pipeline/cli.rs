@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// Visitors per second in the latency and soak runs (about 6 messages each).
     #[arg(long, default_value_t = 200.0)]
     pub visitors_per_sec: f64,
-    /// Length of the resident-memory soak (e.g. 10m; 0s skips it).
+    /// Length of the resident-memory soak (e.g. 10m; 0s skips it), with state let go within
+    /// minutes so that it reaches steady state.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub soak: Duration,
     /// Open orders and sessions for the bytes-per-entry figures (0 skips them).

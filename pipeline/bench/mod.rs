@@ -22,7 +22,7 @@ use crate::config::{FamilyLateness, RawConfig, Settings, TimeSettings, TopicName
 use crate::event::Stream;
 use crate::generate::producer::{Encoder, ProduceOptions, produce};
 use crate::generate::{Generator, GeneratorConfig, Profile};
-use crate::operators::{PartitionTask, TaskOutput};
+use crate::operators::{PartitionTask, Retention, TaskOutput};
 use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, RunReport};
 use crate::sink::http;
 use crate::sink::storage::Location;
@@ -220,11 +220,18 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         eprintln!("soak: paced real-time traffic for {}", humantime::format_duration(options.soak));
         let topics = topic_names(run_id, "soak");
         broker.create_topics(&topics, options.partitions)?;
-        let settings =
-            Settings { topics, group_id: format!("bench-{run_id}-soak"), output: output("soak"), ..base.clone() };
+        let settings = Settings {
+            topics,
+            group_id: format!("bench-{run_id}-soak"),
+            output: output("soak"),
+            time: steady_within_minutes(&base.time),
+            ..base.clone()
+        };
         let interval = (options.soak / 20).clamp(Duration::from_secs(1), Duration::from_secs(30));
         report.soak = paced_run(settings, options.visitors_per_sec, options.soak, Some(interval))?.soak;
-        report.soak_warm_up = options.soak / 5;
+        // Open orders level off about 5 minutes in (kept 2-3 minutes after their last event,
+        // which comes minutes after they open).
+        report.soak_warm_up = options.soak / 2;
     }
     drop(broker);
     Ok(report)
@@ -268,6 +275,24 @@ fn base_settings(brokers: &str, options: &BenchOptions) -> anyhow::Result<Settin
     settings.metrics_addr = "127.0.0.1:0".parse().context("a loopback address")?;
     settings.checkpoint.interval = options.checkpoint_interval;
     Ok(settings)
+}
+
+/// The soak's time settings: every kind of state is let go within a few minutes of its last
+/// event (1-minute windows and session gap, 1-minute dedupe horizon, orders kept two minutes
+/// after they finish or three after they go quiet; retention must outlast a window). After
+/// that warm-up the state is steady, so a resident set still growing is a leak. Production
+/// horizons (1 h windows, 30 min sessions, orders kept for days) would keep state growing
+/// through any soak shorter than days.
+fn steady_within_minutes(time: &TimeSettings) -> TimeSettings {
+    const MINUTE: i64 = 60_000;
+    TimeSettings {
+        window_sizes_ms: vec![MINUTE],
+        session_gap_ms: MINUTE,
+        session_max_length_ms: 10 * MINUTE,
+        dedupe_horizon_ms: MINUTE,
+        retention: Retention { terminal_ttl_ms: 2 * MINUTE, open_timeout_ms: 3 * MINUTE, orphan_after_ms: 2 * MINUTE },
+        ..time.clone()
+    }
 }
 
 /// The broker measured against.
@@ -542,11 +567,15 @@ fn paced_run(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let generator = {
+    let generator = if soak_every.is_some() {
+        PacedTraffic::Process(generate_in_child(&produce_options, visitors_per_sec)?)
+    } else {
         let (traffic, stop, sent) = (traffic.clone(), Arc::clone(&stop), Arc::clone(&sent));
-        std::thread::Builder::new()
-            .name("generator".into())
-            .spawn(move || produce(Generator::new(traffic), &produce_options, &stop, &sent))?
+        PacedTraffic::Thread(
+            std::thread::Builder::new()
+                .name("generator".into())
+                .spawn(move || produce(Generator::new(traffic), &produce_options, &stop, &sent))?,
+        )
     };
     let gauge = metrics.window_end.with_label_values(&[window.as_str()]);
     let started = Instant::now();
@@ -578,10 +607,49 @@ fn paced_run(
         std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
-    let produced = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
+    let sent = match generator {
+        PacedTraffic::Thread(thread) => {
+            thread.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))??.sent
+        }
+        PacedTraffic::Process(mut child) => {
+            // Stopping it mid-send is fine: only the pipeline's memory is measured.
+            child.kill().context("stopping the soak's generator")?;
+            child.wait().context("waiting for the soak's generator")?;
+            0
+        }
+    };
     control.store(CONTROL_STOP, Ordering::Relaxed);
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
-    Ok(Paced { window_ends, window_ms, traffic, sent: produced.sent, duration, soak })
+    Ok(Paced { window_ends, window_ms, traffic, sent, duration, soak })
+}
+
+/// Where a paced run's traffic comes from.
+enum PacedTraffic {
+    /// A thread of this process: the latency run counts what it sent.
+    Thread(
+        std::thread::JoinHandle<
+            Result<crate::generate::producer::ProduceReport, crate::generate::producer::ProduceError>,
+        >,
+    ),
+    /// `storepulse generate` in a child process, for the soak: the generator holds every
+    /// order's future lifecycle events, which grow as long as it runs, and must not count
+    /// toward the pipeline's resident set.
+    Process(std::process::Child),
+}
+
+/// Starts `storepulse generate` sending real-time traffic to `options.topics`.
+fn generate_in_child(options: &ProduceOptions, visitors_per_sec: f64) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("finding this executable to run the soak's generator")?;
+    let start = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    std::process::Command::new(exe)
+        .arg("generate")
+        .args(["--brokers", &options.brokers, "--profile", "steady", "--speed", "1", "--start", &start])
+        .args(["--visitors-per-sec", &visitors_per_sec.to_string()])
+        .args(["--clickstream-topic", &options.topics.clickstream, "--orders-topic", &options.topics.orders])
+        .args(["--logistics-topic", &options.topics.logistics])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the soak's generator")
 }
 
 /// Runs `storepulse bench --memory-probe KIND N` and reads the figure it prints.

@@ -1,7 +1,7 @@
 //! The benchmark's printed table.
 
 use super::BenchReport;
-use super::stats::{PhaseFigures, spread};
+use super::stats::{PhaseFigures, spread, trend};
 use std::fmt::Write as _;
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -117,8 +117,15 @@ impl BenchReport {
                     100.0 * spread
                 );
             }
-            // Open orders are kept for days, so state grows through any soak shorter than the
-            // retention: set the growth of the resident set against what that state costs.
+            // The spread includes the swing of state closing in batches; the trend is what a leak moves.
+            if let Some(trend) = trend(&rss) {
+                let _ = writeln!(
+                    out,
+                    "RSS trend after warm-up: the last third's mean is {:+.1} % from the first third's",
+                    100.0 * trend
+                );
+            }
+            // Set the growth of the resident set against what the state opened meanwhile costs.
             if let (Some(first), Some(last), Some((per_order, per_session))) =
                 (settled.first(), settled.last(), self.memory)
             {

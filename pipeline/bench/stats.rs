@@ -80,9 +80,28 @@ pub fn spread(values: &[u64]) -> Option<f64> {
     Some((max - min) as f64 / (min.max(1)) as f64)
 }
 
+/// Relative change from the mean of the first third of the samples to the mean of the last
+/// third; `None` with fewer than three samples.
+pub fn trend(values: &[u64]) -> Option<f64> {
+    let third = values.len() / 3;
+    if third == 0 {
+        return None;
+    }
+    let mean = |part: &[u64]| part.iter().map(|v| *v as f64).sum::<f64>() / part.len() as f64;
+    let (first, last) = (mean(&values[..third]), mean(&values[values.len() - third..]));
+    Some((last - first) / first.max(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trend_compares_the_last_third_with_the_first() {
+        assert_eq!(trend(&[100, 100]), None);
+        assert_eq!(trend(&[100, 0, 110]), Some(0.1));
+        assert_eq!(trend(&[100, 120, 90, 110, 100, 100]), Some(-0.090_909_090_909_090_91));
+    }
 
     #[test]
     fn quantiles_by_nearest_rank() {

@@ -17,7 +17,7 @@ def figures(text: str, phase: str) -> list[float]:
 def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
     out = tmp_path / "bench"
     result = storepulse("bench", "--brokers", broker.address, "--events", "6000", "--latency-for", "12s",
-                        "--memory-entries", "20000", "--out", out, timeout=600)
+                        "--memory-entries", "20000", "--soak", "20s", "--out", out, timeout=600)
     text = result.stdout
     for phase in ["1 ceiling: consume + decode", "2 full pipeline", "3 processing only (in memory)"]:
         events_per_sec, cpu_per_million, events_per_cpu, peak_rss_mb = figures(text, phase)
@@ -30,6 +30,11 @@ def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
     assert latency and 0 < int(latency[1]) <= int(latency[2]), text
     memory = re.search(r"memory: (\d+) bytes per open order.*, (\d+) bytes per open session", text)
     assert memory and int(memory[1]) > 50 and int(memory[2]) > 50, text
+    # The soak's traffic comes from a generator in a child process and reaches the pipeline.
+    soak = text[text.index("soak: resident set over time"):].splitlines()
+    samples = [[float(v) for v in line.split()] for line in soak[2:] if re.match(r"\s+\d+\s", line)]
+    assert len(samples) >= 10 and samples[-1][2] > samples[0][2] and all(s[1] > 1 for s in samples), text
+    assert re.search(r"RSS trend after warm-up: the last third's mean is [+-][0-9.]+ %", text), text
     # The measured pipeline did the real work: its tables are there and readable.
     visitors = duckdb.connect().execute(
         f"SELECT sum(visitors) FROM {table(out / 'pipeline', 'funnel')}"

@@ -229,6 +229,10 @@ pub struct Pipeline {
     /// Partitions just assigned at a checkpointed offset, until their first message shows the
     /// broker started there.
     resuming: BTreeMap<TopicPartition, Resume>,
+    /// When each assigned partition was assigned (wall ms): one that delivers nothing counts
+    /// as idle only an idle timeout later, so an empty-looking partition (fetch statistics lag
+    /// behind the log) cannot let windows close before its first events arrive.
+    assigned_at: BTreeMap<TopicPartition, i64>,
     board: SummaryBoard,
     exported: ExportedSeries,
     last_backlog: Instant,
@@ -276,6 +280,7 @@ impl Pipeline {
             unpublished: Vec::new(),
             paused: false,
             resuming: BTreeMap::new(),
+            assigned_at: BTreeMap::new(),
             scratch: TaskOutput::default(),
             counters,
             settings,
@@ -521,11 +526,16 @@ impl Pipeline {
                 }
                 self.forget_series(&partitions);
                 self.resuming.clear();
+                for tp in &partitions {
+                    self.assigned_at.remove(tp);
+                }
                 if let Err(error) = source.release(&partitions) {
                     tracing::error!(%error, "releasing revoked partitions failed");
                 }
             }
             PendingRebalance::Assign(partitions) => {
+                let now_ms = system_time_ms(SystemTime::now());
+                self.assigned_at.extend(partitions.iter().map(|tp| (tp.clone(), now_ms)));
                 let start = self.restore(&partitions, control);
                 self.resuming = start.iter().map(|(tp, next)| (tp.clone(), Resume::at(*next))).collect();
                 self.released.clear();
@@ -834,6 +844,7 @@ impl Pipeline {
             for &stream in task_streams(*kind) {
                 let tp = (self.settings.topics.of(stream).to_owned(), *partition);
                 let up_to_date = caught_up(&tp);
+                let assigned_at = self.assigned_at.get(&tp).copied().unwrap_or(now_ms);
                 let idle = match task.progress.get_mut(&stream) {
                     Some(progress) => {
                         progress.caught_up = up_to_date;
@@ -844,7 +855,7 @@ impl Pipeline {
                         }
                         up_to_date && now_ms - progress.last_event_at_ms >= idle_timeout_ms
                     }
-                    None => up_to_date,
+                    None => up_to_date && now_ms - assigned_at >= idle_timeout_ms,
                 };
                 // An idle partition of a commerce task stops holding its fulfillment windows back.
                 let pending = self.scratch.pending();
@@ -854,7 +865,7 @@ impl Pipeline {
         }
         self.route_closed();
         // Assigned partitions that have delivered nothing yet hold the low watermark back
-        // unless they are known to be empty.
+        // until they have been caught up (empty) for an idle timeout.
         let unstarted: Vec<PartitionProgress> = source
             .assignment()
             .into_iter()
@@ -865,7 +876,11 @@ impl Pipeline {
                         .is_none_or(|task| !task.progress.contains_key(&stream))
                 })
             })
-            .map(|tp| PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: caught_up(&tp) })
+            .map(|tp| PartitionProgress {
+                watermark: None,
+                last_event_at_ms: self.assigned_at.get(&tp).copied().unwrap_or(now_ms),
+                caught_up: caught_up(&tp),
+            })
             .collect();
         self.metrics.sessions_open.set(self.tasks.values().map(|t| t.state.open_sessions() as i64).sum());
         self.metrics.orders_open.set(self.tasks.values().map(|t| t.state.open_orders() as i64).sum());

@@ -45,7 +45,7 @@ impl PartitionWatermark {
 pub struct PartitionProgress {
     /// The partition's watermark, if it has seen events.
     pub watermark: Option<i64>,
-    /// Processing time (wall ms) of its last event.
+    /// Processing time (wall ms) of its last event, or of its assignment before its first.
     pub last_event_at_ms: i64,
     /// Whether the consumer has reached the partition's high watermark (no lag).
     pub caught_up: bool,
@@ -54,8 +54,11 @@ pub struct PartitionProgress {
 /// Minimum watermark over partitions, skipping those that are idle *and* caught up: a
 /// partition that is merely slow (lagging) holds the watermark back, never loses data.
 ///
-/// An assigned partition without a watermark yet (no event seen) holds everything back unless
-/// it is caught up (empty). Returns `None` while nothing can be closed. When every partition
+/// An assigned partition without a watermark yet (no event seen) holds everything back until
+/// it is idle too: caught up (empty) for an idle timeout since its assignment. Lag comes from
+/// fetch statistics a second old, so a partition that just received its first events can look
+/// empty; skipping it at once would close windows on its neighbours' event times. Returns
+/// `None` while nothing can be closed. When every partition
 /// with a watermark is idle, the minimum over all of them is kept, so nothing closes early.
 pub fn low_watermark<'a>(
     partitions: impl IntoIterator<Item = &'a PartitionProgress>,
@@ -65,14 +68,14 @@ pub fn low_watermark<'a>(
     let mut active: Option<i64> = None;
     let mut all: Option<i64> = None;
     for p in partitions {
+        let idle = p.caught_up && now_ms - p.last_event_at_ms >= idle_timeout_ms;
         let Some(w) = p.watermark else {
-            if p.caught_up {
+            if idle {
                 continue;
             }
             return None;
         };
         all = Some(all.map_or(w, |a| a.min(w)));
-        let idle = p.caught_up && now_ms - p.last_event_at_ms >= idle_timeout_ms;
         if !idle {
             active = Some(active.map_or(w, |a| a.min(w)));
         }
@@ -442,5 +445,12 @@ mod tests {
         let not_started = PartitionProgress { watermark: None, last_event_at_ms: 0, caught_up: false };
         assert_eq!(low_watermark([&busy, &empty], 60_000, 30_000), Some(100_000));
         assert_eq!(low_watermark([&busy, &not_started], 60_000, 30_000), None, "a partition not yet read holds back");
+        let just_assigned_empty = PartitionProgress { watermark: None, last_event_at_ms: 50_000, caught_up: true };
+        assert_eq!(
+            low_watermark([&busy, &just_assigned_empty], 60_000, 30_000),
+            None,
+            "an empty partition holds back for an idle timeout after its assignment: its events may be in flight"
+        );
+        assert_eq!(low_watermark([&busy, &just_assigned_empty], 80_000, 30_000), Some(100_000));
     }
 }

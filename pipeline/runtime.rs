@@ -10,7 +10,7 @@
 use crate::checkpoint::{CheckpointStore, Manifest, TaskCheckpoint};
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::{Settings, system_time_ms};
-use crate::event::{Channel, Device, Stream};
+use crate::event::{Channel, Device, Event, Stream};
 use crate::operators::{
     Backlog, Disposition, FulfillmentCounts, FulfillmentRow, FunnelRow, LatencyMetric, OrderCounts, OrderFact,
     OrdersRow, OrphanShipment, PartitionTask, SessionRow, Step, TaskOutput, channel_label, device_label,
@@ -209,6 +209,8 @@ pub struct Pipeline {
     counters: StreamCounters,
     health: Arc<Health>,
     decoder: Decoder,
+    /// The latest event of each stream, decoded into in place so its buffers are reused.
+    decoded: [Event; 3],
     tasks: BTreeMap<(Stream, i32), Task>,
     /// Tasks checkpointed and released at the last revocation, reused if assigned back unchanged.
     released: BTreeMap<(Stream, i32), Task>,
@@ -287,6 +289,7 @@ impl Pipeline {
             metrics,
             health,
             decoder,
+            decoded: Stream::ALL.map(Event::placeholder),
             tasks: BTreeMap::new(),
             released: BTreeMap::new(),
             buffers: Buffers::default(),
@@ -728,43 +731,41 @@ impl Pipeline {
         }
 
         let now_ms = system_time_ms(SystemTime::now());
-        let decoded = self.decoder.decode(stream, payload, now_ms);
+        let event = &mut self.decoded[stream.index()];
+        let decoded = self.decoder.decode_into(stream, payload, now_ms, event);
         if let Err(error) = &decoded
             && error.is_retryable()
         {
-            return decoded.map(|_| ());
+            return decoded;
         }
         task.offsets.insert(stream, offset + 1);
         task.dirty = true;
         self.report.consumed += 1;
         self.counters.consumed[stream.index()].inc();
-        let event = match decoded {
-            Ok(event) => event,
-            Err(error) => {
-                self.report.rejected += 1;
-                self.metrics.events_rejected.with_label_values(&[stream.as_str(), error.reason()]).inc();
-                if let Some(dlq) = &self.dead_letter_topic {
-                    dlq.send(
-                        &Rejected { topic, partition, offset, key, payload, reason: error.reason() },
-                        &self.metrics,
-                    );
-                }
-                self.buffers.dead.push(DeadLetterRow {
-                    rejected_at: now_ms,
-                    topic: topic.to_owned(),
-                    partition,
-                    offset,
-                    key: key.map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    reason: error.reason(),
-                    detail: error.to_string(),
-                });
-                return Ok(());
+        if let Err(error) = decoded {
+            self.report.rejected += 1;
+            self.metrics.events_rejected.with_label_values(&[stream.as_str(), error.reason()]).inc();
+            if let Some(dlq) = &self.dead_letter_topic {
+                dlq.send(
+                    &Rejected { topic, partition, offset, key, payload, reason: error.reason() },
+                    &self.metrics,
+                );
             }
-        };
+            self.buffers.dead.push(DeadLetterRow {
+                rejected_at: now_ms,
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                reason: error.reason(),
+                detail: error.to_string(),
+            });
+            return Ok(());
+        }
         self.report.decoded += 1;
         self.counters.decoded[stream.index()].inc();
-        let disposition = task.state.process(&event, &mut self.scratch);
+        let disposition = task.state.process(event, &mut self.scratch);
         let progress = task.progress.entry(stream).or_default();
         progress.last_event_at_ms = now_ms;
         progress.watermark = task.state.watermark(stream);

@@ -19,7 +19,7 @@ pub mod stats;
 
 use crate::codec::{Decoder, WireFormat, WriterSchemaSource, decode_confluent_general_path};
 use crate::config::{FamilyLateness, RawConfig, Settings, TimeSettings, TopicNames, system_time_ms};
-use crate::event::Stream;
+use crate::event::{Event, Stream};
 use crate::generate::producer::{Encoder, ProduceOptions, produce};
 use crate::generate::{Generator, GeneratorConfig, Profile};
 use crate::operators::{PartitionTask, Retention, TaskOutput};
@@ -376,6 +376,8 @@ fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
     let mut decoder = Decoder::new(settings.format, WriterSchemaSource::local(None), settings.validation);
     let mut meter = Meter::new();
     let (mut seen, mut decoded) = (0u64, 0u64);
+    // Decoded in place, as the pipeline does.
+    let mut events = Stream::ALL.map(Event::placeholder);
     let mut last = Instant::now();
     while seen < expected {
         match source.consumer().poll(Duration::from_millis(100)) {
@@ -385,7 +387,8 @@ fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
                 last = Instant::now();
                 let Some(stream) = settings.topics.stream_of(message.topic()) else { continue };
                 let now_ms = system_time_ms(SystemTime::now());
-                decoded += u64::from(decoder.decode(stream, message.payload().unwrap_or_default(), now_ms).is_ok());
+                let payload = message.payload().unwrap_or_default();
+                decoded += u64::from(decoder.decode_into(stream, payload, now_ms, &mut events[stream.index()]).is_ok());
             }
             Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
             None if last.elapsed() > STALL => bail!("phase 1 stalled after {seen} of {expected} messages"),
@@ -464,12 +467,16 @@ pub fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSe
     let mut decoder = Decoder::new(WireFormat::Confluent, WriterSchemaSource::local(None), Default::default());
     let mut tasks: HashMap<(Stream, i32), PartitionTask> = HashMap::new();
     let mut out = TaskOutput::default();
+    let mut decoded = Stream::ALL.map(Event::placeholder);
     let mut rows = 0usize;
     for (stream, partition, payload) in &messages {
         let now_ms = system_time_ms(SystemTime::now());
-        let Ok(event) = decoder.decode(*stream, payload, now_ms) else { continue };
+        let event = &mut decoded[stream.index()];
+        if decoder.decode_into(*stream, payload, now_ms, event).is_err() {
+            continue;
+        }
         let key = (if *stream == Stream::Logistics { Stream::Orders } else { *stream }, *partition);
-        tasks.entry(key).or_insert_with(|| PartitionTask::new(*stream, *partition, time)).process(&event, &mut out);
+        tasks.entry(key).or_insert_with(|| PartitionTask::new(*stream, *partition, time)).process(event, &mut out);
         rows += out.pending();
         out.clear();
     }
@@ -492,7 +499,9 @@ pub fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSe
         decoded as f64 / (probe::thread_cpu_seconds() - cpu).max(1e-9)
     };
     let now_ms = system_time_ms(SystemTime::now());
-    let direct = events_per_cpu_second(&mut |stream, payload| decoder.decode(stream, payload, now_ms).is_ok());
+    let direct = events_per_cpu_second(&mut |stream, payload| {
+        decoder.decode_into(stream, payload, now_ms, &mut decoded[stream.index()]).is_ok()
+    });
     let general = events_per_cpu_second(&mut |stream, payload| decode_confluent_general_path(stream, payload).is_ok());
     (figures, (direct, general))
 }

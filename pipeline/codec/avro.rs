@@ -247,7 +247,8 @@ pub(super) fn decode_confluent(
     stream: Stream,
     payload: &[u8],
     schemas: &mut WriterSchemaSource,
-) -> Result<Event, DecodeError> {
+    event: &mut Event,
+) -> Result<(), DecodeError> {
     match payload.first() {
         Some(0) => {}
         Some(&b) if b < 0x10 => return Err(DecodeError::UnsupportedMagicByte(b)),
@@ -259,25 +260,24 @@ pub(super) fn decode_confluent(
     };
     let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     let (writer, verdict) = schemas.resolve(id, stream)?;
-    if verdict.direct
-        && let Some(event) = avro_direct::decode(stream, datum)
-    {
-        return Ok(event);
+    if verdict.direct && avro_direct::decode_into(stream, datum, event) {
+        return Ok(());
     }
-    decode_general(stream, &writer, datum).map_err(|error| match (error, verdict.incompatibility) {
+    *event = decode_general(stream, &writer, datum).map_err(|error| match (error, verdict.incompatibility) {
         (DecodeError::SchemaMismatch(_), Some(message)) => {
             DecodeError::IncompatibleWriterSchema { id, stream: stream.as_str(), message }
         }
         (error, _) => error,
-    })
+    })?;
+    Ok(())
 }
 
 /// Decodes a bare datum written with the bundled schema of `stream`.
-pub(super) fn decode_plain_datum(stream: Stream, payload: &[u8]) -> Result<Event, DecodeError> {
-    match avro_direct::decode(stream, payload) {
-        Some(event) => Ok(event),
-        None => decode_general(stream, reader_schema(stream), payload),
+pub(super) fn decode_plain_datum(stream: Stream, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
+    if !avro_direct::decode_into(stream, payload, event) {
+        *event = decode_general(stream, reader_schema(stream), payload)?;
     }
+    Ok(())
 }
 
 /// A reader over a datum that remembers whether the decoder tried to read past its end.

@@ -184,16 +184,33 @@ impl Decoder {
     /// # Errors
     /// A [`DecodeError`] naming why the message is not a valid event.
     pub fn decode(&mut self, stream: Stream, payload: &[u8], now_ms: i64) -> Result<Event, DecodeError> {
+        let mut event = Event::placeholder(stream);
+        self.decode_into(stream, payload, now_ms, &mut event)?;
+        Ok(event)
+    }
+
+    /// Like [`Decoder::decode`], into `event`, reusing the buffers of its strings when it holds
+    /// the previous event of `stream`: the processing loop keeps one per stream. After an error
+    /// `event` is unspecified.
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`].
+    pub fn decode_into(
+        &mut self,
+        stream: Stream,
+        payload: &[u8],
+        now_ms: i64,
+        event: &mut Event,
+    ) -> Result<(), DecodeError> {
         if payload.is_empty() {
             return Err(DecodeError::EmptyPayload);
         }
-        let event = match self.format {
-            WireFormat::Confluent => avro::decode_confluent(stream, payload, &mut self.writer_schemas)?,
-            WireFormat::AvroDatum => avro::decode_plain_datum(stream, payload)?,
-            WireFormat::Json => json::decode(stream, payload)?,
-        };
-        self.rules.validate(&event, now_ms)?;
-        Ok(event)
+        match self.format {
+            WireFormat::Confluent => avro::decode_confluent(stream, payload, &mut self.writer_schemas, event)?,
+            WireFormat::AvroDatum => avro::decode_plain_datum(stream, payload, event)?,
+            WireFormat::Json => *event = json::decode(stream, payload)?,
+        }
+        self.rules.validate(event, now_ms)
     }
 }
 

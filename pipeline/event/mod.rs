@@ -362,6 +362,50 @@ pub enum Event {
 }
 
 impl Event {
+    /// An event of `stream` with empty strings and the first symbol of every enum: something
+    /// for a decoder to write into, never an input.
+    pub fn placeholder(stream: Stream) -> Event {
+        match stream {
+            Stream::Clickstream => {
+                Event::Click(ClickEvent::new(String::new(), ClickEventType::ALL[0], 0, String::new(), Device::ALL[0]))
+            }
+            Stream::Orders => Event::Order(OrderEvent {
+                event_id: String::new(),
+                event_type: OrderEventType::ALL[0],
+                event_time: 0,
+                order_id: String::new(),
+                visitor_id: None,
+                user_id: None,
+                channel: Channel::ALL[0],
+                device: Device::ALL[0],
+                region: None,
+                currency: String::new(),
+                items_subtotal_minor: 0,
+                discount_minor: 0,
+                shipping_minor: 0,
+                paid_amount_minor: 0,
+                refund_amount_minor: None,
+                items: Vec::new(),
+                payment_method: None,
+                warehouse: None,
+                promised_ship_by: None,
+                promised_deliver_by: None,
+            }),
+            Stream::Logistics => Event::Shipment(ShipmentEvent {
+                event_id: String::new(),
+                status: ShipmentStatus::ALL[0],
+                event_time: 0,
+                order_id: String::new(),
+                shipment_id: String::new(),
+                carrier: String::new(),
+                warehouse: String::new(),
+                region: None,
+                carrier_status_code: None,
+                exception_reason: None,
+            }),
+        }
+    }
+
     /// The stream this event belongs on.
     pub fn stream(&self) -> Stream {
         match self {

@@ -746,10 +746,7 @@ impl Pipeline {
             self.report.rejected += 1;
             self.metrics.events_rejected.with_label_values(&[stream.as_str(), error.reason()]).inc();
             if let Some(dlq) = &self.dead_letter_topic {
-                dlq.send(
-                    &Rejected { topic, partition, offset, key, payload, reason: error.reason() },
-                    &self.metrics,
-                );
+                dlq.send(&Rejected { topic, partition, offset, key, payload, reason: error.reason() }, &self.metrics);
             }
             self.buffers.dead.push(DeadLetterRow {
                 rejected_at: now_ms,

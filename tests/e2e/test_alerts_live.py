@@ -92,8 +92,10 @@ def test_conversion_drop_fires_for_its_channel_only_and_not_without_injection(br
         for scenario in ["drop", "steady"]:
             topics = tuple(f"{scenario}-{stream}" for stream in ("clickstream", "orders", "logistics"))
             broker.create_topics(names=topics)
+            # The idle timeout scaled like the rules' durations (30 s / 60, rounded up to 1 s): the
+            # logistics partitions stay empty for the first event-hour, a wall minute here.
             config = write_config(tmp_path / f"{scenario}.toml", broker, tmp_path / scenario, f"alerts-{scenario}",
-                                  topics=topics)
+                                  topics=topics, extra="[time]\nidle_timeout_secs = 1\n")
             address = config.read_text().split('listen_addr = "')[1].split('"')[0]
             procs.append(subprocess.Popen([STOREPULSE, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))

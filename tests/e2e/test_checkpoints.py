@@ -204,31 +204,39 @@ def wait_until(condition, timeout: float, what: str) -> float:
 
 def test_two_instances_share_the_partitions_and_the_survivor_resumes_the_others_from_checkpoints(broker, tmp_path):
     """One instance leaves mid-run (SIGTERM: tansu 0.6 never expires a SIGKILLed member, so a
-    kill -9 would leave its partitions unowned; the kill -9 test above covers crash recovery)."""
-    produce(broker, tmp_path, 150_000, seed=23)
-    expected, total = reference(broker, tmp_path)
+    kill -9 would leave its partitions unowned; the kill -9 test above covers crash recovery).
+
+    The instances start on empty topics and the generator writes while they run: with the input
+    written first, one instance could consume all of it before the group gives the other any."""
+    broker.create_topics()
     out = tmp_path / "scaled"
     paths = [config(tmp_path, broker, out, "scale-out", name=f"instance-{i}") for i in range(2)]
     ports = [metrics_port(p) for p in paths]
     logs = [open(tmp_path / f"instance-{i}.log", "w") for i in range(2)]
     procs = [subprocess.Popen([STOREPULSE, "run", "--config", str(p)], stdout=subprocess.DEVNULL, stderr=log)
              for p, log in zip(paths, logs)]
+    generator = None
     try:
         wait_until(lambda: all(assigned(p) for p in ports) and len(assigned(ports[0]) | assigned(ports[1])) == 12,
                    120, "both instances to share the 12 partitions")
         shared = [len(assigned(p)) for p in ports]
+        generator = subprocess.Popen([STOREPULSE, "generate", "--brokers", broker.address, "--count", "150000",
+                                      "--seed", "23", *TRAFFIC], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: all(consumed_so_far(p) > 3_000 for p in ports), 120, "both instances to consume")
+        assert generator.poll() is None, "the input is still being written when an instance leaves"
         procs[1].send_signal(signal.SIGTERM)
         assert procs[1].wait(timeout=60) == 0
         covered_at_stop = committed_messages(out)
-        assert covered_at_stop < total, "stopped mid-run"
         takeover = wait_until(lambda: len(assigned(ports[0])) == 12, 120, "the survivor to take every partition")
+        assert generator.wait(timeout=300) == 0
+        expected, total = reference(broker, tmp_path)
+        assert covered_at_stop < total, "stopped mid-run"
         wait_until(lambda: committed_messages(out) >= total, 300, "the survivor to catch up")
         procs[0].send_signal(signal.SIGTERM)
         assert procs[0].wait(timeout=60) == 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
+        for proc in [*procs, generator]:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
         for log in logs:
             log.close()

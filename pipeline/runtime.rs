@@ -20,7 +20,7 @@ use crate::sink::parquet::{DeadLetterRow, LateEventRow, ParquetWriter, SinkError
 use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, PendingRebalance, TopicPartition};
 use crate::summary::{SummaryBoard, WindowSummary};
-use crate::telemetry::{Health, Metrics, carrier_label, minor_to_major, window_label};
+use crate::telemetry::{Health, Metrics, SessionCounters, carrier_label, minor_to_major, window_label};
 use crate::time::{PartitionProgress, low_watermark};
 use anyhow::Context;
 use prometheus::IntCounter;
@@ -207,6 +207,7 @@ pub struct Pipeline {
     settings: Settings,
     metrics: Metrics,
     counters: StreamCounters,
+    session_counters: SessionCounters,
     health: Arc<Health>,
     decoder: Decoder,
     /// The latest event of each stream, decoded into in place so its buffers are reused.
@@ -285,6 +286,7 @@ impl Pipeline {
             assigned_at: BTreeMap::new(),
             scratch: TaskOutput::default(),
             counters,
+            session_counters: SessionCounters::new(&metrics),
             settings,
             metrics,
             health,
@@ -426,6 +428,10 @@ impl Pipeline {
     /// the resume point; what precedes it is skipped by [`Pipeline::handle`]. True when the
     /// message is to be dropped.
     fn rewound(&mut self, source: &KafkaSource, topic: &str, partition: i32, offset: i64) -> bool {
+        if self.resuming.is_empty() {
+            // The usual case, checked before the key below allocates.
+            return false;
+        }
         let tp = (topic.to_owned(), partition);
         let Some(resume) = self.resuming.get_mut(&tp) else { return false };
         if offset <= resume.next || resume.next - resume.rewind <= 0 {
@@ -807,7 +813,7 @@ impl Pipeline {
             self.buffers.fulfillment.append(&mut out.fulfillment);
         }
         for session in &out.sessions {
-            count_session(&self.metrics, session);
+            self.session_counters.count(session);
         }
         self.buffers.sessions.append(&mut out.sessions);
         self.buffers.facts.append(&mut out.facts);
@@ -1199,26 +1205,4 @@ enum CheckpointFailure {
     Store(#[from] crate::checkpoint::CheckpointError),
     #[error(transparent)]
     Snapshot(#[from] crate::time::SnapshotError),
-}
-
-/// Adds a closed session to the session counters (by landing channel and device).
-fn count_session(metrics: &Metrics, session: &SessionRow) {
-    let labels = [session.channel.as_str(), session.device.as_str()];
-    metrics.sessions_closed.with_label_values(&labels).inc();
-    if session.engaged() {
-        metrics.sessions_engaged.with_label_values(&labels).inc();
-    }
-    if session.converted() {
-        metrics.sessions_converted.with_label_values(&labels).inc();
-    }
-    metrics.session_duration_seconds.with_label_values(&labels).inc_by(session.duration_ms() as f64 / 1000.0);
-    metrics.session_page_views.with_label_values(&labels).inc_by(u64::from(session.page_views));
-    for (i, step) in Step::ALL.into_iter().enumerate() {
-        if session.reached[i] {
-            metrics.session_steps.with_label_values(&[labels[0], step.as_str(), "any"]).inc();
-        }
-        if usize::from(session.funnel_depth_in_order) > i {
-            metrics.session_steps.with_label_values(&[labels[0], step.as_str(), "in_order"]).inc();
-        }
-    }
 }

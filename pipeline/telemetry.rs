@@ -4,9 +4,10 @@
 
 use crate::codec::DecodeError;
 use crate::event::{Channel, Device, Stream};
-use crate::operators::{Family, Step};
+use crate::operators::{Family, SessionRow, Step};
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -693,6 +694,73 @@ impl Metrics {
     }
 }
 
+/// The session counters of one landing channel and device.
+struct SessionSeries {
+    closed: IntCounter,
+    engaged: IntCounter,
+    converted: IntCounter,
+    duration_seconds: Counter,
+    page_views: IntCounter,
+}
+
+/// Counters of closed sessions, resolved once: a closed session updates up to thirteen series,
+/// and a labelled lookup hashes its labels every time.
+pub struct SessionCounters {
+    /// By channel × device index.
+    by_landing: Vec<SessionSeries>,
+    /// By channel × step × (any, in order).
+    steps: Vec<IntCounter>,
+}
+
+impl SessionCounters {
+    /// The series of `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let mut by_landing = Vec::with_capacity(Channel::COUNT * Device::COUNT);
+        let mut steps = Vec::with_capacity(Channel::COUNT * Step::COUNT * 2);
+        for channel in Channel::ALL.iter().map(|c| c.as_str()) {
+            for device in Device::ALL.iter().map(|d| d.as_str()) {
+                let labels = [channel, device];
+                by_landing.push(SessionSeries {
+                    closed: metrics.sessions_closed.with_label_values(&labels),
+                    engaged: metrics.sessions_engaged.with_label_values(&labels),
+                    converted: metrics.sessions_converted.with_label_values(&labels),
+                    duration_seconds: metrics.session_duration_seconds.with_label_values(&labels),
+                    page_views: metrics.session_page_views.with_label_values(&labels),
+                });
+            }
+            for step in Step::ALL {
+                for order in ["any", "in_order"] {
+                    steps.push(metrics.session_steps.with_label_values(&[channel, step.as_str(), order]));
+                }
+            }
+        }
+        SessionCounters { by_landing, steps }
+    }
+
+    /// Adds a closed session, by landing channel and device.
+    pub fn count(&self, session: &SessionRow) {
+        let series = &self.by_landing[session.channel.index() * Device::COUNT + session.device.index()];
+        series.closed.inc();
+        if session.engaged() {
+            series.engaged.inc();
+        }
+        if session.converted() {
+            series.converted.inc();
+        }
+        series.duration_seconds.inc_by(session.duration_ms() as f64 / 1000.0);
+        series.page_views.inc_by(u64::from(session.page_views));
+        let steps = &self.steps[session.channel.index() * Step::COUNT * 2..];
+        for i in 0..Step::COUNT {
+            if session.reached[i] {
+                steps[i * 2].inc();
+            }
+            if usize::from(session.funnel_depth_in_order) > i {
+                steps[i * 2 + 1].inc();
+            }
+        }
+    }
+}
+
 /// Converts integer minor units to currency units for export (ISO 4217 exponents).
 pub fn minor_to_major(amount_minor: i64, currency: &str) -> f64 {
     let exponent = match currency {
@@ -723,6 +791,58 @@ pub fn window_label(window_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_counters_count_each_session_into_its_own_series() {
+        let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
+        let counters = SessionCounters::new(&metrics);
+        let bounced = SessionRow {
+            window_start: 0,
+            window_ms: 60_000,
+            session_start: 0,
+            session_end: 2_000,
+            partition: 0,
+            visitor_id: "v1".into(),
+            client_session_id: None,
+            channel: Channel::PaidSearch,
+            device: Device::App,
+            landing_page: None,
+            events: 1,
+            page_views: 1,
+            reached: [true, false, false, false],
+            funnel_depth_in_order: 1,
+        };
+        let bought = SessionRow {
+            session_end: 30_000,
+            page_views: 3,
+            reached: [true, true, false, true],
+            funnel_depth_in_order: 2,
+            ..bounced.clone()
+        };
+        for session in [&bounced, &bought, &bought] {
+            counters.count(session);
+        }
+        let text = metrics.render();
+        for line in [
+            "storepulse_sessions_closed_total{channel=\"paid_search\",device=\"app\"} 3",
+            "storepulse_sessions_engaged_total{channel=\"paid_search\",device=\"app\"} 2",
+            "storepulse_sessions_converted_total{channel=\"paid_search\",device=\"app\"} 2",
+            "storepulse_session_duration_seconds_total{channel=\"paid_search\",device=\"app\"} 62",
+            "storepulse_session_page_views_total{channel=\"paid_search\",device=\"app\"} 7",
+            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"product_view\"} 3",
+            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"purchase\"} 2",
+            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"in_order\",step=\"add_to_cart\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        for zero in [
+            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"begin_checkout\"} 0",
+            "storepulse_sessions_closed_total{channel=\"paid_search\",device=\"desktop\"} 0",
+            "storepulse_sessions_closed_total{channel=\"direct\",device=\"app\"} 0",
+        ] {
+            assert!(text.contains(zero), "missing {zero}");
+        }
+    }
 
     #[test]
     fn the_label_budget_admits_the_first_values_then_folds_and_counts() {

@@ -18,6 +18,10 @@ fn phase_row(out: &mut String, name: &str, figures: Option<&PhaseFigures>) {
     );
 }
 
+/// A throughput phase shorter than this is dominated by the consumer's start-up (joining the
+/// group, first fetches), so its ratio says little.
+const SHORTEST_MEANINGFUL_PHASE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl BenchReport {
     /// The figures as a table, with the targets beside them.
     pub fn render(&self) -> String {
@@ -45,6 +49,13 @@ impl BenchReport {
                 100.0 * full.events_per_sec() / ceiling.events_per_sec(),
                 full.cpu_seconds_per_million() / ceiling.cpu_seconds_per_million()
             );
+            if ceiling.wall < SHORTEST_MEANINGFUL_PHASE {
+                let _ = writeln!(
+                    out,
+                    "  (the ceiling took {:.1} s: phases this short measure start-up, not throughput; use --events 1000000 or more)",
+                    ceiling.wall.as_secs_f64()
+                );
+            }
             let r = &self.pipeline_report;
             let _ = writeln!(
                 out,
@@ -168,5 +179,11 @@ mod tests {
         assert!(text.contains("1.67x the CPU per event"), "{text}");
         assert!(text.contains("processing only: 2000000 events per CPU-second"), "{text}");
         assert!(text.contains("231 bytes per open order"), "{text}");
+        assert!(!text.contains("phases this short"), "two-second phases are long enough: {text}");
+        let short = BenchReport {
+            ceiling: Some(PhaseFigures { wall: Duration::from_millis(400), ..phase(500_000, 1.0) }),
+            ..report
+        };
+        assert!(short.render().contains("the ceiling took 0.4 s: phases this short"), "{}", short.render());
     }
 }

@@ -91,6 +91,9 @@ pub struct SchemaCache {
     schemas: HashMap<u32, Arc<Schema>>,
     verdicts: HashMap<(u32, Stream), Verdict>,
     unknown: HashMap<u32, Instant>,
+    /// Per stream, the last writer schema id found to be its bundled schema: a message with
+    /// it is decoded directly without the two lookups above.
+    direct_id: [Option<u32>; 3],
 }
 
 impl WriterSchemaSource {
@@ -123,7 +126,17 @@ impl WriterSchemaSource {
                 direct: schema.canonical_form() == reader.canonical_form(),
             }
         });
-        Ok((schema, verdict.clone()))
+        let verdict = verdict.clone();
+        if verdict.direct {
+            cache.direct_id[stream.index()] = Some(id);
+        }
+        Ok((schema, verdict))
+    }
+
+    /// Whether `id` is known to be the bundled schema of `stream` (without a lookup).
+    fn known_direct(&self, id: u32, stream: Stream) -> bool {
+        let (WriterSchemaSource::Registry { cache, .. } | WriterSchemaSource::Local { cache, .. }) = self;
+        cache.direct_id[stream.index()] == Some(id)
     }
 
     fn cache_mut(&mut self) -> &mut SchemaCache {
@@ -259,6 +272,9 @@ pub(super) fn decode_confluent(
         return Err(DecodeError::TruncatedHeader { len: payload.len() });
     };
     let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if schemas.known_direct(id, stream) && avro_direct::decode_into(stream, datum, event) {
+        return Ok(());
+    }
     let (writer, verdict) = schemas.resolve(id, stream)?;
     if verdict.direct && avro_direct::decode_into(stream, datum, event) {
         return Ok(());

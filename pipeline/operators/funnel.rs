@@ -8,6 +8,7 @@ use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, TumblingWindows};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use smol_str::SmolStr;
 
 /// One closed window of one partition, channel and device.
@@ -76,6 +77,10 @@ struct Touch {
     steps: u8,
 }
 
+/// A visitor's touches of the open windows: one per window size for most visitors (one channel,
+/// one device), held inline.
+type Touches = SmallVec<[Touch; 2]>;
+
 /// Counts of one open window, one cell per channel × device including the `None` subtotals,
 /// updated as events arrive: closing a window reads its cells and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +139,7 @@ type GroupKey = (Option<Channel>, Option<Device>);
 pub struct FunnelOperator {
     partition: i32,
     windows: TumblingWindows<WindowCounts>,
-    visitors: HashMap<SmolStr, Vec<Touch>>,
+    visitors: HashMap<SmolStr, Touches>,
 }
 
 impl FunnelOperator {

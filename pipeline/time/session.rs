@@ -12,6 +12,7 @@
 use super::{Late, LatenessGate};
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::Hash;
@@ -21,6 +22,9 @@ pub trait Merge {
     /// Folds `other` into `self`.
     fn merge(&mut self, other: Self);
 }
+
+/// A key's open sessions, sorted by start: nearly always one, held inline.
+pub type KeySessions<S> = SmallVec<[Session<S>; 1]>;
 
 /// One session of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +47,7 @@ pub struct SessionWindows<K, S> {
     max_length_ms: i64,
     gate: LatenessGate,
     /// Per key, sessions sorted by start, never within `gap_ms` of each other.
-    open: HashMap<K, Vec<Session<S>>>,
+    open: HashMap<K, KeySessions<S>>,
     /// Close candidates: (deadline, key). Entries go stale when a session grows or merges and
     /// are checked when popped, so an event never has to search the queue. Rebuilt on restore.
     #[serde(skip)]
@@ -57,7 +61,7 @@ struct SessionSnapshot<K, S> {
     gap_ms: i64,
     max_length_ms: i64,
     gate: LatenessGate,
-    open: HashMap<K, Vec<Session<S>>>,
+    open: HashMap<K, KeySessions<S>>,
 }
 
 impl<K: Eq + Hash + Ord + Clone, S> From<SessionSnapshot<K, S>> for SessionWindows<K, S> {
@@ -181,7 +185,8 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
                 continue;
             }
             if sessions.iter().any(done) {
-                let (ended, open): (Vec<_>, Vec<_>) = std::mem::take(sessions).into_iter().partition(done);
+                let (ended, open): (KeySessions<S>, KeySessions<S>) =
+                    std::mem::take(sessions).into_iter().partition(done);
                 *sessions = open;
                 closed.extend(ended.into_iter().map(|s| (key.clone(), s)));
             }
@@ -209,12 +214,12 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
 
     /// Open sessions, all keys.
     pub fn open_sessions(&self) -> usize {
-        self.open.values().map(Vec::len).sum()
+        self.open.values().map(SmallVec::len).sum()
     }
 }
 
 /// Appends each of `sessions` with its key, copying the key for all but the last.
-fn push_with_key<K: Clone, S>(closed: &mut Vec<(K, Session<S>)>, key: K, mut sessions: Vec<Session<S>>) {
+fn push_with_key<K: Clone, S>(closed: &mut Vec<(K, Session<S>)>, key: K, mut sessions: KeySessions<S>) {
     let last = sessions.pop();
     closed.extend(sessions.into_iter().map(|s| (key.clone(), s)));
     if let Some(s) = last {

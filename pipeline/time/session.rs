@@ -297,6 +297,32 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_with_sessions_in_heap_vectors_restores() {
+        // The layout before sessions were held inline: a checkpoint of that release restores.
+        #[derive(Serialize)]
+        struct Before {
+            gap_ms: i64,
+            max_length_ms: i64,
+            gate: LatenessGate,
+            open: HashMap<String, Vec<Session<Vec<i64>>>>,
+        }
+        let sessions = vec![
+            Session { start: 0, last: MIN, state: vec![0, MIN] },
+            Session { start: 40 * MIN, last: 40 * MIN, state: vec![40 * MIN] },
+        ];
+        let before = Before {
+            gap_ms: 30 * MIN,
+            max_length_ms: 6 * 60 * MIN,
+            gate: LatenessGate::new(MIN, 0),
+            open: HashMap::from([("a".to_owned(), sessions)]),
+        };
+        let bytes = crate::time::snapshot(&before).expect("snapshot");
+        let mut back: SessionWindows<String, Vec<i64>> = crate::time::restore(&bytes).expect("restore");
+        assert_eq!(back.open_sessions(), 2);
+        assert_eq!(spans(&back.advance(71 * MIN)), vec![("a", 0, MIN, 2), ("a", 40 * MIN, 40 * MIN, 1)]);
+    }
+
+    #[test]
     fn snapshot_and_restore_continue_identically() {
         let mut w = windows();
         add(&mut w, "a", 0);

@@ -7,6 +7,7 @@ use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, TumblingWindows};
 use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use smol_str::SmolStr;
@@ -162,9 +163,10 @@ impl FunnelOperator {
         let groups: [GroupKey; 4] =
             [(Some(channel), Some(device)), (Some(channel), None), (None, Some(device)), (None, None)];
         let id = event.visitor_id.as_str();
-        let touches = match self.visitors.get_mut(id) {
-            Some(touches) => touches,
-            None => self.visitors.entry(id.into()).or_default(),
+        // One probe of the table, whether the visitor is new or not.
+        let touches = match self.visitors.entry_ref(id) {
+            EntryRef::Occupied(entry) => entry.into_mut(),
+            EntryRef::Vacant(entry) => entry.insert_with_key(id.into(), Touches::new()),
         };
         touches.retain(|t| self.windows.is_open(t.window_end));
         self.windows.record_each(event.event_time, |window_end, window_ms, counts| {

@@ -89,11 +89,11 @@ impl SessionFacts {
         self.landing.as_ref().is_none_or(|l| (event_time, event_id) < (l.event_time, &*l.event_id))
     }
 
-    fn depth_in_order(&self) -> u8 {
-        let mut steps = self.steps.clone();
-        steps.sort_unstable();
+    /// Sorts the steps by time (the session is closing; their order is not kept).
+    fn depth_in_order(&mut self) -> u8 {
+        self.steps.sort_unstable();
         let mut depth = 0u8;
-        for (_, step) in steps {
+        for &(_, step) in &self.steps {
             if usize::from(depth) < Step::COUNT && step == depth {
                 depth += 1;
             }
@@ -200,7 +200,7 @@ impl SessionOperator {
         closed
             .into_iter()
             .filter_map(|(Key(visitor, client_session), session)| {
-                let facts = session.state;
+                let mut facts = session.state;
                 let depth = facts.depth_in_order();
                 let landing = facts.landing?;
                 let mut reached = [false; Step::COUNT];

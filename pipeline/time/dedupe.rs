@@ -2,31 +2,89 @@
 //!
 //! Retrying producers resend an event with the same id and key, so a duplicate lands in the
 //! same partition shortly after the original: per-partition state with a horizon of minutes is
-//! enough. Memory is bounded twice: ids older than the watermark minus the horizon are
-//! forgotten, and past `max_ids` the oldest ids are forgotten first (and counted).
+//! enough. Ids are held in two generations. The current one takes new ids; once the watermark
+//! has moved a horizon past its start, it becomes the previous one and the old previous is
+//! dropped whole. So an id is remembered for at least one horizon of watermark progress and at
+//! most two, and forgetting costs no per-id work. Memory is also capped: past `max_ids` the
+//! older generation is dropped early (and counted).
+//!
+//! Every new id is checked against both generations. The previous one is screened by a small
+//! Bloom filter, so that check usually stays in cache and only a filter hit reads the set.
 
 use hashbrown::HashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 /// Seen event ids of one partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "DedupeSnapshot")]
 pub struct Dedupe {
     horizon_ms: i64,
     max_ids: usize,
-    /// 64-bit fingerprints of the ids (16 bytes per id with the queue, whatever the id's length).
-    /// A false "duplicate" needs a fingerprint collision: about n / 2^64 per event for n ids held.
-    seen: HashSet<u64>,
-    /// Fingerprints in arrival order with their event time, for expiry.
-    order: VecDeque<(i64, u64)>,
+    /// 64-bit fingerprints of the ids since `current_since` (about 9 bytes per id, whatever the
+    /// id's length). A false "duplicate" needs a fingerprint collision: about n / 2^64 per event
+    /// for n ids held.
+    current: HashSet<u64>,
+    /// The generation before the current one.
+    previous: HashSet<u64>,
+    /// Watermark (or first event time) at which `current` started taking ids.
+    current_since: Option<i64>,
+    /// Screens `previous`; rebuilt from it on every rotation and restore.
+    #[serde(skip)]
+    screen: Screen,
     evicted_early: u64,
 }
 
+/// The serialized fields of [`Dedupe`]; also reads the single-generation layout of earlier
+/// releases (`seen` with its arrival `order`).
+#[derive(Deserialize)]
+struct DedupeSnapshot {
+    horizon_ms: i64,
+    max_ids: usize,
+    #[serde(default)]
+    current: HashSet<u64>,
+    #[serde(default)]
+    previous: HashSet<u64>,
+    #[serde(default)]
+    current_since: Option<i64>,
+    #[serde(default)]
+    evicted_early: u64,
+    #[serde(default)]
+    seen: HashSet<u64>,
+    #[serde(default)]
+    order: Vec<(i64, u64)>,
+}
+
+impl From<DedupeSnapshot> for Dedupe {
+    fn from(snap: DedupeSnapshot) -> Self {
+        let mut current = snap.current;
+        current.extend(snap.seen);
+        let current_since = snap.current_since.or_else(|| snap.order.first().map(|(t, _)| *t));
+        let screen = Screen::of(&snap.previous);
+        Dedupe {
+            horizon_ms: snap.horizon_ms,
+            max_ids: snap.max_ids.max(1),
+            current,
+            previous: snap.previous,
+            current_since,
+            screen,
+            evicted_early: snap.evicted_early,
+        }
+    }
+}
+
 impl Dedupe {
-    /// Remembers ids for `horizon_ms` of event time behind the watermark, at most `max_ids`.
+    /// Remembers ids for one to two `horizon_ms` of watermark progress, at most `max_ids`.
     pub fn new(horizon_ms: i64, max_ids: usize) -> Self {
-        Dedupe { horizon_ms, max_ids: max_ids.max(1), seen: HashSet::new(), order: VecDeque::new(), evicted_early: 0 }
+        Dedupe {
+            horizon_ms,
+            max_ids: max_ids.max(1),
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            current_since: None,
+            screen: Screen::default(),
+            evicted_early: 0,
+        }
     }
 
     fn fingerprint(event_id: &str) -> u64 {
@@ -37,42 +95,91 @@ impl Dedupe {
     /// Records `event_id`; returns true if it was already seen within the horizon.
     pub fn is_duplicate(&mut self, event_id: &str, event_time: i64) -> bool {
         let fp = Self::fingerprint(event_id);
-        if !self.seen.insert(fp) {
+        if self.screen.may_contain(fp) && self.previous.contains(&fp) {
             return true;
         }
-        self.order.push_back((event_time, fp));
-        while self.order.len() > self.max_ids {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
-                self.evicted_early += 1;
-            }
+        if !self.current.insert(fp) {
+            return true;
+        }
+        self.current_since.get_or_insert(event_time);
+        // Both generations together stay within `max_ids`.
+        if self.current.len() >= self.max_ids.div_ceil(2) {
+            self.evicted_early += self.previous.len() as u64;
+            self.rotate();
+            self.current_since = None;
         }
         false
     }
 
-    /// Forgets ids whose event time is more than the horizon behind `watermark`.
+    /// Retires the current generation once the watermark is a horizon past its start.
     pub fn expire(&mut self, watermark: i64) {
-        let cutoff = watermark - self.horizon_ms;
-        while self.order.front().is_some_and(|(t, _)| *t < cutoff) {
-            if let Some((_, fp)) = self.order.pop_front() {
-                self.seen.remove(&fp);
+        match self.current_since {
+            Some(since) if watermark.saturating_sub(since) >= self.horizon_ms => {
+                self.rotate();
+                self.current_since = Some(watermark);
             }
+            _ => {}
         }
+    }
+
+    /// The current generation becomes the previous one; the old previous is forgotten.
+    fn rotate(&mut self) {
+        std::mem::swap(&mut self.current, &mut self.previous);
+        // Keeps the allocation: a steady stream needs the same capacity every generation.
+        self.current.clear();
+        self.screen = Screen::of(&self.previous);
     }
 
     /// Ids held now.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.current.len() + self.previous.len()
     }
 
     /// Whether no id is held.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len() == 0
     }
 
     /// Ids forgotten before their horizon because of `max_ids`.
     pub fn evicted_early(&self) -> u64 {
         self.evicted_early
+    }
+}
+
+/// A blocked Bloom filter over fingerprints: about 8 bits per id, two bits in one 64-bit word
+/// per id, so a check reads one word. False positives (a few percent) only cost a set lookup.
+#[derive(Debug, Clone, Default)]
+struct Screen {
+    words: Vec<u64>,
+}
+
+impl Screen {
+    fn of(ids: &HashSet<u64>) -> Self {
+        if ids.is_empty() {
+            return Screen::default();
+        }
+        let mut screen = Screen { words: vec![0; (ids.len() / 8 + 1).next_power_of_two()] };
+        for &fp in ids {
+            let (word, bits) = screen.locate(fp);
+            screen.words[word] |= bits;
+        }
+        screen
+    }
+
+    /// The word and the two bits of `fp`, from bits of the fingerprint the set's own hashing
+    /// does not depend on.
+    fn locate(&self, fp: u64) -> (usize, u64) {
+        let word = (fp as usize) & (self.words.len() - 1);
+        let bits = (1u64 << ((fp >> 52) & 63)) | (1u64 << ((fp >> 58) & 63));
+        (word, bits)
+    }
+
+    fn may_contain(&self, fp: u64) -> bool {
+        if self.words.is_empty() {
+            return false;
+        }
+        let (word, bits) = self.locate(fp);
+        self.words[word] & bits == bits
     }
 }
 
@@ -90,12 +197,18 @@ mod tests {
     }
 
     #[test]
-    fn ids_behind_the_horizon_are_forgotten() {
+    fn ids_are_held_one_horizon_and_forgotten_within_two() {
         let mut d = Dedupe::new(60_000, 100);
         assert!(!d.is_duplicate("e1", 1_000));
-        d.expire(61_001);
-        assert!(d.is_empty());
+        d.expire(60_999);
+        assert!(d.is_duplicate("e1", 1_000), "within one horizon of the first event");
+        d.expire(61_000);
+        assert!(d.is_duplicate("e1", 1_000), "the retired generation is still checked");
+        assert!(!d.is_duplicate("e2", 61_000));
+        d.expire(121_000);
+        assert_eq!(d.len(), 1, "e1 went with its generation, e2 stays");
         assert!(!d.is_duplicate("e1", 1_000), "forgotten ids are new again");
+        assert!(d.is_duplicate("e2", 61_000));
     }
 
     #[test]
@@ -107,5 +220,56 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert_eq!(d.evicted_early(), 2);
         assert!(d.is_duplicate("e4", 4));
+    }
+
+    #[test]
+    fn the_screen_never_hides_a_held_id() {
+        let ids: HashSet<u64> = (0..10_000u64).map(|i| Dedupe::fingerprint(&format!("id-{i}"))).collect();
+        let screen = Screen::of(&ids);
+        assert!(ids.iter().all(|&fp| screen.may_contain(fp)));
+        let false_hits =
+            (0..10_000u64).filter(|i| screen.may_contain(Dedupe::fingerprint(&format!("other-{i}")))).count();
+        assert!(false_hits < 1_000, "{false_hits} false hits in 10,000");
+    }
+
+    #[test]
+    fn both_generations_survive_a_snapshot() {
+        let mut d = Dedupe::new(60_000, 100);
+        assert!(!d.is_duplicate("old", 0));
+        d.expire(60_000);
+        assert!(!d.is_duplicate("new", 60_000));
+        let bytes = crate::time::snapshot(&d).expect("snapshot");
+        let mut back: Dedupe = crate::time::restore(&bytes).expect("restore");
+        assert!(back.is_duplicate("old", 0), "the previous generation and its screen are restored");
+        assert!(back.is_duplicate("new", 60_000));
+        back.expire(120_000);
+        assert!(!back.is_duplicate("old", 0), "and retire on the same schedule");
+    }
+
+    #[test]
+    fn a_snapshot_of_the_single_generation_layout_restores() {
+        #[derive(Serialize)]
+        struct Before {
+            horizon_ms: i64,
+            max_ids: usize,
+            seen: HashSet<u64>,
+            order: std::collections::VecDeque<(i64, u64)>,
+            evicted_early: u64,
+        }
+        let fp = Dedupe::fingerprint("e1");
+        let before = Before {
+            horizon_ms: 60_000,
+            max_ids: 100,
+            seen: HashSet::from([fp]),
+            order: [(5_000, fp)].into(),
+            evicted_early: 3,
+        };
+        let bytes = crate::time::snapshot(&before).expect("snapshot");
+        let mut back: Dedupe = crate::time::restore(&bytes).expect("restore");
+        assert!(back.is_duplicate("e1", 5_000));
+        assert_eq!(back.evicted_early(), 3);
+        back.expire(65_000);
+        back.expire(125_000);
+        assert!(back.is_empty(), "the old ids age out like any generation");
     }
 }

@@ -10,6 +10,7 @@
 //! that would stretch a session beyond it starts a new session instead.
 
 use super::{Late, LatenessGate};
+use hashbrown::hash_map::EntryRef;
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -108,9 +109,10 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
     {
         self.gate.check(event_time)?;
         let (gap, max_length) = (self.gap_ms, self.max_length_ms);
-        let (sessions, created_new_key) = match self.open.get_mut(key) {
-            Some(sessions) => (sessions, false),
-            None => (self.open.entry(K::from(key)).or_default(), true),
+        // One probe of the table, whether the key is new or not.
+        let (sessions, created_new_key) = match self.open.entry_ref(key) {
+            EntryRef::Occupied(entry) => (entry.into_mut(), false),
+            EntryRef::Vacant(entry) => (entry.insert_with_key(K::from(key), KeySessions::new()), true),
         };
         // Sessions the event touches form a contiguous run.
         let touches = |s: &Session<S>| event_time - s.last < gap && s.start - event_time < gap;

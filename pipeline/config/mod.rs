@@ -231,10 +231,11 @@ pub struct RawTime {
     /// A caught-up partition quiet for this long stops holding the instance watermark back, seconds.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
-    /// Event ids are remembered this long behind the watermark to suppress duplicates, seconds.
+    /// Event ids are remembered at least this long (at most twice as long) of watermark progress
+    /// to suppress duplicates, seconds.
     #[serde(default = "default_dedupe_horizon_secs")]
     pub dedupe_horizon_secs: u64,
-    /// At most this many event ids are remembered per partition (16 bytes each); the oldest go first.
+    /// At most this many event ids are remembered per partition (10–20 bytes each); the oldest go first.
     #[serde(default = "default_dedupe_max_ids_per_partition")]
     pub dedupe_max_ids_per_partition: usize,
 }

@@ -1,5 +1,6 @@
 //! The command line: `run` (production), `demo` (everything embedded), `generate`,
-//! `compact` and `bench`. Thin: parsing and wiring only.
+//! `compact`, `bench` and `broker` (an embedded broker on a local port). Thin: parsing and
+//! wiring only.
 
 use crate::bench::{self, BenchOptions};
 use crate::checkpoint::CheckpointStore;
@@ -44,6 +45,38 @@ pub enum Command {
     Compact(CompactArgs),
     /// Measure throughput, CPU per event, latency and memory on this machine and broker.
     Bench(BenchArgs),
+    /// Serve librdkafka's mock cluster on a local port until stopped: a Kafka-protocol broker
+    /// for trying `run` and `generate` without Kafka (in memory, gone when it stops).
+    Broker(BrokerArgs),
+}
+
+/// `storepulse broker`
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Topics to create, each NAME or NAME:PARTITIONS.
+    #[arg(long = "topic", value_parser = parse_topic, default_values = ["clickstream", "orders", "logistics"])]
+    pub topics: Vec<(String, i32)>,
+    /// Partitions of a topic given without a count.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+/// `NAME` or `NAME:PARTITIONS`; a missing count is filled in from `--partitions` (0 here).
+fn parse_topic(value: &str) -> Result<(String, i32), String> {
+    let (name, partitions) = match value.split_once(':') {
+        Some((name, count)) => {
+            let count: i32 = count.parse().map_err(|_| format!("{count:?} is not a partition count"))?;
+            if count < 1 {
+                return Err("a topic needs at least one partition".into());
+            }
+            (name, count)
+        }
+        None => (value, 0),
+    };
+    if name.is_empty() {
+        return Err("empty topic name".into());
+    }
+    Ok((name.to_owned(), partitions))
 }
 
 /// `storepulse bench`
@@ -300,7 +333,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => run_generate(&args),
         Command::Compact(args) => run_compact(&args),
         Command::Bench(args) => run_bench(&args),
+        Command::Broker(args) => run_broker(&args),
     }
+}
+
+fn run_broker(args: &BrokerArgs) -> anyhow::Result<()> {
+    if args.partitions < 1 {
+        bail!("--partitions must be at least 1");
+    }
+    let cluster = rdkafka::mocking::MockCluster::new(1).context("starting the embedded Kafka cluster")?;
+    for (name, partitions) in &args.topics {
+        let partitions = if *partitions == 0 { args.partitions } else { *partitions };
+        cluster.create_topic(name, partitions, 1).with_context(|| format!("creating topic {name}"))?;
+    }
+    // The first line is the address, for scripts that start it and connect.
+    println!("{}", cluster.bootstrap_servers());
+    eprintln!(
+        "storepulse broker: librdkafka's mock cluster at {} (in memory; Ctrl-C stops it)",
+        cluster.bootstrap_servers()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(shutdown_signal());
+    drop(cluster);
+    Ok(())
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -550,5 +605,19 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_topic_is_a_name_with_an_optional_partition_count() {
+        assert_eq!(parse_topic("orders"), Ok(("orders".to_owned(), 0)));
+        assert_eq!(parse_topic("orders:12"), Ok(("orders".to_owned(), 12)));
+        assert!(parse_topic("orders:0").expect_err("no partitions").contains("at least one partition"));
+        assert!(parse_topic("orders:many").expect_err("not a count").contains("\"many\""));
+        assert!(parse_topic(":3").is_err());
     }
 }

@@ -68,6 +68,33 @@ def broker(tmp_path):
         proc.wait(timeout=10)
 
 
+class MockBroker(Broker):
+    """`storepulse broker`: librdkafka's mock cluster in its own process, topics made at start."""
+
+    def __init__(self, address: str, log: pathlib.Path):
+        super().__init__(int(address.rsplit(":", 1)[1]), log)
+
+    def create_topics(self, names=TOPICS, partitions: int = 4) -> None:
+        assert tuple(names) == TOPICS and partitions == 4, "the mock broker made only the default topics"
+
+
+@pytest.fixture
+def mock_broker(tmp_path):
+    """librdkafka's mock cluster served by `storepulse broker`, stopped after the test. Unlike
+    tansu 0.6, its group coordinator expires a member whose session times out."""
+    log = tmp_path / "mock-broker.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([STOREPULSE, "broker"], stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, f"storepulse broker printed no address; see {log}"
+        wait_for_port(int(address.rsplit(":", 1)[1]))
+        yield MockBroker(address, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def storepulse(*args, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs the storepulse binary and returns its completed process (output captured); `env`
     adds environment variables."""

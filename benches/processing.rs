@@ -5,9 +5,8 @@
 //! `cargo bench --bench processing [-- EVENTS]` (default 1,000,000); the target is 1,000,000
 //! events per CPU-second.
 
-use storepulse::bench::processing_only;
+use storepulse::bench::{load_traffic, processing_only};
 use storepulse::config::{RawConfig, Settings};
-use storepulse::generate::{GeneratorConfig, Profile};
 
 // The binary's allocator, so that the figures are the binary's.
 #[global_allocator]
@@ -15,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let events: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let traffic = GeneratorConfig { count: Some(events), profile: Profile::Double11, ..GeneratorConfig::default() };
+    let traffic = load_traffic(events);
     // The default configuration's windows and lateness, as `storepulse bench` uses.
     let settings = Settings::try_from(RawConfig::default()).expect("the default configuration is valid");
     let (figures, (direct, general)) = processing_only(&traffic, 4, &settings.time);

@@ -114,6 +114,10 @@ pub struct BenchArgs {
     /// Internal: print the bytes per open `order` or `session` with N open, in this process.
     #[arg(long, num_args = 2, value_names = ["KIND", "N"], hide = true)]
     pub memory_probe: Option<Vec<String>>,
+    /// Internal: run phase 3 over EVENTS events and PARTITIONS partitions, in this process,
+    /// and print its figures on one line.
+    #[arg(long, num_args = 2, value_names = ["EVENTS", "PARTITIONS"], hide = true)]
+    pub processing_probe: Option<Vec<u64>>,
 }
 
 /// `storepulse compact`
@@ -362,6 +366,11 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some([kind, n]) = args.memory_probe.as_deref() {
         let n = n.parse().with_context(|| format!("--memory-probe: {n:?} is not a count"))?;
         println!("{:.1}", bench::memory_probe(kind, n)?);
+        return Ok(());
+    }
+    if let Some([events, partitions]) = args.processing_probe.as_deref() {
+        let partitions = i32::try_from(*partitions).context("--processing-probe: too many partitions")?;
+        println!("{}", bench::processing_probe(*events, partitions)?);
         return Ok(());
     }
     if args.events == 0 || args.partitions < 1 {

@@ -114,8 +114,10 @@ pub struct BenchReport {
     pub pipeline: Option<PhaseFigures>,
     /// What the full pipeline counted (to show it did the work).
     pub pipeline_report: RunReport,
-    /// Phase 3: decode + operators in memory.
+    /// Phase 3: decode + operators in memory, in a fresh process.
     pub processing: Option<PhaseFigures>,
+    /// Phase 3 again in the bench's own process, after phases 1 and 2.
+    pub processing_here: Option<PhaseFigures>,
     /// Decoding alone, events per CPU-second: the direct path, and apache-avro's general path,
     /// over the same messages.
     pub decode: Option<(f64, f64)>,
@@ -161,8 +163,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 
     let topics = topic_names(run_id, "load");
     broker.create_topics(&topics, options.partitions)?;
-    let traffic =
-        GeneratorConfig { count: Some(options.events), profile: Profile::Double11, ..GeneratorConfig::default() };
+    let traffic = load_traffic(options.events);
     eprintln!("producing {} events to {brokers} ({} partitions per topic)", options.events, options.partitions);
     let started = Instant::now();
     let produce_options = ProduceOptions {
@@ -191,10 +192,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (figures, run_report) = full_pipeline(settings("pipeline"), report.produced)?;
     report.pipeline = Some(figures);
     report.pipeline_report = run_report;
-    eprintln!("phase 3: processing only");
-    let (processing, decode) = processing_only(&traffic, options.partitions, &base.time);
+    eprintln!("phase 3: processing only, in a fresh process and then in this one");
+    let (processing, decode) = processing_in_child(options.events, options.partitions)?;
     report.processing = Some(processing);
     report.decode = Some(decode);
+    report.processing_here = Some(processing_only(&traffic, options.partitions, &base.time).0);
 
     if !options.latency_for.is_zero() {
         eprintln!("latency: paced real-time traffic for {}", humantime::format_duration(options.latency_for));
@@ -669,6 +671,58 @@ fn generate_in_child(options: &ProduceOptions, visitors_per_sec: f64) -> anyhow:
         .context("starting the soak's generator")
 }
 
+/// The pre-produced events of the throughput phases: the Double 11 mix.
+pub fn load_traffic(events: u64) -> GeneratorConfig {
+    GeneratorConfig { count: Some(events), profile: Profile::Double11, ..GeneratorConfig::default() }
+}
+
+/// Phase 3 in `storepulse bench --processing-probe EVENTS PARTITIONS`: a fresh process, as
+/// `cargo bench --bench processing` is. In the bench's own process, after phases 1 and 2 have
+/// allocated and freed hundreds of megabytes on other threads, the same work measured 0.65-0.88
+/// M events per CPU-second against 1.02 M in a fresh process (BENCHMARKS.md, fifth round).
+fn processing_in_child(events: u64, partitions: i32) -> anyhow::Result<(PhaseFigures, (f64, f64))> {
+    let exe = std::env::current_exe().context("finding this executable to measure processing in a fresh process")?;
+    let out = std::process::Command::new(exe)
+        .args(["bench", "--processing-probe", &events.to_string(), &partitions.to_string()])
+        .output()
+        .context("running the processing probe")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_processing_line(text.trim()).with_context(|| {
+        format!("the processing probe printed {text:?} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Runs phase 3 over `events` events in this process and prints one line for
+/// [`parse_processing_line`].
+///
+/// # Errors
+/// When the default configuration does not load.
+pub fn processing_probe(events: u64, partitions: i32) -> anyhow::Result<String> {
+    let time = Settings::try_from(RawConfig::default())?.time;
+    let (figures, decode) = processing_only(&load_traffic(events), partitions, &time);
+    Ok(processing_line(&figures, decode))
+}
+
+/// Events, wall seconds, CPU seconds, peak RSS bytes, direct and general decode rates.
+fn processing_line(f: &PhaseFigures, (direct, general): (f64, f64)) -> String {
+    format!("{} {} {} {} {direct} {general}", f.events, f.wall.as_secs_f64(), f.cpu_seconds, f.peak_rss)
+}
+
+/// The figures of a [`processing_line`].
+fn parse_processing_line(line: &str) -> anyhow::Result<(PhaseFigures, (f64, f64))> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [events, wall, cpu, rss, direct, general] = fields[..] else {
+        bail!("expected six fields, got {}", fields.len());
+    };
+    let figures = PhaseFigures {
+        events: events.parse()?,
+        wall: Duration::try_from_secs_f64(wall.parse()?)?,
+        cpu_seconds: cpu.parse()?,
+        peak_rss: rss.parse()?,
+    };
+    Ok((figures, (direct.parse()?, general.parse()?)))
+}
+
 /// Runs `storepulse bench --memory-probe KIND N` and reads the figure it prints.
 fn memory_in_child(kind: &str, entries: u64) -> anyhow::Result<f64> {
     let exe = std::env::current_exe().context("finding this executable to measure memory in a fresh process")?;
@@ -696,5 +750,28 @@ pub fn memory_probe(kind: &str, entries: u64) -> anyhow::Result<f64> {
         "order" => Ok(memory::bytes_per_open_order(entries)),
         "session" => Ok(memory::bytes_per_open_session(entries)),
         other => bail!("--memory-probe takes order or session, not {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processing_probe_line_reads_back_as_printed() {
+        let figures = PhaseFigures {
+            events: 1_000_000,
+            wall: Duration::from_millis(1_234),
+            cpu_seconds: 0.98,
+            peak_rss: 371 << 20,
+        };
+        let (read, (direct, general)) =
+            parse_processing_line(&processing_line(&figures, (2_500_000.5, 150_000.0))).expect("parses");
+        assert_eq!(
+            (read.events, read.wall, read.cpu_seconds, read.peak_rss),
+            (1_000_000, figures.wall, 0.98, 371 << 20)
+        );
+        assert_eq!((direct, general), (2_500_000.5, 150_000.0));
+        assert!(parse_processing_line("1 2 3").expect_err("three fields").to_string().contains("six fields"));
     }
 }

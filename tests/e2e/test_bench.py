@@ -24,6 +24,10 @@ def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
         assert events_per_sec > 0 and cpu_per_million > 0 and events_per_cpu > 0 and peak_rss_mb > 1, text
     assert "full pipeline did: 6000 events" in text, text
     assert re.search(r"full pipeline / ceiling: [0-9.]+ %", text), text
+    # Phase 3 runs in a fresh process and again in the bench's own, side by side.
+    fresh = re.search(r"processing only: (\d+) events per CPU-second in a fresh process", text)
+    here = re.search(r"the same in this process after phases 1-2: (\d+) events per CPU-second", text)
+    assert fresh and here and int(fresh[1]) > 0 and int(here[1]) > 0, text
     decode = re.search(r"decode only: (\d+) events per CPU-second direct .*, (\d+) through", text)
     assert decode and int(decode[1]) > 0 and int(decode[2]) > 0, text
     latency = re.search(r"sent -> its window's gauge\s+p50\s+(\d+) ms\s+p99\s+(\d+) ms", text)

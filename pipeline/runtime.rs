@@ -110,11 +110,21 @@ struct Task {
     state_key: Option<String>,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Length of its last state snapshot: the next one is allocated at about this size.
+    snapshot_len: usize,
 }
 
 impl Task {
     fn new(state: PartitionTask) -> Self {
-        Task { state, progress: BTreeMap::new(), offsets: BTreeMap::new(), epoch: 0, state_key: None, dirty: true }
+        Task {
+            state,
+            progress: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            epoch: 0,
+            state_key: None,
+            dirty: true,
+            snapshot_len: 0,
+        }
     }
 }
 
@@ -1158,13 +1168,16 @@ impl Pipeline {
         }
         let mut tasks = BTreeMap::new();
         let mut written = Vec::new();
-        for (key, task) in &self.tasks {
+        for (key, task) in &mut self.tasks {
             let name = task_name(*key);
             let (epoch, state) = match (&task.state_key, task.dirty) {
                 (Some(state), false) => (task.epoch, state.clone()),
                 _ => {
                     let epoch = task.epoch + 1;
-                    let state = self.store.put_state(&name, epoch, task.state.snapshot()?)?;
+                    // State grows between checkpoints: an eighth more than last time.
+                    let bytes = task.state.snapshot_sized(task.snapshot_len + task.snapshot_len / 8)?;
+                    task.snapshot_len = bytes.len();
+                    let state = self.store.put_state(&name, epoch, bytes)?;
                     written.push((*key, epoch, state.clone()));
                     (epoch, state)
                 }

@@ -16,7 +16,9 @@ use super::{
 };
 use crate::config::TimeSettings;
 use crate::event::{Event, OrderEvent, ShipmentEvent, Stream};
-use crate::time::{Dedupe, Late, LatenessGate, PartitionWatermark, SnapshotError, restore, snapshot, window_start};
+use crate::time::{
+    Dedupe, Late, LatenessGate, PartitionWatermark, SnapshotError, restore, snapshot, snapshot_sized, window_start,
+};
 use serde::{Deserialize, Serialize};
 
 /// An event that arrived after its window closed for one metric family.
@@ -412,6 +414,14 @@ impl PartitionTask {
     /// Only on a programming error (state that cannot be encoded).
     pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
         snapshot(self)
+    }
+
+    /// [`PartitionTask::snapshot`] into a buffer of `expected_len` bytes allocated up front.
+    ///
+    /// # Errors
+    /// As [`PartitionTask::snapshot`].
+    pub fn snapshot_sized(&self, expected_len: usize) -> Result<Vec<u8>, SnapshotError> {
+        snapshot_sized(self, expected_len)
     }
 
     /// State written by [`PartitionTask::snapshot`].

@@ -82,13 +82,16 @@ pub struct LatencyFigures {
     pub close_p99_ms: f64,
 }
 
-/// One soak sample.
+/// One interval of the soak.
 #[derive(Debug, Clone, Copy)]
 pub struct SoakSample {
-    /// Since the start of the soak.
+    /// Since the start of the soak, at the end of the interval.
     pub at: Duration,
-    /// Resident set, bytes.
+    /// Highest resident set read in the interval (every [`RSS_READ_EVERY`]), bytes: what a
+    /// memory limit must allow.
     pub rss: u64,
+    /// Lowest resident set read in the interval, bytes.
+    pub rss_floor: u64,
     /// Messages consumed so far.
     pub consumed: u64,
     /// Open orders and sessions held.
@@ -229,7 +232,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             time: steady_within_minutes(&base.time),
             ..base.clone()
         };
-        let interval = (options.soak / 20).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        // An interval spans at least one cycle of what comes in bursts (a minute's windows
+        // closing, six checkpoints), so its peak and floor compare like with like.
+        let interval = (options.soak / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         report.soak = paced_run(settings, options.visitors_per_sec, options.soak, Some(interval))?.soak;
         // Open orders level off about 5 minutes in (kept 2-3 minutes after their last event,
         // which comes minutes after they open).
@@ -549,8 +554,13 @@ impl Paced {
     }
 }
 
+/// How often the soak reads the resident set: often enough to catch the few seconds a burst
+/// of closing windows holds.
+const RSS_READ_EVERY: Duration = Duration::from_millis(200);
+
 /// Runs the pipeline on real-time traffic (event time = wall clock) for `duration`, sampling
-/// the base window's end gauge every millisecond and, with `soak_every`, the resident set.
+/// the base window's end gauge every millisecond and, with `soak_every`, the resident set's
+/// peak and floor over each such interval.
 fn paced_run(
     settings: Settings,
     visitors_per_sec: f64,
@@ -600,7 +610,9 @@ fn paced_run(
     let started = Instant::now();
     let mut window_ends = Vec::new();
     let mut soak = Vec::new();
-    let mut next_sample = started;
+    let mut next_sample = started + soak_every.unwrap_or_default();
+    let mut next_read = started;
+    let (mut rss_peak, mut rss_floor) = (0, u64::MAX);
     // After the traffic stops, wait for its last windows to be published.
     let until = started + duration + Duration::from_secs(3);
     while Instant::now() < until && !pipeline.is_finished() {
@@ -611,13 +623,24 @@ fn paced_run(
         if end_ms > 0 && window_ends.last().is_none_or(|(last, _)| *last != end_ms) {
             window_ends.push((end_ms, system_time_ms(SystemTime::now())));
         }
+        if soak_every.is_some() && Instant::now() >= next_read {
+            next_read += RSS_READ_EVERY;
+            let rss = probe::rss_bytes();
+            (rss_peak, rss_floor) = (rss_peak.max(rss), rss_floor.min(rss));
+        }
         if let Some(every) = soak_every
             && Instant::now() >= next_sample
         {
             next_sample += every;
+            let (rss, floor) = match (std::mem::take(&mut rss_peak), std::mem::replace(&mut rss_floor, u64::MAX)) {
+                // No read fell in the interval (the loop stalled): read now.
+                (0, _) => (probe::rss_bytes(), probe::rss_bytes()),
+                read => read,
+            };
             soak.push(SoakSample {
                 at: started.elapsed(),
-                rss: probe::rss_bytes(),
+                rss,
+                rss_floor: floor,
                 consumed: consumed(&metrics, &topics),
                 open_orders: metrics.orders_open.get(),
                 open_sessions: metrics.sessions_open.get(),

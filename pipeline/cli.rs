@@ -55,23 +55,23 @@ pub enum Command {
 pub struct BrokerArgs {
     /// Topics to create, each NAME or NAME:PARTITIONS.
     #[arg(long = "topic", value_parser = parse_topic, default_values = ["clickstream", "orders", "logistics"])]
-    pub topics: Vec<(String, i32)>,
+    pub topics: Vec<(String, Option<i32>)>,
     /// Partitions of a topic given without a count.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
 }
 
-/// `NAME` or `NAME:PARTITIONS`; a missing count is filled in from `--partitions` (0 here).
-fn parse_topic(value: &str) -> Result<(String, i32), String> {
+/// `NAME` or `NAME:PARTITIONS`; without a count, `--partitions` applies.
+fn parse_topic(value: &str) -> Result<(String, Option<i32>), String> {
     let (name, partitions) = match value.split_once(':') {
         Some((name, count)) => {
             let count: i32 = count.parse().map_err(|_| format!("{count:?} is not a partition count"))?;
             if count < 1 {
                 return Err("a topic needs at least one partition".into());
             }
-            (name, count)
+            (name, Some(count))
         }
-        None => (value, 0),
+        None => (value, None),
     };
     if name.is_empty() {
         return Err("empty topic name".into());
@@ -347,8 +347,9 @@ fn run_broker(args: &BrokerArgs) -> anyhow::Result<()> {
     }
     let cluster = rdkafka::mocking::MockCluster::new(1).context("starting the embedded Kafka cluster")?;
     for (name, partitions) in &args.topics {
-        let partitions = if *partitions == 0 { args.partitions } else { *partitions };
-        cluster.create_topic(name, partitions, 1).with_context(|| format!("creating topic {name}"))?;
+        cluster
+            .create_topic(name, partitions.unwrap_or(args.partitions), 1)
+            .with_context(|| format!("creating topic {name}"))?;
     }
     // The first line is the address, for scripts that start it and connect.
     println!("{}", cluster.bootstrap_servers());
@@ -623,8 +624,8 @@ mod tests {
 
     #[test]
     fn a_broker_topic_is_a_name_with_an_optional_partition_count() {
-        assert_eq!(parse_topic("orders"), Ok(("orders".to_owned(), 0)));
-        assert_eq!(parse_topic("orders:12"), Ok(("orders".to_owned(), 12)));
+        assert_eq!(parse_topic("orders"), Ok(("orders".to_owned(), None)));
+        assert_eq!(parse_topic("orders:12"), Ok(("orders".to_owned(), Some(12))));
         assert!(parse_topic("orders:0").expect_err("no partitions").contains("at least one partition"));
         assert!(parse_topic("orders:many").expect_err("not a count").contains("\"many\""));
         assert!(parse_topic(":3").is_err());

@@ -634,7 +634,10 @@ fn paced_run(
             next_sample += every;
             let (rss, floor) = match (std::mem::take(&mut rss_peak), std::mem::replace(&mut rss_floor, u64::MAX)) {
                 // No read fell in the interval (the loop stalled): read now.
-                (0, _) => (probe::rss_bytes(), probe::rss_bytes()),
+                (0, _) => {
+                    let rss = probe::rss_bytes();
+                    (rss, rss)
+                }
                 read => read,
             };
             soak.push(SoakSample {
@@ -701,8 +704,8 @@ pub fn load_traffic(events: u64) -> GeneratorConfig {
 
 /// Phase 3 in `storepulse bench --processing-probe EVENTS PARTITIONS`: a fresh process, as
 /// `cargo bench --bench processing` is. In the bench's own process, after phases 1 and 2 have
-/// allocated and freed hundreds of megabytes on other threads, the same work measured 0.65-0.88
-/// M events per CPU-second against 1.02 M in a fresh process (BENCHMARKS.md, fifth round).
+/// allocated and freed hundreds of megabytes on other threads, the same work measured slower
+/// (BENCHMARKS.md, fifth and sixth rounds).
 fn processing_in_child(events: u64, partitions: i32) -> anyhow::Result<(PhaseFigures, (f64, f64))> {
     let exe = std::env::current_exe().context("finding this executable to measure processing in a fresh process")?;
     let out = std::process::Command::new(exe)

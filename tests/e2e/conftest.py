@@ -80,8 +80,7 @@ class MockBroker(Broker):
 
 @pytest.fixture
 def mock_broker(tmp_path):
-    """librdkafka's mock cluster served by `storepulse broker`, stopped after the test. Unlike
-    tansu 0.6, its group coordinator expires a member whose session times out."""
+    """librdkafka's mock cluster served by `storepulse broker`, stopped after the test."""
     log = tmp_path / "mock-broker.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([STOREPULSE, "broker"], stdout=subprocess.PIPE, stderr=err, text=True)

@@ -6,7 +6,8 @@ use storepulse::cli::{Cli, run};
 use storepulse::config::ConfigError;
 
 // The pipeline allocates and frees a few short strings per event; mimalloc does that in about
-// half the CPU of glibc's allocator (see BENCHMARKS.md).
+// half the CPU of glibc's allocator. Built with `override`, it also serves the C libraries'
+// malloc (librdkafka, zstd), whose freed memory glibc's arenas kept resident (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

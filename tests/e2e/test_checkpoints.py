@@ -219,7 +219,7 @@ def test_two_instances_and_one_killed_9_the_survivor_takes_over_from_checkpoints
     """One instance is SIGKILLed mid-run, against tansu and against librdkafka's mock cluster
     (`storepulse broker`, its own process). Only the broker can tell that the dead member is gone,
     when its session times out: 6 s here. With librdkafka's default of 45 s, tansu 0.6 did
-    rebalance 45 s after the kill but handed the dead member its 6 partitions again (seen once)."""
+    rebalance 45 s after the kill, but the survivor got only its own 6 partitions back (seen once)."""
     scale_out(request.getfixturevalue(broker_fixture), tmp_path, signal.SIGKILL,
               extra='[kafka.client]\n"session.timeout.ms" = "6000"\n')
 

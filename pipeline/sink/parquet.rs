@@ -15,7 +15,6 @@ use arrow_array::{
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A failed Parquet write. The rows stay buffered and the write is retried at the next flush.
@@ -432,6 +431,31 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, parquet::errors::Parqu
     writer.into_inner()
 }
 
+/// Rows converted to Arrow per chunk: bounds the columns held at once, whatever a checkpoint
+/// holds, and the file is the same (row groups are cut by [`ROW_GROUP_ROWS`], not by batch).
+const ENCODE_CHUNK_ROWS: usize = 8 * 1024;
+
+/// Encodes `rows` as one Parquet file in memory, converting them to Arrow a chunk at a time.
+fn encode_rows<R: TableRow>(rows: &[R]) -> Result<Vec<u8>, String> {
+    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+    for chunk in rows.chunks(ENCODE_CHUNK_ROWS) {
+        let batch = R::to_batch(chunk).and_then(all_nullable).map_err(|e| e.to_string())?;
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => writer.insert(
+                ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties()))
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        writer.write(&batch).map_err(|e| e.to_string())?;
+    }
+    let mut writer = writer.ok_or("no rows to encode")?;
+    // The file is written into this buffer at the end: size it once rather than by doublings.
+    let expected = writer.in_progress_size();
+    writer.inner_mut().reserve(expected + expected / 8 + 4096);
+    writer.into_inner().map_err(|e| e.to_string())
+}
+
 /// Marks every column nullable. Arrow infers nullability from whether a batch happens to hold
 /// a null, which would give files of one table different schemas; every file gets the same one.
 fn all_nullable(batch: RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -494,21 +518,33 @@ impl ParquetWriter {
 
     /// Writes the buffered `rows` of table `R::TABLE` under `_staging/INSTANCE/CHECKPOINT/`, one
     /// file per hour partition. Written rows leave `rows`; rows whose file failed stay.
+    ///
+    /// The rows are encoded where they lie, a chunk at a time, rather than copied per hour and
+    /// converted to Arrow all at once: sessions close once a window, so one checkpoint may stage
+    /// a whole window's worth, and those copies were a third of that checkpoint's memory peak.
     pub fn stage<R: TableRow>(&mut self, rows: &mut Vec<R>, checkpoint: u64) -> StageOutcome {
-        let mut by_hour: BTreeMap<i64, Vec<R>> = BTreeMap::new();
-        for row in rows.drain(..) {
-            by_hour.entry(hour_start(row.partition_time())).or_default().push(row);
+        let hour_of = |row: &R| hour_start(row.partition_time());
+        // Usually every row is of one hour; across an hour's end, group them (a stable sort keeps
+        // each hour's rows in arrival order).
+        if rows.windows(2).any(|pair| hour_of(&pair[0]) != hour_of(&pair[1])) {
+            rows.sort_by_key(hour_of);
         }
         let mut outcome = StageOutcome::default();
-        for (hour, group) in by_hour {
-            match self.stage_file(hour, &group, checkpoint) {
+        let mut failed_hours = Vec::new();
+        let mut rest = &rows[..];
+        while let Some(first) = rest.first() {
+            let hour = hour_of(first);
+            let (group, after) = rest.split_at(rest.partition_point(|row| hour_of(row) == hour));
+            match self.stage_file(hour, group, checkpoint) {
                 Ok(staged) => outcome.staged.push(staged),
                 Err(error) => {
-                    rows.extend(group);
+                    failed_hours.push(hour);
                     outcome.error.get_or_insert(error);
                 }
             }
+            rest = after;
         }
+        rows.retain(|row| failed_hours.contains(&hour_of(row)));
         outcome
     }
 
@@ -528,9 +564,7 @@ impl ParquetWriter {
     }
 
     fn stage_file<R: TableRow>(&mut self, hour: i64, rows: &[R], checkpoint: u64) -> Result<StagedFile, SinkError> {
-        let encode_error = |message: String| SinkError::Encode { table: R::TABLE, message };
-        let batch = R::to_batch(rows).and_then(all_nullable).map_err(|e| encode_error(e.to_string()))?;
-        let data = encode(&[batch]).map_err(|e| encode_error(e.to_string()))?;
+        let data = encode_rows(rows).map_err(|message| SinkError::Encode { table: R::TABLE, message })?;
         let bytes = data.len() as u64;
         self.seq += 1;
         let name = format!("part-{}-{:06}.parquet", self.instance, self.seq);
@@ -595,6 +629,46 @@ mod tests {
             assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64, published.rows);
         }
         assert!(writer.storage().list(STAGING).expect("list").is_empty(), "staging must be empty after publish");
+    }
+
+    #[test]
+    fn rows_of_many_chunks_and_two_hours_keep_their_order_in_one_row_group_per_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let mut writer = ParquetWriter::new(storage);
+        let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
+        let n = 2 * ENCODE_CHUNK_ROWS + 5;
+        // Hours interleaved; the partition column numbers the rows in arrival order.
+        let mut rows: Vec<FunnelRow> = (0..n)
+            .map(|i| FunnelRow {
+                window_ms: 60_000,
+                window_start: if i % 3 == 0 { h1 } else { h0 },
+                partition: i32::try_from(i).expect("small"),
+                channel: None,
+                device: None,
+                counts: FunnelCounts::default(),
+            })
+            .collect();
+        let outcome = writer.stage(&mut rows, 1);
+        assert!(outcome.error.is_none() && rows.is_empty());
+        let mut seen = Vec::new();
+        for file in &outcome.staged {
+            let bytes = std::fs::read(dir.path().join(&file.staged)).expect("staged file");
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).expect("parquet");
+            assert_eq!(builder.metadata().num_row_groups(), 1, "chunks are not row groups");
+            let mut partitions = Vec::new();
+            for batch in builder.build().expect("reader") {
+                let batch = batch.expect("batch");
+                let column = batch.column_by_name("source_partition").expect("column");
+                let values = column.as_any().downcast_ref::<Int32Array>().expect("int32");
+                partitions.extend(values.values().iter().copied());
+            }
+            assert_eq!(partitions.len() as u64, file.rows);
+            assert!(partitions.is_sorted(), "arrival order within the hour");
+            seen.extend(partitions);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..i32::try_from(n).expect("small")).collect::<Vec<_>>(), "every row once");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! the previous checkpoint. Nothing else is ever the commit point:
 //!
 //! 1. buffered rows are staged under `_staging/` and each task's state is written under
-//!    `_checkpoints/state/TASK/EPOCH.cbor` (invisible to readers, harmless if a crash follows);
+//!    `_checkpoints/state/TASK/EPOCH.cbor` (CBOR after a header naming the format's version;
+//!    invisible to readers, harmless if a crash follows);
 //! 2. the manifest is written under `_checkpoints/manifests/` — from here on the checkpoint
 //!    exists, whatever happens next;
 //! 3. the staged files are published (renamed into their partitions), idempotently; a crash

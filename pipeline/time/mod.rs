@@ -328,7 +328,17 @@ impl<S: Default> HoppingWindows<S> {
     }
 }
 
-/// Encodes operator state for a checkpoint (CBOR, which keeps non-string map keys).
+/// Leads every state snapshot: the format's name, then its version, then the CBOR. A release
+/// that meets a snapshot of a newer format stops restoring it with a message that says so,
+/// rather than misreading it (new fields would otherwise default silently).
+const SNAPSHOT_MAGIC: &[u8; 4] = b"SPST";
+
+/// The state format this release writes. Raise it when a change to the state would be misread
+/// by the previous release, and keep reading the older versions.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// Encodes operator state for a checkpoint (CBOR, which keeps non-string map keys), after the
+/// format's header.
 ///
 /// # Errors
 /// Only when the state cannot be represented, a programming error.
@@ -343,17 +353,32 @@ pub fn snapshot<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
 /// # Errors
 /// As [`snapshot`].
 pub fn snapshot_sized<T: Serialize>(state: &T, expected_len: usize) -> Result<Vec<u8>, SnapshotError> {
-    let mut bytes = Vec::with_capacity(expected_len);
+    let mut bytes = Vec::with_capacity(expected_len.max(SNAPSHOT_MAGIC.len() + 1));
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.push(SNAPSHOT_VERSION);
     ciborium::into_writer(state, &mut bytes).map_err(|e| SnapshotError(e.to_string()))?;
     Ok(bytes)
 }
 
-/// Decodes state written by [`snapshot`].
+/// Decodes state written by [`snapshot`], or by releases before the header (bare CBOR, which
+/// never starts with the header's bytes: a snapshot is a CBOR map or array).
 ///
 /// # Errors
-/// [`SnapshotError`] when the bytes are not a snapshot of `T`.
+/// [`SnapshotError`] when the bytes are not a snapshot of `T`, or of a format this release does
+/// not know.
 pub fn restore<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
-    ciborium::from_reader(bytes).map_err(|e| SnapshotError(e.to_string()))
+    let cbor = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        Some([SNAPSHOT_VERSION, cbor @ ..]) => cbor,
+        Some([version, ..]) => {
+            return Err(SnapshotError(format!(
+                "written in state format {version}, but this release reads format {SNAPSHOT_VERSION} and older; \
+                 run a release that knows format {version}"
+            )));
+        }
+        Some([]) => return Err(SnapshotError("truncated after its header".to_owned())),
+        None => bytes,
+    };
+    ciborium::from_reader(cbor).map_err(|e| SnapshotError(e.to_string()))
 }
 
 /// A snapshot that cannot be written or read back.
@@ -443,6 +468,22 @@ mod tests {
         let mut back: TumblingWindows<BTreeMap<Option<String>, u32>> = restore(&bytes).expect("restore");
         assert_eq!(back.close_all(), w.close_all());
         assert!(restore::<TumblingWindows<u32>>(b"not cbor").is_err());
+    }
+
+    #[test]
+    fn snapshots_carry_their_format_and_a_newer_format_is_refused_by_name() {
+        let state: BTreeMap<String, u32> = BTreeMap::from([("a".to_owned(), 1)]);
+        let bytes = snapshot(&state).expect("snapshot");
+        assert_eq!(&bytes[..5], b"SPST\x01");
+        // Snapshots of releases before the header are bare CBOR.
+        let mut bare = Vec::new();
+        ciborium::into_writer(&state, &mut bare).expect("cbor");
+        assert_eq!(restore::<BTreeMap<String, u32>>(&bare).expect("a headerless snapshot"), state);
+        let mut newer = bytes.clone();
+        newer[4] = SNAPSHOT_VERSION + 1;
+        let error = restore::<BTreeMap<String, u32>>(&newer).expect_err("a format from the future").to_string();
+        assert!(error.contains("state format 2") && error.contains("reads format 1"), "{error}");
+        assert!(restore::<BTreeMap<String, u32>>(b"SPST").is_err(), "a header and nothing else");
     }
 
     #[test]

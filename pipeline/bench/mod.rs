@@ -105,6 +105,8 @@ pub struct SoakSample {
 pub struct BenchReport {
     /// The machine, one line.
     pub machine: String,
+    /// Huge pages and allocator options, one line.
+    pub memory_settings: String,
     /// The broker, as given or "embedded mock cluster".
     pub broker: String,
     /// Messages pre-produced, and how long that took.
@@ -140,7 +142,8 @@ pub struct BenchReport {
 /// When the broker cannot be reached, topics cannot be created, a phase stalls, or the
 /// pipeline fails.
 pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let mut report = BenchReport { machine: probe::machine(), ..BenchReport::default() };
+    let mut report =
+        BenchReport { machine: probe::machine(), memory_settings: probe::memory_settings(), ..BenchReport::default() };
     // The memory figures come first and from fresh processes, before this one holds anything.
     if options.memory_entries > 0 {
         eprintln!("measuring bytes per open order and session ({} each, fresh processes)", options.memory_entries);

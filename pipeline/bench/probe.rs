@@ -67,6 +67,32 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores available, {:.1} GiB memory", mem_kib as f64 / (1024.0 * 1024.0))
 }
 
+/// The memory settings the figures depend on, one line: the machine's transparent huge pages
+/// mode and the allocator's options from the environment (mimalloc reads `MIMALLOC_*` at
+/// start). Huge pages and the delay before freed pages go back to the OS trade CPU against
+/// resident memory (BENCHMARKS.md, eighth round).
+pub fn memory_settings() -> String {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    describe_memory_settings(&thp, std::env::vars())
+}
+
+fn describe_memory_settings(thp_file: &str, vars: impl Iterator<Item = (String, String)>) -> String {
+    // The file lists every mode and brackets the one in force: `always [madvise] never`.
+    let thp = thp_file
+        .split_whitespace()
+        .find_map(|mode| mode.strip_prefix('[').and_then(|m| m.strip_suffix(']')))
+        .unwrap_or("unknown");
+    let mut options: Vec<String> =
+        vars.filter(|(name, _)| name.starts_with("MIMALLOC_")).map(|(name, value)| format!("{name}={value}")).collect();
+    options.sort();
+    let allocator = if options.is_empty() {
+        "mimalloc defaults (huge pages allowed, freed pages returned after 1 s)".to_owned()
+    } else {
+        format!("mimalloc with {}", options.join(" "))
+    };
+    format!("transparent huge pages {thp}; allocator {allocator}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +115,20 @@ mod tests {
         // between two reads: compare with a tick's slack, and only require figures.
         assert!(process_cpu_seconds() + 0.05 >= thread_cpu_seconds());
         assert!(rss_bytes() > 0 && peak_rss_bytes() > 0);
+    }
+
+    #[test]
+    fn memory_settings_name_the_huge_page_mode_and_the_allocator_options() {
+        let vars = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<Vec<_>>().into_iter()
+        };
+        assert_eq!(
+            describe_memory_settings("always [madvise] never\n", vars(&[("HOME", "/root")])),
+            "transparent huge pages madvise; allocator mimalloc defaults (huge pages allowed, freed pages returned after 1 s)"
+        );
+        assert_eq!(
+            describe_memory_settings("", vars(&[("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")])),
+            "transparent huge pages unknown; allocator mimalloc with MIMALLOC_ALLOW_THP=0 MIMALLOC_PURGE_DELAY=0"
+        );
     }
 }

@@ -27,6 +27,7 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "machine: {}", self.machine);
+        let _ = writeln!(out, "memory:  {}", self.memory_settings);
         let _ = writeln!(out, "broker:  {}", self.broker);
         let _ = writeln!(
             out,

@@ -1,28 +1,24 @@
-//! What the process costs, read from Linux's `/proc`: CPU time (all threads, so librdkafka's
-//! fetcher threads count too; or the calling thread alone), resident set and its peak.
+//! What the process costs: CPU time from `getrusage` (all threads, so librdkafka's fetcher
+//! threads count too; or the calling thread alone), resident set and its peak from Linux's
+//! `/proc`.
 
-/// `USER_HZ`: the unit of the CPU times in `/proc/*/stat`, 100 on every Linux architecture
-/// storepulse runs on.
-const TICKS_PER_SECOND: f64 = 100.0;
+use nix::sys::resource::{UsageWho, getrusage};
 
-fn cpu_seconds_of(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND
+/// User + system CPU seconds of `who`, to the microsecond. (`/proc/*/stat` counts in 10 ms
+/// ticks, which a short phase can round to nothing.)
+fn cpu_seconds_of(who: UsageWho) -> f64 {
+    let Ok(usage) = getrusage(who) else { return 0.0 };
+    [usage.user_time(), usage.system_time()].iter().map(|t| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6).sum()
 }
 
-/// CPU seconds (user + system) of the whole process so far.
+/// CPU seconds (user + system) of the whole process so far, including its ended threads.
 pub fn process_cpu_seconds() -> f64 {
-    cpu_seconds_of("/proc/self/stat")
+    cpu_seconds_of(UsageWho::RUSAGE_SELF)
 }
 
 /// CPU seconds (user + system) of the calling thread so far.
 pub fn thread_cpu_seconds() -> f64 {
-    cpu_seconds_of("/proc/thread-self/stat")
+    cpu_seconds_of(UsageWho::RUSAGE_THREAD)
 }
 
 fn status_kib(field: &str) -> u64 {
@@ -111,9 +107,17 @@ mod tests {
         }
         assert_ne!(x, 1);
         assert!(thread_cpu_seconds() - before >= 0.1, "spinning shows as CPU time");
-        // Both are in clock ticks, each rounded on its own, and other test threads allocate
-        // between two reads: compare with a tick's slack, and only require figures.
-        assert!(process_cpu_seconds() + 0.05 >= thread_cpu_seconds());
+        // The process's time includes this thread's, read a moment earlier.
+        assert!(process_cpu_seconds() >= thread_cpu_seconds() - 0.001);
+        // Fine-grained: the first change seen is far below a 10 ms tick.
+        for read in [thread_cpu_seconds, process_cpu_seconds] {
+            let start = read();
+            let mut now = start;
+            while now == start {
+                now = read();
+            }
+            assert!(now - start < 0.005, "CPU time moved by {} s at once", now - start);
+        }
         assert!(rss_bytes() > 0 && peak_rss_bytes() > 0);
     }
 

@@ -14,6 +14,7 @@ use arrow_array::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::sync::Arc;
 
@@ -420,15 +421,8 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 ///
 /// # Errors
 /// Arrow or Parquet errors (a bug, or batches of different schemas).
-pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let Some(first) = batches.first() else {
-        return Err(parquet::errors::ParquetError::General("no batches to encode".into()));
-    };
-    let mut writer = ArrowWriter::try_new(Vec::new(), first.schema(), Some(writer_properties()))?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.into_inner()
+pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ParquetError> {
+    encode_each(batches.iter().cloned().map(Ok))
 }
 
 /// Rows converted to Arrow per chunk: bounds the columns held at once, whatever a checkpoint
@@ -436,24 +430,29 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, parquet::errors::Parqu
 const ENCODE_CHUNK_ROWS: usize = 8 * 1024;
 
 /// Encodes `rows` as one Parquet file in memory, converting them to Arrow a chunk at a time.
-fn encode_rows<R: TableRow>(rows: &[R]) -> Result<Vec<u8>, String> {
+fn encode_rows<R: TableRow>(rows: &[R]) -> Result<Vec<u8>, ParquetError> {
+    encode_each(
+        rows.chunks(ENCODE_CHUNK_ROWS)
+            .map(|chunk| R::to_batch(chunk).and_then(all_nullable).map_err(|e| ParquetError::General(e.to_string()))),
+    )
+}
+
+/// Writes batches, made as they are needed, into one Parquet file in memory.
+fn encode_each(batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>) -> Result<Vec<u8>, ParquetError> {
     let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
-    for chunk in rows.chunks(ENCODE_CHUNK_ROWS) {
-        let batch = R::to_batch(chunk).and_then(all_nullable).map_err(|e| e.to_string())?;
+    for batch in batches {
+        let batch = batch?;
         let writer = match &mut writer {
             Some(writer) => writer,
-            None => writer.insert(
-                ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties()))
-                    .map_err(|e| e.to_string())?,
-            ),
+            None => writer.insert(ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties()))?),
         };
-        writer.write(&batch).map_err(|e| e.to_string())?;
+        writer.write(&batch)?;
     }
-    let mut writer = writer.ok_or("no rows to encode")?;
+    let mut writer = writer.ok_or_else(|| ParquetError::General("no batches to encode".into()))?;
     // The file is written into this buffer at the end: size it once rather than by doublings.
     let expected = writer.in_progress_size();
     writer.inner_mut().reserve(expected + expected / 8 + 4096);
-    writer.into_inner().map_err(|e| e.to_string())
+    writer.into_inner()
 }
 
 /// Marks every column nullable. Arrow infers nullability from whether a batch happens to hold
@@ -564,7 +563,7 @@ impl ParquetWriter {
     }
 
     fn stage_file<R: TableRow>(&mut self, hour: i64, rows: &[R], checkpoint: u64) -> Result<StagedFile, SinkError> {
-        let data = encode_rows(rows).map_err(|message| SinkError::Encode { table: R::TABLE, message })?;
+        let data = encode_rows(rows).map_err(|e| SinkError::Encode { table: R::TABLE, message: e.to_string() })?;
         let bytes = data.len() as u64;
         self.seq += 1;
         let name = format!("part-{}-{:06}.parquet", self.instance, self.seq);

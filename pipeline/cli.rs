@@ -101,10 +101,14 @@ pub struct BenchArgs {
     /// Visitors per second in the latency and soak runs (about 6 messages each).
     #[arg(long, default_value_t = 200.0)]
     pub visitors_per_sec: f64,
-    /// Length of the resident-memory soak (e.g. 10m; 0s skips it), with state let go within
-    /// minutes so that it reaches steady state.
+    /// Length of the resident-memory soak whose flatness is judged (e.g. 10m; 0s skips it),
+    /// with state let go within minutes so that it reaches steady state.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub soak: Duration,
+    /// Real-time traffic before the judged soak, for the state and its tables to reach their
+    /// size (measured at 7 minutes; BENCHMARKS.md, ninth round).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "8m")]
+    pub soak_warm_up: Duration,
     /// Open orders and sessions for the bytes-per-entry figures (0 skips them).
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_entries: u64,
@@ -388,6 +392,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         latency_for: args.latency_for,
         visitors_per_sec: args.visitors_per_sec,
         soak: args.soak,
+        soak_warm_up: args.soak_warm_up,
         memory_entries: args.memory_entries,
         out: args.out.clone(),
     };

@@ -85,6 +85,8 @@ impl Symbols {
 const HAS_ORDER: u8 = 1;
 const PENDING_PICKUP: u8 = 2;
 const PENDING_DELIVERY: u8 = 4;
+/// In [`OrderBook::backlog_watch`]. Not encoded: the watch list is rebuilt on restore.
+const BACKLOG_WATCH: u8 = 8;
 
 /// Everything known about one order. Times are UTC ms, [`NONE`] until they happen; each
 /// milestone keeps its earliest time, so the result does not depend on arrival order.
@@ -218,7 +220,7 @@ impl OrderState {
         w.u64(index_of(Channel::ALL, self.channel));
         w.u64(index_of(Device::ALL, self.device));
         w.u64(self.payment_method.map_or(0, |p| index_of(PaymentMethod::ALL, p) + 1));
-        w.u64(u64::from(self.flags));
+        w.u64(u64::from(self.flags & !BACKLOG_WATCH));
     }
 
     /// Reads what [`OrderState::encode`] wrote.
@@ -273,12 +275,15 @@ impl OrderState {
 
     /// Paid, and at `at` neither picked up, delivered, returned nor cancelled.
     fn unshipped_at(&self, at: i64) -> bool {
-        let before = |t: i64| t != NONE && t < at;
-        before(self.paid_at)
-            && !before(self.picked_up_at)
-            && !before(self.delivered_at)
-            && !before(self.returned_at)
-            && !before(self.cancelled_at)
+        self.paid_at != NONE && self.paid_at < at && !self.left_backlog_before(at)
+    }
+
+    /// Picked up, delivered, returned or cancelled before `at`. Once true, true for every
+    /// later `at` too: milestones only ever move earlier.
+    fn left_backlog_before(&self, at: i64) -> bool {
+        [self.picked_up_at, self.delivered_at, self.returned_at, self.cancelled_at]
+            .into_iter()
+            .any(|t| t != NONE && t < at)
     }
 
     fn final_state(&self) -> &'static str {
@@ -479,6 +484,11 @@ pub struct OrderBook {
     #[serde(serialize_with = "serialize_slots", deserialize_with = "deserialize_slots")]
     slots: Vec<OrderState>,
     free: Vec<u32>,
+    /// Slots of the paid orders that may still be in a backlog to come: the backlog is counted
+    /// over these, not over every order held (most of which, kept for days, shipped long ago).
+    /// Marked [`BACKLOG_WATCH`]; rebuilt on restore.
+    #[serde(skip)]
+    backlog_watch: Vec<u32>,
     /// Interned carriers, warehouses, regions and currencies.
     pub symbols: Symbols,
 }
@@ -522,6 +532,7 @@ impl OrderBook {
             index: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
+            backlog_watch: Vec::new(),
             symbols: Symbols::default(),
         }
     }
@@ -531,23 +542,30 @@ impl OrderBook {
         self.index.len()
     }
 
-    fn states(&self) -> impl Iterator<Item = &OrderState> {
-        self.index.iter().map(|slot| &self.slots[*slot as usize])
-    }
-
-    /// Rebuilds the index from the slab (after a restore, which does not store it).
+    /// Rebuilds the index and the backlog watch from the slab (after a restore, which stores
+    /// neither).
     pub fn rebuild_index(&mut self) {
         let free: std::collections::HashSet<u32> = self.free.iter().copied().collect();
-        let slots = &self.slots;
+        let slots = &mut self.slots;
         self.index = HashTable::with_capacity(slots.len() - free.len());
+        self.backlog_watch.clear();
         for slot in (0..slots.len() as u32).filter(|s| !free.contains(s)) {
+            let state = &mut slots[slot as usize];
+            state.flags &= !BACKLOG_WATCH;
+            if state.paid_at != NONE {
+                state.flags |= BACKLOG_WATCH;
+                self.backlog_watch.push(slot);
+            }
+            let slots = &*slots;
             self.index.insert_unique(order_hash(slots[slot as usize].order_id()), slot, |s| {
                 order_hash(slots[*s as usize].order_id())
             });
         }
     }
 
-    fn entry(&mut self, order_id: &str, t: i64) -> &mut OrderState {
+    /// The slot of `order_id`'s state, a fresh one for an order not held; its last event
+    /// becomes `t` if later.
+    fn entry(&mut self, order_id: &str, t: i64) -> usize {
         let hash = order_hash(order_id);
         let slots = &mut self.slots;
         let found = self.index.find(hash, |s| slots[*s as usize].order_id() == order_id).copied();
@@ -571,7 +589,7 @@ impl OrderBook {
         };
         let state = &mut slots[slot];
         state.last_event = state.last_event.max(t);
-        state
+        slot
     }
 
     /// Applies an order event (on time or late: lifecycle facts do not depend on windows).
@@ -579,7 +597,8 @@ impl OrderBook {
         let currency = self.symbols.id(&e.currency);
         let region = e.region.as_deref().map_or(NO_SYMBOL, |r| self.symbols.id(r));
         let warehouse = e.warehouse.as_deref().map_or(NO_SYMBOL, |w| self.symbols.id(w));
-        let state = self.entry(&e.order_id, e.event_time);
+        let slot = self.entry(&e.order_id, e.event_time);
+        let state = &mut self.slots[slot];
         let mut update = OrderUpdate::default();
         if !state.has_order() || state.buyer_id().is_none() {
             let buyer = e.user_id.as_deref().or(e.visitor_id.as_deref());
@@ -620,6 +639,10 @@ impl OrderBook {
                 if first_payment {
                     update.resolved = resolve_pending(state);
                 }
+                if state.flags & BACKLOG_WATCH == 0 {
+                    state.flags |= BACKLOG_WATCH;
+                    self.backlog_watch.push(slot as u32);
+                }
             }
             OrderEventType::Cancelled => set_first(&mut state.cancelled_at, e.event_time),
             OrderEventType::Refunded => {
@@ -636,7 +659,8 @@ impl OrderBook {
     pub fn apply_scan(&mut self, e: &ShipmentEvent, on_time: bool) -> ScanUpdate {
         let carrier = self.symbols.id(&e.carrier);
         let warehouse = self.symbols.id(&e.warehouse);
-        let state = self.entry(&e.order_id, e.event_time);
+        let slot = self.entry(&e.order_id, e.event_time);
+        let state = &mut self.slots[slot];
         state.first_seen = state.first_seen.min(e.event_time);
         state.carrier = carrier;
         if state.warehouse == NO_SYMBOL {
@@ -691,7 +715,8 @@ impl OrderBook {
     /// Unshipped paid orders at event time `at`, by warehouse symbol.
     pub fn backlog_at(&self, at: i64) -> BTreeMap<u16, Backlog> {
         let mut out: BTreeMap<u16, Backlog> = BTreeMap::new();
-        for state in self.states().filter(|s| s.unshipped_at(at)) {
+        let watched = self.backlog_watch.iter().map(|slot| &self.slots[*slot as usize]);
+        for state in watched.filter(|s| s.unshipped_at(at)) {
             let b = out.entry(state.warehouse).or_default();
             b.orders += 1;
             if state.promised_ship_by != NONE && state.promised_ship_by < at {
@@ -700,6 +725,20 @@ impl OrderBook {
             b.oldest_paid_at = Some(b.oldest_paid_at.map_or(state.paid_at, |o| o.min(state.paid_at)));
         }
         out
+    }
+
+    /// Stops watching the orders that left the backlog before `at`: no backlog counted from
+    /// now on is earlier than `at`, so they never count again.
+    pub fn settle_backlog(&mut self, at: i64) {
+        let slots = &mut self.slots;
+        self.backlog_watch.retain(|slot| {
+            let state = &mut slots[*slot as usize];
+            let watch = state.paid_at != NONE && !state.left_backlog_before(at);
+            if !watch {
+                state.flags &= !BACKLOG_WATCH;
+            }
+            watch
+        });
     }
 
     /// Removes what the watermark has finished with: terminal orders past their time-to-live,
@@ -732,6 +771,7 @@ impl OrderBook {
         // Sorted so that output order does not depend on hash-table layout.
         closing.sort_unstable_by(|a, b| self.slots[a.0 as usize].order_id().cmp(self.slots[b.0 as usize].order_id()));
         let (mut facts, mut orphans) = (Vec::new(), Vec::new());
+        let mut unwatched = false;
         for (slot, closed_reason) in closing {
             let hash = order_hash(self.slots[slot as usize].order_id());
             if let Ok(entry) = self.index.find_entry(hash, |s| *s == slot) {
@@ -739,11 +779,17 @@ impl OrderBook {
             }
             self.free.push(slot);
             let state = std::mem::replace(&mut self.slots[slot as usize], OrderState::new("", 0));
+            unwatched |= state.flags & BACKLOG_WATCH != 0;
             if state.has_order() {
                 facts.push(self.fact(&state, closed_reason, watermark));
             } else {
                 orphans.push(self.orphan(&state, closed_reason, watermark));
             }
+        }
+        if unwatched {
+            // A freed slot must leave the watch before it is reused, or it would count twice.
+            let slots = &self.slots;
+            self.backlog_watch.retain(|slot| slots[*slot as usize].flags & BACKLOG_WATCH != 0);
         }
         (facts, orphans)
     }
@@ -852,7 +898,53 @@ mod tests {
         if absent { NONE } else { v }
     }
 
+    const MIN: i64 = 60_000;
+
+    /// The backlog by its definition: every order held, none skipped.
+    fn backlog_over_every_order(book: &OrderBook, at: i64) -> BTreeMap<u16, Backlog> {
+        let mut everything = book.clone();
+        everything.backlog_watch = book.index.iter().copied().collect();
+        everything.backlog_at(at)
+    }
+
     proptest! {
+        /// Payments, scans and cancellations in any order of event time, sweeps that free slots
+        /// for reuse, and backlogs counted at ever later times, as the fulfillment windows do.
+        #[test]
+        fn the_watched_backlog_equals_the_backlog_over_every_order(
+            steps in proptest::collection::vec((0u8..8, 0usize..12, 0i64..60), 1..150),
+        ) {
+            use crate::operators::fixtures::{order, scan};
+            let retention = Retention { terminal_ttl_ms: 5 * MIN, open_timeout_ms: 30 * MIN, orphan_after_ms: 10 * MIN };
+            let mut book = OrderBook::new(0, retention);
+            let mut at = 0;
+            for (kind, n, minute) in steps {
+                let (id, t) = (format!("o{n}"), minute * MIN);
+                match kind {
+                    0 | 1 => drop(book.apply_order(&order(OrderEventType::Paid, t, &id, "u"))),
+                    2 => drop(book.apply_scan(&scan(ShipmentStatus::PickedUp, t, &id), true)),
+                    3 => drop(book.apply_scan(&scan(ShipmentStatus::Delivered, t, &id), true)),
+                    4 => drop(book.apply_order(&order(OrderEventType::Cancelled, t, &id, "u"))),
+                    5 => drop(book.apply_scan(&scan(ShipmentStatus::Returned, t, &id), false)),
+                    6 => drop(book.sweep(at)),
+                    _ => {
+                        at += minute % 7 * MIN;
+                        book.settle_backlog(at);
+                    }
+                }
+                for q in [at, at + 3 * MIN, at + 90 * MIN] {
+                    prop_assert_eq!(book.backlog_at(q), backlog_over_every_order(&book, q));
+                }
+            }
+            let mut cbor = Vec::new();
+            ciborium::into_writer(&book, &mut cbor).expect("encodes");
+            let mut restored: OrderBook = ciborium::from_reader(cbor.as_slice()).expect("decodes");
+            restored.rebuild_index();
+            for q in [at, at + 90 * MIN] {
+                prop_assert_eq!(restored.backlog_at(q), book.backlog_at(q));
+            }
+        }
+
         #[test]
         fn order_states_round_trip_through_the_slab_encoding(
             ids in "[a-z0-9-]{0,20}(\u{1f}[a-z0-9]{1,12})?",
@@ -874,7 +966,7 @@ mod tests {
             s.channel = Channel::ALL[enums.0 % Channel::ALL.len()];
             s.device = Device::ALL[enums.1 % Device::ALL.len()];
             s.payment_method = PaymentMethod::ALL.get(enums.2).copied();
-            s.flags = flags;
+            s.flags = flags & !BACKLOG_WATCH;
             let slots = vec![s.clone(), OrderState::new("", NONE)];
             let mut cbor = Vec::new();
             ciborium::into_writer(&Slab(slots.clone()), &mut cbor).expect("encodes");

@@ -123,8 +123,14 @@ impl OrdersOperator {
     pub fn record(&mut self, e: &OrderEvent, created_at: Option<i64>) -> Result<(), Late> {
         self.windows.record(e.event_time, |window| {
             for channel in [Some(e.channel), None] {
-                match window.get_mut(&(channel, e.currency.as_str().into())) {
-                    Some(counts) => counts.record(e, created_at),
+                // Found without building a key: an empty `Box<str>` does not allocate, and it
+                // sorts first among the channel's currencies.
+                let found = window
+                    .range_mut((channel, Box::<str>::default())..)
+                    .take_while(|((c, _), _)| *c == channel)
+                    .find(|((_, currency), _)| **currency == *e.currency);
+                match found {
+                    Some((_, counts)) => counts.record(e, created_at),
                     None => {
                         let mut counts = OrderCounts::default();
                         counts.record(e, created_at);

@@ -214,7 +214,13 @@ impl Commerce {
         }
         let Some(joint) = self.joint_watermark() else { return };
         let closed = self.fulfillment.advance_to(joint);
+        // Windows close in end order and the joint watermark is past them: every backlog
+        // counted from now on is at this end or later.
+        let settled = closed.iter().map(ClosedFulfillment::end).max();
         self.fulfillment_rows(closed, out);
+        if let Some(end) = settled {
+            self.book.settle_backlog(end);
+        }
         let base = window_start(joint, self.base_window_ms);
         if self.swept_at.is_none_or(|s| base > s) {
             self.swept_at = Some(base);

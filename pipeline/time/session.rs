@@ -9,13 +9,12 @@
 //! A maximum session length guards memory against endless sessions (bots, stuck tabs): an event
 //! that would stretch a session beyond it starts a new session instead.
 
-use super::{Late, LatenessGate};
+use super::{Late, LatenessGate, window_start};
 use hashbrown::hash_map::EntryRef;
 use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 /// State that can absorb another session's state when two sessions merge.
@@ -49,10 +48,53 @@ pub struct SessionWindows<K, S> {
     gate: LatenessGate,
     /// Per key, sessions sorted by start, never within `gap_ms` of each other.
     open: HashMap<K, KeySessions<S>>,
-    /// Close candidates: (deadline, key). Entries go stale when a session grows or merges and
-    /// are checked when popped, so an event never has to search the queue. Rebuilt on restore.
+    /// Close candidates by deadline. Entries go stale when a session grows or merges and are
+    /// checked when taken, so an event never has to search them. Rebuilt on restore.
     #[serde(skip)]
-    deadlines: BinaryHeap<Reverse<(i64, K)>>,
+    deadlines: Deadlines<K>,
+}
+
+/// Close candidates, bucketed by the horizon at which each falls due. The horizon moves in
+/// whole windows, so a bucket is due all at once: closing takes whole lists, where a heap of
+/// the same candidates sifted each one (a key and its time, 56 bytes) through log n levels.
+/// Emptied lists are kept for new buckets, so a steady stream stops allocating them.
+#[derive(Debug, Clone)]
+struct Deadlines<K> {
+    window_ms: i64,
+    due: BTreeMap<i64, Vec<K>>,
+    spare: Vec<Vec<K>>,
+}
+
+impl<K> Deadlines<K> {
+    fn new(window_ms: i64) -> Self {
+        Deadlines { window_ms, due: BTreeMap::new(), spare: Vec::new() }
+    }
+
+    /// `key` may close once the horizon reaches `deadline`, that is, at the first window
+    /// boundary at or after it.
+    fn push(&mut self, deadline: i64, key: K) {
+        let due = window_start(deadline - 1, self.window_ms) + self.window_ms;
+        self.due.entry(due).or_insert_with(|| self.spare.pop().unwrap_or_default()).push(key);
+    }
+
+    /// The earliest bucket due at `horizon`, if any.
+    fn take_due(&mut self, horizon: i64) -> Option<Vec<K>> {
+        let bucket = self.due.first_entry().filter(|bucket| *bucket.key() <= horizon)?;
+        Some(bucket.remove())
+    }
+
+    /// Keeps an emptied list for a bucket to come.
+    fn recycle(&mut self, mut list: Vec<K>) {
+        list.clear();
+        if self.spare.len() < self.due.len() {
+            self.spare.push(list);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.due.clear();
+        self.spare.clear();
+    }
 }
 
 /// The serialized fields of [`SessionWindows`], from which the deadline queue is rebuilt.
@@ -67,13 +109,12 @@ struct SessionSnapshot<K, S> {
 
 impl<K: Eq + Hash + Ord + Clone, S> From<SessionSnapshot<K, S>> for SessionWindows<K, S> {
     fn from(snap: SessionSnapshot<K, S>) -> Self {
-        let deadlines = snap
-            .open
-            .iter()
-            .filter_map(|(key, sessions)| {
-                sessions.iter().map(|s| s.last).min().map(|last| Reverse((last + snap.gap_ms, key.clone())))
-            })
-            .collect();
+        let mut deadlines = Deadlines::new(snap.gate.window_ms());
+        for (key, sessions) in &snap.open {
+            if let Some(last) = sessions.iter().map(|s| s.last).min() {
+                deadlines.push(last + snap.gap_ms, key.clone());
+            }
+        }
         SessionWindows {
             gap_ms: snap.gap_ms,
             max_length_ms: snap.max_length_ms,
@@ -93,7 +134,7 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
             max_length_ms: max_length_ms.max(1),
             gate: LatenessGate::new(window_ms, lateness_ms),
             open: HashMap::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::new(window_ms),
         }
     }
 
@@ -122,7 +163,7 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
                 let at = sessions.partition_point(|s| s.start < event_time);
                 sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
                 if !created_new_key {
-                    self.deadlines.push(Reverse((event_time + gap, K::from(key))));
+                    self.deadlines.push(event_time + gap, K::from(key));
                 }
                 at
             }
@@ -152,14 +193,14 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
                     // Too long either way: the guard starts a new session here.
                     let at = sessions.partition_point(|s| s.start <= event_time);
                     sessions.insert(at, Session { start: event_time, last: event_time, state: S::default() });
-                    self.deadlines.push(Reverse((event_time + gap, K::from(key))));
+                    self.deadlines.push(event_time + gap, K::from(key));
                     at
                 }
             }
         };
         update(&mut sessions[index].state);
         if created_new_key {
-            self.deadlines.push(Reverse((event_time + gap, K::from(key))));
+            self.deadlines.push(event_time + gap, K::from(key));
         }
         Ok(())
     }
@@ -172,31 +213,31 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
         }
         let Some(horizon) = self.gate.horizon() else { return Vec::new() };
         let mut closed = Vec::new();
-        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
-            if *deadline > horizon {
-                break;
+        let gap = self.gap_ms;
+        let done = |s: &Session<S>| s.last + gap <= horizon;
+        // A key still open goes back with its next deadline, which is past the horizon.
+        while let Some(mut due) = self.deadlines.take_due(horizon) {
+            for key in due.drain(..) {
+                let Some(sessions) = self.open.get_mut(&key) else { continue };
+                if sessions.iter().all(done) {
+                    // The usual case: the key's last session ends; its key moves into the output.
+                    let sessions = self.open.remove(&key).unwrap_or_default();
+                    push_with_key(&mut closed, key, sessions);
+                    continue;
+                }
+                if sessions.iter().any(done) {
+                    let (ended, open): (KeySessions<S>, KeySessions<S>) =
+                        std::mem::take(sessions).into_iter().partition(done);
+                    *sessions = open;
+                    closed.extend(ended.into_iter().map(|s| (key.clone(), s)));
+                }
+                if let Some(last) = sessions.iter().map(|s| s.last).min() {
+                    self.deadlines.push(last + gap, key);
+                }
             }
-            let Some(Reverse((_, key))) = self.deadlines.pop() else { break };
-            let Some(sessions) = self.open.get_mut(&key) else { continue };
-            let gap = self.gap_ms;
-            let done = |s: &Session<S>| s.last + gap <= horizon;
-            if sessions.iter().all(done) {
-                // The usual case: the key's last session ends; its key moves into the output.
-                let sessions = self.open.remove(&key).unwrap_or_default();
-                push_with_key(&mut closed, key, sessions);
-                continue;
-            }
-            if sessions.iter().any(done) {
-                let (ended, open): (KeySessions<S>, KeySessions<S>) =
-                    std::mem::take(sessions).into_iter().partition(done);
-                *sessions = open;
-                closed.extend(ended.into_iter().map(|s| (key.clone(), s)));
-            }
-            if let Some(last) = sessions.iter().map(|s| s.last).min() {
-                self.deadlines.push(Reverse((last + gap, key)));
-            }
+            self.deadlines.recycle(due);
         }
-        closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
+        sort_by_start_and_key(&mut closed);
         closed
     }
 
@@ -207,7 +248,7 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
         for (key, sessions) in std::mem::take(&mut self.open) {
             push_with_key(&mut closed, key, sessions);
         }
-        closed.sort_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
+        sort_by_start_and_key(&mut closed);
         if let Some(last) = closed.iter().map(|(_, s)| s.last).max() {
             self.gate.advance(last + self.gap_ms + self.gate.window_ms() + self.gate.lateness_ms());
         }
@@ -218,6 +259,12 @@ impl<K: Eq + Hash + Ord + Clone, S: Default + Merge> SessionWindows<K, S> {
     pub fn open_sessions(&self) -> usize {
         self.open.values().map(SmallVec::len).sum()
     }
+}
+
+/// Sorts closed sessions by start, then key. No two are equal (a key's sessions never share a
+/// start), so the unstable sort gives the one order there is, without the stable sort's buffer.
+fn sort_by_start_and_key<K: Ord, S>(closed: &mut [(K, Session<S>)]) {
+    closed.sort_unstable_by(|a, b| (a.1.start, &a.0).cmp(&(b.1.start, &b.0)));
 }
 
 /// Appends each of `sessions` with its key, copying the key for all but the last.

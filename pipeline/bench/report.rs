@@ -1,7 +1,7 @@
 //! The benchmark's printed table.
 
-use super::BenchReport;
 use super::stats::{PhaseFigures, spread, trend};
+use super::{BenchReport, PROCESSING_ROUNDS};
 use std::fmt::Write as _;
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -69,6 +69,12 @@ impl BenchReport {
                 out,
                 "processing only: {:.0} events per CPU-second in a fresh process (target >= 1,000,000)",
                 p.events_per_cpu_second()
+            );
+        }
+        if let Some((slowest, fastest)) = self.processing_range {
+            let _ = writeln!(
+                out,
+                "  the median of {PROCESSING_ROUNDS} rounds over the same events; slowest {slowest:.0}, fastest {fastest:.0}"
             );
         }
         if let Some(here) = &self.processing_here {
@@ -183,6 +189,7 @@ mod tests {
             ceiling: Some(phase(500_000, 1.0)),
             pipeline: Some(phase(450_000, 1.5)),
             processing: Some(phase(2_000_000, 2.0)),
+            processing_range: Some((1_900_000.0, 2_150_000.4)),
             memory: Some((231.4, 480.0)),
             ..BenchReport::default()
         };
@@ -190,6 +197,7 @@ mod tests {
         assert!(text.contains("full pipeline / ceiling: 90.0 %"), "{text}");
         assert!(text.contains("1.67x the CPU per event"), "{text}");
         assert!(text.contains("processing only: 2000000 events per CPU-second"), "{text}");
+        assert!(text.contains("median of 5 rounds over the same events; slowest 1900000, fastest 2150000"), "{text}");
         assert!(text.contains("231 bytes per open order"), "{text}");
         assert!(!text.contains("phases this short"), "two-second phases are long enough: {text}");
         let short = BenchReport {

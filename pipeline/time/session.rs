@@ -371,6 +371,33 @@ mod tests {
         assert_eq!(spans(&back.advance(71 * MIN)), vec![("a", 0, MIN, 2), ("a", 40 * MIN, 40 * MIN, 1)]);
     }
 
+    proptest::proptest! {
+        /// Events of a few keys out of order, the watermark moving by uneven steps: after every
+        /// advance each session due at the horizon has closed and no other one has, and every
+        /// event accepted is in exactly one session, closed or open.
+        #[test]
+        fn every_due_session_closes_and_no_event_is_lost(
+            steps in proptest::collection::vec((0usize..4, 0i64..120, 0i64..4), 1..200),
+        ) {
+            let mut w: SessionWindows<String, Vec<i64>> = SessionWindows::new(10 * MIN, 45 * MIN, MIN, 2 * MIN);
+            let (mut watermark, mut accepted, mut closed_events) = (0, 0, 0);
+            for (key, minute, step) in steps {
+                let t = watermark + minute * MIN / 8 - 5 * MIN;
+                if w.record(&format!("k{key}"), t, |v| v.push(t)).is_ok() {
+                    accepted += 1;
+                }
+                watermark += step * MIN / 2;
+                let closed = w.advance(watermark);
+                let horizon = w.gate.horizon().unwrap_or(i64::MIN);
+                proptest::prop_assert!(closed.iter().all(|(_, s)| s.last + w.gap_ms <= horizon));
+                proptest::prop_assert!(w.open.values().flatten().all(|s| s.last + w.gap_ms > horizon));
+                closed_events += closed.iter().map(|(_, s)| s.state.len()).sum::<usize>();
+                let open_events: usize = w.open.values().flatten().map(|s| s.state.len()).sum();
+                proptest::prop_assert_eq!(closed_events + open_events, accepted);
+            }
+        }
+    }
+
     #[test]
     fn snapshot_and_restore_continue_identically() {
         let mut w = windows();

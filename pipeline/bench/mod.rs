@@ -475,9 +475,9 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u64) as i32
 }
 
-/// Rounds of phase 3 over the same messages, each from an empty state. A round's CPU time
-/// moves by up to 10 % from one run to the next on a shared machine (BENCHMARKS.md, ninth
-/// round): the table shows the median round, and the range beside it.
+/// Rounds of phase 3 over the same messages, each from an empty state. On a shared machine a
+/// round's CPU time moves by 10–20 % from one round to the next (BENCHMARKS.md, ninth and
+/// tenth rounds): the table shows the median round, and the range beside it.
 pub const PROCESSING_ROUNDS: usize = 5;
 
 /// What phase 3 measured.
@@ -562,7 +562,6 @@ fn processing_round(messages: &[(Stream, i32, &[u8])], time: &TimeSettings) -> P
         cpu_seconds: probe::thread_cpu_seconds() - cpu,
         peak_rss: probe::peak_rss_bytes(),
     };
-    drop(tasks);
     tracing::debug!(rows, "processing only: rows produced");
     figures
 }

@@ -4,9 +4,10 @@
 //!
 //! A clickstream task owns one `clickstream` partition. A commerce task owns partition `p` of
 //! both `orders` and `logistics` (co-partitioned by `order_id`), so a shipment meets its order in
-//! one place. Each event's lateness is decided by the watermark of its own partition, which
-//! depends only on that partition's order; fulfillment windows close at the lower of the two
-//! watermarks, so a scan that arrived before its order can still be joined into its window.
+//! one place. Each event's lateness, and how long its id is remembered against retries, are
+//! decided by the watermark of its own partition, which depends only on that partition's order;
+//! fulfillment windows close at the lower of the two watermarks, so a scan that arrived before
+//! its order can still be joined into its window.
 
 use super::fulfillment::ClosedFulfillment;
 use super::lifecycle::JoinSample;
@@ -132,6 +133,12 @@ struct Commerce {
     /// Start of the base window in which the order book was last swept.
     swept_at: Option<i64>,
     base_window_ms: i64,
+    /// Ids of the logistics partition (the task's own `dedupe` holds the orders partition's).
+    /// Each expires on its own partition's watermark: the consumer may read hours of one
+    /// partition between an event of the other and its retry. `None` only after restoring a
+    /// checkpoint of a release with one set for both: the next scan takes a copy of it.
+    #[serde(default)]
+    logistics_dedupe: Option<Dedupe>,
 }
 
 impl Commerce {
@@ -258,6 +265,7 @@ enum Operators {
 /// The state of one task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionTask {
+    /// Ids of the clickstream partition, or of a commerce task's orders partition.
     dedupe: Dedupe,
     operators: Operators,
 }
@@ -290,6 +298,7 @@ impl PartitionTask {
                 logistics_idle: false,
                 swept_at: None,
                 base_window_ms: time.base_window_ms(),
+                logistics_dedupe: Some(Dedupe::new(time.dedupe_horizon_ms, time.dedupe_max_ids)),
             })),
         };
         PartitionTask { dedupe: Dedupe::new(time.dedupe_horizon_ms, time.dedupe_max_ids), operators }
@@ -297,7 +306,13 @@ impl PartitionTask {
 
     /// Processes one event of this task's partitions; rows of windows it closes go to `out`.
     pub fn process(&mut self, event: &Event, out: &mut TaskOutput) -> Disposition {
-        if self.dedupe.is_duplicate(event.event_id(), event.event_time()) {
+        let dedupe = match (&mut self.operators, event) {
+            (Operators::Commerce(c), Event::Shipment(_)) => {
+                c.logistics_dedupe.get_or_insert_with(|| self.dedupe.clone())
+            }
+            _ => &mut self.dedupe,
+        };
+        if dedupe.is_duplicate(event.event_id(), event.event_time()) {
             return Disposition::Duplicate;
         }
         let late = |out: &mut TaskOutput, family: Family, result: Result<(), Late>| {
@@ -356,8 +371,11 @@ impl PartitionTask {
                 }
             }
             Operators::Commerce(c) => {
-                if let Some(w) = c.joint_watermark() {
+                if let Some(w) = c.orders_watermark.current() {
                     self.dedupe.expire(w);
+                }
+                if let (Some(w), Some(dedupe)) = (c.logistics_watermark.current(), &mut c.logistics_dedupe) {
+                    dedupe.expire(w);
                 }
                 c.advance(out);
             }
@@ -478,6 +496,28 @@ mod tests {
 
     fn paid_order(id: &str, paid_at: i64) -> [Event; 2] {
         [Event::Order(order(O::Created, paid_at - 60_000, id, "u1")), Event::Order(order(O::Paid, paid_at, id, "u1"))]
+    }
+
+    #[test]
+    fn a_retry_is_a_duplicate_however_far_the_other_stream_moves_before_it_arrives() {
+        // The consumer reads the two partitions at their own pace: between an event and its
+        // retry (adjacent in their partition) it may read hours of the other, lagging partition.
+        let mut task = commerce();
+        let late_scans = |from: i64| (0..7).map(move |i| Event::Shipment(scan(S::InTransit, from + i * 600_000, "o0")));
+        let created = Event::Order(order(O::Created, T0 + 5 * HOUR, "o1", "u1"));
+        feed(&mut task, [Event::Shipment(scan(S::LabelCreated, T0 + 4 * HOUR, "o0")), created.clone()]);
+        feed(&mut task, late_scans(T0 + 4 * HOUR + 600_000));
+        assert_eq!(task.process(&created, &mut TaskOutput::default()), Disposition::Duplicate);
+
+        // The other way round: the orders partition lags and catches up between a scan and its retry.
+        let mut task = commerce();
+        let scanned = Event::Shipment(scan(S::PickedUp, T0 + 5 * HOUR, "o2"));
+        feed(&mut task, [Event::Order(order(O::Created, T0 + 4 * HOUR, "o3", "u3")), scanned.clone()]);
+        feed(
+            &mut task,
+            (1..8).map(|i| Event::Order(order(O::Created, T0 + 4 * HOUR + i * 600_000, &format!("o{}", i + 3), "u"))),
+        );
+        assert_eq!(task.process(&scanned, &mut TaskOutput::default()), Disposition::Duplicate);
     }
 
     #[test]
@@ -641,5 +681,29 @@ mod tests {
         task.close_all(&mut a);
         restored.close_all(&mut b);
         assert_eq!((a.orders, a.fulfillment, a.facts), (b.orders, b.fulfillment, b.facts));
+    }
+
+    #[test]
+    fn a_checkpoint_with_one_id_set_for_both_streams_restores_with_its_scans_remembered() {
+        use ciborium::Value;
+        fn entries(map: &mut Value) -> &mut Vec<(Value, Value)> {
+            let Value::Map(entries) = map else { panic!("a map") };
+            entries
+        }
+        fn field<'a>(map: &'a mut Value, name: &str) -> &'a mut Value {
+            entries(map).iter_mut().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v).expect("the field")
+        }
+        let mut task = commerce();
+        let scanned = Event::Shipment(scan(S::PickedUp, T0 + HOUR, "o1"));
+        feed(&mut task, paid_order("o1", T0).into_iter().chain([scanned.clone()]));
+        // The earlier layout: no `logistics_dedupe`, the scan's id in the task's one set.
+        let mut value: Value = restore(&task.snapshot().expect("encodes")).expect("decodes");
+        let commerce = entries(field(field(&mut value, "operators"), "Commerce"));
+        let at = commerce.iter().position(|(k, _)| k.as_text() == Some("logistics_dedupe")).expect("the field");
+        let (_, logistics) = commerce.remove(at);
+        *field(&mut value, "dedupe") = logistics;
+
+        let mut restored = PartitionTask::restore(&snapshot(&value).expect("encodes")).expect("restores");
+        assert_eq!(restored.process(&scanned, &mut TaskOutput::default()), Disposition::Duplicate);
     }
 }

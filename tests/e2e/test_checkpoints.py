@@ -79,9 +79,18 @@ def checkpoints_of(out: pathlib.Path, pid: int) -> int:
 def assert_same_output(actual: pathlib.Path, expected: pathlib.Path) -> None:
     want, got = snapshot(expected), snapshot(actual)
     for name in TABLES:
-        assert len(got[name]) == len(want[name]), f"{name}: {len(got[name])} rows, uninterrupted run has {len(want[name])}"
-        assert got[name] == want[name], name
+        # Only the rows that differ: pytest's diff of two whole tables would bury them (CI prints it all).
+        if got[name] != want[name]:
+            pytest.fail(f"{name}: {len(got[name])} rows, uninterrupted run has {len(want[name])}; "
+                        f"{differing_rows(got[name], want[name])}")
     assert sum(len(v) for v in want.values()) > 1_000
+
+
+def differing_rows(got: list[tuple], want: list[tuple], limit: int = 10) -> str:
+    extra = sorted(set(got) - set(want), key=repr)
+    missing = sorted(set(want) - set(got), key=repr)
+    return (f"{len(extra)} rows only in this run, first {extra[:limit]}; "
+            f"{len(missing)} only in the uninterrupted run, first {missing[:limit]}")
 
 
 def assert_matches_oracle(out: pathlib.Path, events: pathlib.Path) -> None:

@@ -1,7 +1,8 @@
 //! Avro: the bundled reader schemas, writer-schema lookup by id (schema registry, a directory,
 //! or the bundled ids), the Confluent wire format and plain datums.
 
-use super::{DecodeError, avro_direct};
+use super::DecodeError;
+use super::avro_direct::{self, SpareStrings};
 use crate::event::{ClickEvent, Event, OrderEvent, ShipmentEvent, Stream};
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -261,6 +262,7 @@ pub(super) fn decode_confluent(
     payload: &[u8],
     schemas: &mut WriterSchemaSource,
     event: &mut Event,
+    spare: &mut SpareStrings,
 ) -> Result<(), DecodeError> {
     match payload.first() {
         Some(0) => {}
@@ -272,11 +274,11 @@ pub(super) fn decode_confluent(
         return Err(DecodeError::TruncatedHeader { len: payload.len() });
     };
     let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if schemas.known_direct(id, stream) && avro_direct::decode_into(stream, datum, event) {
+    if schemas.known_direct(id, stream) && avro_direct::decode_into(stream, datum, event, spare) {
         return Ok(());
     }
     let (writer, verdict) = schemas.resolve(id, stream)?;
-    if verdict.direct && avro_direct::decode_into(stream, datum, event) {
+    if verdict.direct && avro_direct::decode_into(stream, datum, event, spare) {
         return Ok(());
     }
     *event = decode_general(stream, &writer, datum).map_err(|error| match (error, verdict.incompatibility) {
@@ -289,8 +291,13 @@ pub(super) fn decode_confluent(
 }
 
 /// Decodes a bare datum written with the bundled schema of `stream`.
-pub(super) fn decode_plain_datum(stream: Stream, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
-    if !avro_direct::decode_into(stream, payload, event) {
+pub(super) fn decode_plain_datum(
+    stream: Stream,
+    payload: &[u8],
+    event: &mut Event,
+    spare: &mut SpareStrings,
+) -> Result<(), DecodeError> {
+    if !avro_direct::decode_into(stream, payload, event, spare) {
         *event = decode_general(stream, reader_schema(stream), payload)?;
     }
     Ok(())

@@ -16,6 +16,7 @@ pub use avro::{
 pub use validate::ValidationRules;
 
 use crate::event::{Event, Stream};
+use avro_direct::SpareStrings;
 use serde::{Deserialize, Serialize};
 
 /// The byte format of message values on the input topics.
@@ -170,12 +171,13 @@ pub struct Decoder {
     format: WireFormat,
     writer_schemas: WriterSchemaSource,
     rules: ValidationRules,
+    spare: SpareStrings,
 }
 
 impl Decoder {
     /// A decoder for `format`, looking writer schemas up in `writer_schemas`.
     pub fn new(format: WireFormat, writer_schemas: WriterSchemaSource, rules: ValidationRules) -> Self {
-        Decoder { format, writer_schemas, rules }
+        Decoder { format, writer_schemas, rules, spare: SpareStrings::default() }
     }
 
     /// Decodes and validates one message value of `stream`. `now_ms` is the wall clock, used
@@ -206,8 +208,10 @@ impl Decoder {
             return Err(DecodeError::EmptyPayload);
         }
         match self.format {
-            WireFormat::Confluent => avro::decode_confluent(stream, payload, &mut self.writer_schemas, event)?,
-            WireFormat::AvroDatum => avro::decode_plain_datum(stream, payload, event)?,
+            WireFormat::Confluent => {
+                avro::decode_confluent(stream, payload, &mut self.writer_schemas, event, &mut self.spare)?
+            }
+            WireFormat::AvroDatum => avro::decode_plain_datum(stream, payload, event, &mut self.spare)?,
             WireFormat::Json => *event = json::decode(stream, payload)?,
         }
         self.rules.validate(event, now_ms)

@@ -66,16 +66,25 @@ impl FunnelCounts {
     }
 }
 
-/// What one visitor did in one open window under one channel and device.
+/// What one visitor did in one open window under one channel and device. 16 bytes, so that a
+/// visitor's entry (id and two touches) fills one 64-byte bucket of the table, not two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Touch {
-    /// The window's end and size, ms.
+    /// The window's end, ms.
     window_end: i64,
-    window_ms: i64,
+    /// The window's size, ms: at most a day (sizes divide a day), so it fits. Checkpoints
+    /// encode integers by value, so those that held it as an `i64` restore unchanged.
+    window_ms: u32,
     channel: Channel,
     device: Device,
     /// Bit per [`Step`] reached.
     steps: u8,
+}
+
+/// A window size as a [`Touch`] holds it. Sizes past `u32::MAX` ms (49 days) cannot be
+/// configured; they would all read as that one.
+fn touch_size(window_ms: i64) -> u32 {
+    u32::try_from(window_ms).unwrap_or(u32::MAX)
 }
 
 /// A visitor's touches of the open windows: one per window size for most visitors (one channel,
@@ -170,6 +179,7 @@ impl FunnelOperator {
         };
         touches.retain(|t| self.windows.is_open(t.window_end));
         self.windows.record_each(event.event_time, |window_end, window_ms, counts| {
+            let window_ms = touch_size(window_ms);
             let in_window = |t: &Touch| t.window_end == window_end && t.window_ms == window_ms;
             for (c, d) in groups {
                 // Steps the visitor had reached in this group and window; `None` if it was not in it.
@@ -258,6 +268,40 @@ mod tests {
             channel: Some(channel),
             ..ClickEvent::new(format!("{visitor}-{t}"), kind, t, visitor.into(), device)
         }
+    }
+
+    #[test]
+    fn a_visitor_entry_fills_one_cache_line_and_touches_of_earlier_checkpoints_restore() {
+        assert_eq!(std::mem::size_of::<(SmolStr, Touches)>(), 64);
+        // The layout of earlier releases, with the size as an i64.
+        #[derive(Serialize)]
+        struct EarlierTouch {
+            window_end: i64,
+            window_ms: i64,
+            channel: Channel,
+            device: Device,
+            steps: u8,
+        }
+        let earlier = EarlierTouch {
+            window_end: 3_600_000,
+            window_ms: 3_600_000,
+            channel: Channel::PaidSearch,
+            device: Device::App,
+            steps: 5,
+        };
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&earlier, &mut cbor).expect("encodes");
+        let restored: Touch = ciborium::from_reader(cbor.as_slice()).expect("decodes");
+        assert_eq!(
+            restored,
+            Touch {
+                window_end: 3_600_000,
+                window_ms: 3_600_000,
+                channel: Channel::PaidSearch,
+                device: Device::App,
+                steps: 5
+            }
+        );
     }
 
     fn counts(rows: &[FunnelRow], channel: Option<Channel>, device: Option<Device>) -> FunnelCounts {

@@ -7,7 +7,6 @@ use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::time::{Late, TumblingWindows};
 use hashbrown::HashMap;
-use hashbrown::hash_map::EntryRef;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use smol_str::SmolStr;
@@ -66,10 +65,10 @@ impl FunnelCounts {
     }
 }
 
-/// What one visitor did in one open window under one channel and device. 16 bytes, so that a
-/// visitor's entry (id and two touches) fills one 64-byte bucket of the table, not two.
+/// What one visitor did in one open window under one channel and device: 16 bytes, two of
+/// them inline in a visitor's entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Touch {
+pub struct Touch {
     /// The window's end, ms.
     window_end: i64,
     /// The window's size, ms: at most a day (sizes divide a day), so it fits. Checkpoints
@@ -89,7 +88,30 @@ fn touch_size(window_ms: i64) -> u32 {
 
 /// A visitor's touches of the open windows: one per window size for most visitors (one channel,
 /// one device), held inline.
-type Touches = SmallVec<[Touch; 2]>;
+pub type Touches = SmallVec<[Touch; 2]>;
+
+/// Where the visitors' touches are kept: in the sessions' table, so that a click looks its
+/// visitor up once for both operators, or in a map of their own.
+pub trait VisitorTouches {
+    /// Applies `prune` to every visitor's touches; a visitor left with nothing (no touches, nor
+    /// anything else the table keeps for it) goes.
+    fn prune_touches(&mut self, prune: impl FnMut(&mut Touches));
+}
+
+impl VisitorTouches for HashMap<SmolStr, Touches> {
+    fn prune_touches(&mut self, mut prune: impl FnMut(&mut Touches)) {
+        self.retain(|_, touches| {
+            prune(touches);
+            !touches.is_empty()
+        });
+    }
+}
+
+impl crate::time::Companion for Touches {
+    fn is_empty(&self) -> bool {
+        SmallVec::is_empty(self)
+    }
+}
 
 /// Counts of one open window, one cell per channel × device including the `None` subtotals,
 /// updated as events arrive: closing a window reads its cells and nothing else.
@@ -143,26 +165,51 @@ type GroupKey = (Option<Channel>, Option<Device>);
 ///
 /// Distinct visitors are counted when they first appear in a window's cell, and a step's
 /// visitors when a visitor first reaches it there; each visitor's touches of the open windows
-/// are kept for that, under one lookup of its id per event. A visitor is forgotten once all
-/// the windows it touched have closed.
+/// are kept for that. The touches live with the caller ([`VisitorTouches`]): a clickstream task
+/// keeps them in the sessions' entry of the visitor, which a click looks up anyway. A visitor's
+/// touches are forgotten once all the windows it touched have closed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunnelOperator {
     partition: i32,
     windows: TumblingWindows<WindowCounts>,
+}
+
+/// The serialized fields of a [`FunnelOperator`] of any release: those before the sessions'
+/// table held the touches kept them here, under `visitors`.
+#[derive(Deserialize)]
+pub(super) struct FunnelSnapshot {
+    partition: i32,
+    windows: TumblingWindows<WindowCounts>,
+    #[serde(default)]
     visitors: HashMap<SmolStr, Touches>,
+}
+
+impl FunnelSnapshot {
+    /// The operator, and the visitors' touches a snapshot of an earlier release held.
+    pub(super) fn into_parts(self) -> (FunnelOperator, HashMap<SmolStr, Touches>) {
+        (FunnelOperator { partition: self.partition, windows: self.windows }, self.visitors)
+    }
 }
 
 impl FunnelOperator {
     /// State for clickstream partition `partition`, windows of each of `sizes_ms`.
     pub fn new(partition: i32, sizes_ms: &[i64], lateness_ms: i64) -> Self {
-        FunnelOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms), visitors: HashMap::new() }
+        FunnelOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms) }
     }
 
-    /// Counts one click into its windows.
+    /// Whether an event at `event_time` is on time: [`FunnelOperator::record`] would count it.
+    ///
+    /// # Errors
+    /// [`Late`] when the event's window has already closed.
+    pub fn check(&self, event_time: i64) -> Result<(), Late> {
+        self.windows.check(event_time)
+    }
+
+    /// Counts one click into its windows; `touches` are its visitor's.
     ///
     /// # Errors
     /// [`Late`] when the event's window has already closed; nothing is counted then.
-    pub fn record(&mut self, event: &ClickEvent) -> Result<(), Late> {
+    pub fn record(&mut self, event: &ClickEvent, touches: &mut Touches) -> Result<(), Late> {
         self.windows.check(event.event_time)?;
         let (channel, device) = (event.effective_channel(), event.device);
         let step = Step::of(event.event_type);
@@ -171,12 +218,6 @@ impl FunnelOperator {
         // The visitor's own cell and the three subtotals it adds to.
         let groups: [GroupKey; 4] =
             [(Some(channel), Some(device)), (Some(channel), None), (None, Some(device)), (None, None)];
-        let id = event.visitor_id.as_str();
-        // One probe of the table, whether the visitor is new or not.
-        let touches = match self.visitors.entry_ref(id) {
-            EntryRef::Occupied(entry) => entry.into_mut(),
-            EntryRef::Vacant(entry) => entry.insert_with_key(id.into(), Touches::new()),
-        };
         touches.retain(|t| self.windows.is_open(t.window_end));
         self.windows.record_each(event.event_time, |window_end, window_ms, counts| {
             let window_ms = touch_size(window_ms);
@@ -206,29 +247,26 @@ impl FunnelOperator {
     }
 
     /// Closes windows the watermark has passed.
-    pub fn advance_to(&mut self, watermark: i64) -> Vec<FunnelRow> {
+    pub fn advance_to(&mut self, watermark: i64, visitors: &mut impl VisitorTouches) -> Vec<FunnelRow> {
         let closed = self.windows.advance(watermark);
         // Visitors go when the longest window they touched closes; closed windows' touches of
         // the visitors that stay go when the visitor is next seen.
         if closed.iter().any(|w| w.size_ms == self.windows.longest_ms()) {
-            self.visitors.retain(|_, touches| {
-                touches.retain(|t| self.windows.is_open(t.window_end));
-                !touches.is_empty()
-            });
+            self.forget_closed(visitors);
         }
         self.rows(closed)
     }
 
-    /// Closes every window (end of a bounded input).
-    pub fn close_all(&mut self) -> Vec<FunnelRow> {
-        self.visitors.clear();
-        let closed = self.windows.close_all();
-        self.rows(closed)
+    /// Drops the touches of closed windows; visitors left with none go.
+    pub fn forget_closed(&self, visitors: &mut impl VisitorTouches) {
+        visitors.prune_touches(|touches| touches.retain(|t| self.windows.is_open(t.window_end)));
     }
 
-    /// Visitors held: those with a touch in an open window.
-    pub fn visitors_held(&self) -> usize {
-        self.visitors.len()
+    /// Closes every window (end of a bounded input). Every touch is then of a closed window;
+    /// whoever keeps them drops them with its own state.
+    pub fn close_all(&mut self) -> Vec<FunnelRow> {
+        let closed = self.windows.close_all();
+        self.rows(closed)
     }
 
     fn rows(&self, closed: Vec<crate::time::ClosedWindow<WindowCounts>>) -> Vec<FunnelRow> {
@@ -270,9 +308,19 @@ mod tests {
         }
     }
 
+    /// The visitors' touches in a map of their own.
+    type Visitors = HashMap<SmolStr, Touches>;
+
+    /// Counts `event` as a clickstream task does, its visitor's touches looked up only when
+    /// the event is on time.
+    fn count(op: &mut FunnelOperator, visitors: &mut Visitors, event: &ClickEvent) -> Result<(), Late> {
+        op.check(event.event_time)?;
+        op.record(event, visitors.entry(event.visitor_id.as_str().into()).or_default())
+    }
+
     #[test]
-    fn a_visitor_entry_fills_one_cache_line_and_touches_of_earlier_checkpoints_restore() {
-        assert_eq!(std::mem::size_of::<(SmolStr, Touches)>(), 64);
+    fn a_touch_takes_16_bytes_and_touches_of_earlier_checkpoints_restore() {
+        assert_eq!(std::mem::size_of::<Touch>(), 16);
         // The layout of earlier releases, with the size as an i64.
         #[derive(Serialize)]
         struct EarlierTouch {
@@ -312,6 +360,7 @@ mod tests {
     fn counts_distinct_visitors_per_step_channel_and_device_and_exact_subtotals() {
         use ClickEventType::*;
         let mut op = FunnelOperator::new(3, &[60_000], 0);
+        let mut visitors = Visitors::new();
         for e in [
             click("a", 1_000, PageView, Channel::Direct, Device::App),
             click("a", 2_000, ProductView, Channel::Direct, Device::App),
@@ -321,9 +370,10 @@ mod tests {
             click("c", 5_000, PageView, Channel::LiveStream, Device::App),
             click("b", 6_000, AddToCart, Channel::LiveStream, Device::Desktop),
         ] {
-            op.record(&e).expect("not late");
+            count(&mut op, &mut visitors, &e).expect("not late");
         }
-        let rows = op.advance_to(60_000);
+        let rows = op.advance_to(60_000, &mut visitors);
+        assert!(visitors.is_empty(), "the only window closed: every visitor is forgotten");
         assert!(rows.iter().all(|r| r.partition == 3 && r.window_start == 0 && r.window_ms == 60_000));
         let all = counts(&rows, None, None);
         assert_eq!((all.events, all.visitors, all.page_views), (7, 3, 3));
@@ -340,9 +390,13 @@ mod tests {
     #[test]
     fn event_for_closed_window_is_late_and_not_counted() {
         let mut op = FunnelOperator::new(0, &[60_000], 0);
-        op.record(&click("a", 1_000, ClickEventType::PageView, Channel::Direct, Device::App)).expect("open");
-        assert_eq!(op.advance_to(60_000).len(), 4);
-        assert!(op.record(&click("b", 2_000, ClickEventType::PageView, Channel::Direct, Device::App)).is_err());
+        let mut visitors = Visitors::new();
+        let a = click("a", 1_000, ClickEventType::PageView, Channel::Direct, Device::App);
+        count(&mut op, &mut visitors, &a).expect("open");
+        assert_eq!(op.advance_to(60_000, &mut visitors).len(), 4);
+        let b = click("b", 2_000, ClickEventType::PageView, Channel::Direct, Device::App);
+        assert!(count(&mut op, &mut visitors, &b).is_err());
+        assert!(op.record(&b, &mut Touches::new()).is_err(), "late even when given touches");
         assert!(op.close_all().is_empty());
     }
 
@@ -406,24 +460,26 @@ mod tests {
                 })
                 .collect();
             let mut op = FunnelOperator::new(0, &sizes, 0);
+            let mut visitors = Visitors::new();
             let mut rows = Vec::new();
             let mut on_time = Vec::new();
             let mut watermark = 0;
             for (i, e) in clicks.iter().enumerate() {
                 if i == restore_at {
-                    op = crate::time::restore(&crate::time::snapshot(&op).expect("encodes")).expect("decodes");
+                    (op, visitors) = crate::time::restore(&crate::time::snapshot(&(op, visitors)).expect("encodes")).expect("decodes");
                 }
-                if op.record(e).is_ok() {
+                if count(&mut op, &mut visitors, e).is_ok() {
                     on_time.push(e.clone());
                 }
                 // A watermark 100 s behind the latest event, so some events are late.
                 watermark = watermark.max(e.event_time - 100_000);
-                rows.extend(op.advance_to(watermark));
+                rows.extend(op.advance_to(watermark, &mut visitors));
             }
             rows.extend(op.close_all());
             rows.sort();
             proptest::prop_assert_eq!(rows, recount(&on_time, &sizes));
-            proptest::prop_assert_eq!(op.visitors_held(), 0);
+            op.forget_closed(&mut visitors);
+            proptest::prop_assert!(visitors.is_empty());
         }
     }
 }

@@ -5,11 +5,13 @@
 //! are sums over these rows.
 
 use super::Step;
+use super::funnel::{Touches, VisitorTouches};
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
-use crate::time::{Late, Merge, Session, SessionWindows, window_start};
-use hashbrown::Equivalent;
+use crate::time::{KeyEntry, KeySessions, Lane, Late, LatenessGate, Merge, Session, SessionWindows, window_start};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
+use std::cmp::Ordering;
 
 /// A session longer than this is engaged.
 pub const ENGAGED_AFTER_MS: i64 = 10_000;
@@ -115,33 +117,73 @@ impl Merge for SessionFacts {
     }
 }
 
-/// Session key: visitor and client session id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-struct Key(SmolStr, Option<SmolStr>);
+/// A session's lane: the client's session id, when the events carry one. Sessions of one
+/// visitor under different client session ids never mix.
+type ClientSession = Option<SmolStr>;
 
-/// A [`Key`] borrowed from an event, so that looking a session up copies nothing. Hashes like
-/// [`Key`]: the derived `Hash` of both hashes the same strings in the same order.
-#[derive(Hash)]
-struct KeyRef<'a>(&'a str, Option<&'a str>);
+/// The client session id of an event, borrowed, so that finding its session copies nothing.
+impl Lane<ClientSession> for Option<&str> {
+    fn cmp_lane(&self, lane: &ClientSession) -> Ordering {
+        self.cmp(&lane.as_deref())
+    }
 
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.0 && self.1 == key.1.as_deref()
+    fn to_lane(&self) -> ClientSession {
+        self.map(SmolStr::from)
     }
 }
 
-impl From<&KeyRef<'_>> for Key {
-    fn from(key: &KeyRef<'_>) -> Self {
-        Key(key.0.into(), key.1.map(Into::into))
-    }
-}
+/// What the table keeps per visitor: its open sessions and the funnel's touches.
+type VisitorEntry = KeyEntry<SessionFacts, ClientSession, Touches>;
 
-/// Per-partition session state.
+/// Per-partition session state, keyed by visitor. Each visitor's entry also holds the funnel's
+/// touches of that visitor (see [`VisitorTouches`]): a click finds both under one lookup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "SessionOperatorSnapshot")]
 pub struct SessionOperator {
     partition: i32,
     window_ms: i64,
-    sessions: SessionWindows<Key, SessionFacts>,
+    sessions: SessionWindows<SmolStr, SessionFacts, ClientSession, Touches>,
+}
+
+/// The serialized fields of a [`SessionOperator`] of any release.
+#[derive(Deserialize)]
+struct SessionOperatorSnapshot {
+    partition: i32,
+    window_ms: i64,
+    sessions: WindowsSnapshot,
+}
+
+/// The sessions' table as written now (`entries`, by visitor) or by releases that keyed
+/// sessions by visitor and client session id (`open`).
+#[derive(Deserialize)]
+struct WindowsSnapshot {
+    gap_ms: i64,
+    max_length_ms: i64,
+    gate: LatenessGate,
+    #[serde(default)]
+    entries: HashMap<SmolStr, VisitorEntry>,
+    #[serde(default)]
+    open: HashMap<(SmolStr, ClientSession), KeySessions<SessionFacts, ClientSession>>,
+}
+
+impl From<SessionOperatorSnapshot> for SessionOperator {
+    fn from(snap: SessionOperatorSnapshot) -> Self {
+        let WindowsSnapshot { gap_ms, max_length_ms, gate, mut entries, open } = snap.sessions;
+        if !open.is_empty() {
+            for ((visitor, client_session), sessions) in open {
+                let entry = entries.entry(visitor).or_default();
+                entry.sessions.extend(sessions.into_iter().map(|s| Session { lane: client_session.clone(), ..s }));
+            }
+            for entry in entries.values_mut() {
+                entry.sessions.sort_unstable_by(|a, b| (&a.lane, a.start).cmp(&(&b.lane, b.start)));
+            }
+        }
+        SessionOperator {
+            partition: snap.partition,
+            window_ms: snap.window_ms,
+            sessions: SessionWindows::from_entries(gap_ms, max_length_ms, gate, entries),
+        }
+    }
 }
 
 impl SessionOperator {
@@ -160,8 +202,19 @@ impl SessionOperator {
     /// # Errors
     /// [`Late`] when the event's window has closed; nothing is recorded then.
     pub fn record(&mut self, event: &ClickEvent) -> Result<(), Late> {
-        let key = KeyRef(&event.visitor_id, event.session_id.as_deref());
-        self.sessions.record(&key, event.event_time, |facts| {
+        self.record_with_touches(event, None::<fn(&mut Touches)>).1
+    }
+
+    /// [`SessionOperator::record`], also handing the visitor's funnel touches to `touches`
+    /// under the same lookup, whether or not the event is late for sessions. Without `touches`,
+    /// a late event adds no visitor.
+    pub fn record_with_touches<R>(
+        &mut self,
+        event: &ClickEvent,
+        touches: Option<impl FnOnce(&mut Touches) -> R>,
+    ) -> (Option<R>, Result<(), Late>) {
+        let visitor = event.visitor_id.as_str();
+        self.sessions.record_with(visitor, &event.session_id.as_deref(), event.event_time, touches, |facts| {
             if facts.lands_before(event.event_time, &event.event_id) {
                 facts.landing = Some(Landing {
                     event_time: event.event_time,
@@ -196,10 +249,21 @@ impl SessionOperator {
         self.sessions.open_sessions()
     }
 
-    fn rows(&self, closed: Vec<(Key, Session<SessionFacts>)>) -> Vec<SessionRow> {
+    /// Sets a visitor's funnel touches (restoring them from a checkpoint that kept them apart).
+    pub fn set_touches(&mut self, visitor: SmolStr, touches: Touches) {
+        self.sessions.set_companion(visitor, touches);
+    }
+
+    /// Visitors with funnel touches held.
+    pub fn visitors_with_touches(&self) -> usize {
+        self.sessions.companions_held()
+    }
+
+    fn rows(&self, closed: Vec<(SmolStr, Session<SessionFacts, ClientSession>)>) -> Vec<SessionRow> {
         closed
             .into_iter()
-            .filter_map(|(Key(visitor, client_session), session)| {
+            .filter_map(|(visitor, session)| {
+                let client_session = session.lane;
                 let mut facts = session.state;
                 let depth = facts.depth_in_order();
                 let landing = facts.landing?;
@@ -225,6 +289,12 @@ impl SessionOperator {
                 })
             })
             .collect()
+    }
+}
+
+impl VisitorTouches for SessionOperator {
+    fn prune_touches(&mut self, prune: impl FnMut(&mut Touches)) {
+        self.sessions.prune_companions(prune);
     }
 }
 
@@ -294,17 +364,88 @@ mod tests {
     }
 
     #[test]
-    fn a_borrowed_key_hashes_and_compares_like_the_key_it_stands_for() {
-        use std::hash::BuildHasher;
-        let hasher = hashbrown::DefaultHashBuilder::default();
-        for (visitor, session) in [("v000000001", None), ("v000000001", Some("s1")), ("", Some(""))] {
-            let key = Key(visitor.into(), session.map(Into::into));
-            let borrowed = KeyRef(visitor, session);
-            assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&key));
-            assert!(borrowed.equivalent(&key));
-            assert_eq!(Key::from(&borrowed), key);
+    fn a_checkpoint_keyed_by_visitor_and_client_session_restores_into_the_visitor_table() {
+        // The layout of releases before the visitor table: sessions keyed by (visitor, client
+        // session id), written as heap vectors.
+        #[derive(Serialize)]
+        struct EarlierSession {
+            start: i64,
+            last: i64,
+            state: SessionFacts,
         }
-        assert!(!KeyRef("v1", None).equivalent(&Key("v1".into(), Some("".into()))));
+        #[derive(Serialize)]
+        struct EarlierWindows {
+            gap_ms: i64,
+            max_length_ms: i64,
+            gate: LatenessGate,
+            open: HashMap<(String, Option<String>), Vec<EarlierSession>>,
+        }
+        #[derive(Serialize)]
+        struct EarlierOperator {
+            partition: i32,
+            window_ms: i64,
+            sessions: EarlierWindows,
+        }
+        // The same clicks, recorded by the current operator, give the facts to write.
+        let clicks = [
+            click("a", Some("s2"), 1_000, ClickEventType::PageView),
+            click("a", None, 2_000, ClickEventType::PageView),
+            click("a", Some("s1"), 3_000, ClickEventType::ProductView),
+            click("b", None, 4_000, ClickEventType::PageView),
+        ];
+        let mut current = operator();
+        let mut open = HashMap::new();
+        for c in &clicks {
+            current.record(c).expect("on time");
+            let mut one = operator();
+            one.record(c).expect("on time");
+            let (_, session) = one.sessions.close_all().pop().expect("one session");
+            open.insert(
+                (c.visitor_id.clone(), c.session_id.clone()),
+                vec![EarlierSession { start: session.start, last: session.last, state: session.state }],
+            );
+        }
+        let earlier = EarlierOperator {
+            partition: 2,
+            window_ms: MIN,
+            sessions: EarlierWindows {
+                gap_ms: 30 * MIN,
+                max_length_ms: 6 * 60 * MIN,
+                gate: LatenessGate::new(MIN, 0),
+                open,
+            },
+        };
+        let mut restored: SessionOperator =
+            crate::time::restore(&crate::time::snapshot(&earlier).expect("encodes")).expect("decodes");
+        assert_eq!((restored.open_sessions(), restored.sessions.keys_held()), (4, 2));
+        // Both continue alike: a click of client session s1 joins its session, and deadlines
+        // were rebuilt, so advancing closes everything.
+        for op in [&mut current, &mut restored] {
+            op.record(&click("a", Some("s1"), 5_000, ClickEventType::AddToCart)).expect("on time");
+        }
+        let rows = restored.advance_to(40 * MIN);
+        assert_eq!(rows, current.advance_to(40 * MIN));
+        let keys: Vec<(&str, Option<&str>, u32)> =
+            rows.iter().map(|r| (r.visitor_id.as_str(), r.client_session_id.as_deref(), r.events)).collect();
+        assert_eq!(keys, vec![("a", Some("s2"), 1), ("a", None, 1), ("a", Some("s1"), 2), ("b", None, 1)]);
+        assert_eq!(restored.sessions.keys_held(), 0);
+    }
+
+    #[test]
+    fn a_visitors_touches_keep_its_entry_after_its_sessions_close() {
+        let mut op = operator();
+        let event = click("a", None, 0, ClickEventType::PageView);
+        let mut funnel = super::super::FunnelOperator::new(2, &[MIN], 0);
+        let (counted, in_session) =
+            op.record_with_touches(&event, Some(|touches: &mut Touches| funnel.record(&event, touches)));
+        assert_eq!((counted, in_session), (Some(Ok(())), Ok(())));
+        assert_eq!(op.visitors_with_touches(), 1);
+        // The session closes at 30 minutes; the funnel's touch of window [0, 1 min) keeps the
+        // visitor until the funnel forgets closed windows' touches.
+        assert_eq!(op.advance_to(31 * MIN).len(), 1);
+        assert_eq!((op.open_sessions(), op.sessions.keys_held()), (0, 1));
+        funnel.advance_to(31 * MIN, &mut op);
+        assert_eq!(op.sessions.keys_held(), 0);
     }
 
     #[test]

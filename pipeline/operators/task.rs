@@ -10,6 +10,7 @@
 //! its order can still be joined into its window.
 
 use super::fulfillment::ClosedFulfillment;
+use super::funnel::FunnelSnapshot;
 use super::lifecycle::JoinSample;
 use super::{
     Family, FulfillmentOperator, FulfillmentRow, FunnelOperator, FunnelRow, OrderBook, OrderFact, OrdersOperator,
@@ -256,10 +257,40 @@ impl Commerce {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "OperatorsSnapshot")]
 #[expect(clippy::large_enum_variant, reason = "one per partition; clickstream tasks are the common case")]
 enum Operators {
-    Clickstream { watermark: PartitionWatermark, funnel: FunnelOperator, sessions: SessionOperator },
+    /// The sessions' table also holds the funnel's touches of each visitor.
+    Clickstream {
+        watermark: PartitionWatermark,
+        funnel: FunnelOperator,
+        sessions: SessionOperator,
+    },
     Commerce(Box<Commerce>),
+}
+
+/// The serialized [`Operators`] of any release: those before the visitor table kept the
+/// funnel's touches in the funnel.
+#[derive(Deserialize)]
+#[expect(clippy::large_enum_variant, reason = "read once per task on restore")]
+enum OperatorsSnapshot {
+    Clickstream { watermark: PartitionWatermark, funnel: FunnelSnapshot, sessions: SessionOperator },
+    Commerce(Box<Commerce>),
+}
+
+impl From<OperatorsSnapshot> for Operators {
+    fn from(snap: OperatorsSnapshot) -> Self {
+        match snap {
+            OperatorsSnapshot::Clickstream { watermark, funnel, mut sessions } => {
+                let (funnel, visitors) = funnel.into_parts();
+                for (visitor, touches) in visitors {
+                    sessions.set_touches(visitor, touches);
+                }
+                Operators::Clickstream { watermark, funnel, sessions }
+            }
+            OperatorsSnapshot::Commerce(commerce) => Operators::Commerce(commerce),
+        }
+    }
 }
 
 /// The state of one task.
@@ -327,8 +358,12 @@ impl PartitionTask {
         };
         match (&mut self.operators, event) {
             (Operators::Clickstream { watermark, funnel, sessions }, Event::Click(click)) => {
-                late(out, Family::Traffic, funnel.record(click));
-                late(out, Family::Sessions, sessions.record(click));
+                // One lookup of the visitor serves both: the funnel's touches live in its entry.
+                let traffic = funnel.check(click.event_time);
+                let count = traffic.is_ok().then_some(|touches: &mut _| funnel.record(click, touches));
+                let (counted, in_session) = sessions.record_with_touches(click, count);
+                late(out, Family::Traffic, counted.unwrap_or(traffic));
+                late(out, Family::Sessions, in_session);
                 watermark.observe(click.event_time);
             }
             (Operators::Commerce(c), Event::Order(order)) => {
@@ -366,7 +401,7 @@ impl PartitionTask {
             Operators::Clickstream { watermark, funnel, sessions } => {
                 if let Some(w) = watermark.current() {
                     self.dedupe.expire(w);
-                    out.funnel.extend(funnel.advance_to(w));
+                    out.funnel.extend(funnel.advance_to(w, sessions));
                     out.sessions.extend(sessions.advance_to(w));
                 }
             }
@@ -705,5 +740,80 @@ mod tests {
 
         let mut restored = PartitionTask::restore(&snapshot(&value).expect("encodes")).expect("restores");
         assert_eq!(restored.process(&scanned, &mut TaskOutput::default()), Disposition::Duplicate);
+    }
+
+    #[test]
+    fn a_clickstream_checkpoint_with_the_funnels_touches_apart_restores_into_the_visitor_table() {
+        use crate::event::{Channel, ClickEvent, ClickEventType, Device};
+        use ciborium::Value;
+        fn field<'a>(map: &'a mut Value, name: &str) -> &'a mut Value {
+            let Value::Map(entries) = map else { panic!("a map") };
+            entries.iter_mut().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v).expect("the field")
+        }
+        fn take(map: &mut Value, name: &str) -> Value {
+            std::mem::replace(field(map, name), Value::Null)
+        }
+        let click = |visitor: &str, session: Option<&str>, minute: i64, kind| {
+            let mut c =
+                ClickEvent::new(format!("{visitor}-{minute}"), kind, T0 + minute * 60_000, visitor.into(), Device::App);
+            c.session_id = session.map(Into::into);
+            c.channel = Some(Channel::PaidSearch);
+            Event::Click(c)
+        };
+        let before = [
+            click("a", Some("s1"), 0, ClickEventType::PageView),
+            click("a", None, 1, ClickEventType::ProductView),
+            click("b", None, 2, ClickEventType::PageView),
+        ];
+        let after = [
+            click("a", Some("s1"), 3, ClickEventType::AddToCart),
+            click("b", None, 4, ClickEventType::ProductView),
+            click("c", None, 80, ClickEventType::PageView),
+        ];
+        let mut task = PartitionTask::new(Stream::Clickstream, 0, &settings());
+        feed(&mut task, before);
+
+        // The earlier layout: the funnel's touches under `funnel.visitors`, sessions under
+        // `open`, keyed by (visitor, client session id), without their lane.
+        let mut value: Value = restore(&task.snapshot().expect("encodes")).expect("decodes");
+        let clickstream = field(field(&mut value, "operators"), "Clickstream");
+        let Value::Map(visitors) = take(field(field(clickstream, "sessions"), "sessions"), "entries") else {
+            panic!("a map of visitors")
+        };
+        let (mut touches, mut open) = (Vec::new(), Vec::new());
+        for (visitor, mut entry) in visitors {
+            touches.push((visitor.clone(), take(&mut entry, "companion")));
+            let Value::Array(sessions) = take(&mut entry, "sessions") else { panic!("an array") };
+            for mut session in sessions {
+                let lane = take(&mut session, "lane");
+                let Value::Map(fields) = &mut session else { panic!("a map") };
+                fields.retain(|(k, _)| k.as_text() != Some("lane"));
+                open.push((Value::Array(vec![visitor.clone(), lane]), Value::Array(vec![session])));
+            }
+        }
+        assert_eq!(open.len(), 3, "a/s1, a/none and b/none");
+        let Value::Map(windows_fields) = field(field(clickstream, "sessions"), "sessions") else { panic!("a map") };
+        windows_fields.retain(|(k, _)| k.as_text() != Some("entries"));
+        windows_fields.push((Value::Text("open".into()), Value::Map(open)));
+        let Value::Map(funnel) = field(clickstream, "funnel") else { panic!("a map") };
+        funnel.push((Value::Text("visitors".into()), Value::Map(touches)));
+
+        let mut restored = PartitionTask::restore(&snapshot(&value).expect("encodes")).expect("restores");
+        assert_eq!(restored.open_sessions(), 3);
+        let (mut a, mut b) = (feed(&mut task, after.clone()), feed(&mut restored, after));
+        task.close_all(&mut a);
+        restored.close_all(&mut b);
+        assert_eq!((&a.funnel, &a.sessions, &a.late.len()), (&b.funnel, &b.sessions, &b.late.len()));
+        let all = a
+            .funnel
+            .iter()
+            .find(|r| {
+                r.window_ms == 60 * 60_000
+                    && r.window_start == T0 - T0 % (60 * 60_000)
+                    && r.channel.is_none()
+                    && r.device.is_none()
+            })
+            .expect("the hour's all row");
+        assert_eq!(all.counts.visitors, 2, "a and b, each counted once across the checkpoint");
     }
 }

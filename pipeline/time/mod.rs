@@ -6,7 +6,7 @@ mod dedupe;
 mod session;
 
 pub use dedupe::Dedupe;
-pub use session::{Merge, Session, SessionWindows};
+pub use session::{Companion, KeyEntry, KeySessions, Lane, Merge, Session, SessionWindows};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -335,7 +335,7 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"SPST";
 
 /// The state format this release writes. Raise it when a change to the state would be misread
 /// by the previous release, and keep reading the older versions.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Encodes operator state for a checkpoint (CBOR, which keeps non-string map keys), after the
 /// format's header.
@@ -368,7 +368,7 @@ pub fn snapshot_sized<T: Serialize>(state: &T, expected_len: usize) -> Result<Ve
 /// not know.
 pub fn restore<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
     let cbor = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-        Some([SNAPSHOT_VERSION, cbor @ ..]) => cbor,
+        Some([1..=SNAPSHOT_VERSION, cbor @ ..]) => cbor,
         Some([version, ..]) => {
             return Err(SnapshotError(format!(
                 "written in state format {version}, but this release reads format {SNAPSHOT_VERSION} and older; \
@@ -474,7 +474,10 @@ mod tests {
     fn snapshots_carry_their_format_and_a_newer_format_is_refused_by_name() {
         let state: BTreeMap<String, u32> = BTreeMap::from([("a".to_owned(), 1)]);
         let bytes = snapshot(&state).expect("snapshot");
-        assert_eq!(&bytes[..5], b"SPST\x01");
+        assert_eq!(&bytes[..5], b"SPST\x02");
+        let mut earlier = bytes.clone();
+        earlier[4] = 1;
+        assert_eq!(restore::<BTreeMap<String, u32>>(&earlier).expect("format 1 is still read"), state);
         // Snapshots of releases before the header are bare CBOR.
         let mut bare = Vec::new();
         ciborium::into_writer(&state, &mut bare).expect("cbor");
@@ -482,7 +485,7 @@ mod tests {
         let mut newer = bytes.clone();
         newer[4] = SNAPSHOT_VERSION + 1;
         let error = restore::<BTreeMap<String, u32>>(&newer).expect_err("a format from the future").to_string();
-        assert!(error.contains("state format 2") && error.contains("reads format 1"), "{error}");
+        assert!(error.contains("state format 3") && error.contains("reads format 2"), "{error}");
         assert!(restore::<BTreeMap<String, u32>>(b"SPST").is_err(), "a header and nothing else");
     }
 

@@ -16,6 +16,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use std::sync::Arc;
 
 /// A failed Parquet write. The rows stay buffered and the write is retried at the next flush.
@@ -403,15 +404,25 @@ const HOUR_MS: i64 = 3_600_000;
 pub const STAGING: &str = "_staging";
 
 /// Encoding settings shared by the pipeline and compaction: zstd, statistics per page (min/max
-/// for pruning), row groups big enough for scans.
+/// for pruning), row groups big enough for scans, and no dictionary for [`UNIQUE_COLUMNS`].
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    UNIQUE_COLUMNS
+        .iter()
+        .fold(WriterProperties::builder(), |builder, column| {
+            builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)
+        })
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(concat!("storepulse ", env!("CARGO_PKG_VERSION")).to_owned())
         .build()
 }
+
+/// Columns whose values rarely repeat within a file. Their dictionary would hold every value,
+/// as plain encoding does, plus an index per row, and the writer would keep them all in a hash
+/// table until the file is done (or until 1 MiB, when it falls back to plain encoding): bytes
+/// and memory for nothing. zstd still compresses what the ids share.
+const UNIQUE_COLUMNS: [&str; 6] = ["visitor_id", "client_session_id", "order_id", "buyer_id", "event_id", "payload"];
 
 /// Rows per row group: pruning works per row group, so not everything in one, but big enough
 /// that metadata stays small.
@@ -668,6 +679,39 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..i32::try_from(n).expect("small")).collect::<Vec<_>>(), "every row once");
+    }
+
+    #[test]
+    fn ids_are_written_without_a_dictionary_and_labels_with_one() {
+        let rows: Vec<SessionRow> = (0..2_000)
+            .map(|i| SessionRow {
+                window_start: 0,
+                window_ms: 60_000,
+                session_start: i,
+                session_end: i + 5_000,
+                partition: 0,
+                visitor_id: format!("v-{i:08}"),
+                client_session_id: Some(format!("s-{i:08}")),
+                channel: Channel::ALL[i as usize % Channel::ALL.len()],
+                device: crate::event::Device::ALL[0],
+                landing_page: None,
+                events: 3,
+                page_views: 2,
+                reached: [true, false, false, false],
+                funnel_depth_in_order: 1,
+            })
+            .collect();
+        let bytes = bytes::Bytes::from(encode_rows(&rows).expect("encode"));
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+        let group = builder.metadata().row_group(0);
+        let has_dictionary = |name: &str| {
+            let column = group.columns().iter().find(|c| c.column_path().string() == name).expect("column");
+            column.dictionary_page_offset().is_some()
+        };
+        assert!(!has_dictionary("visitor_id") && !has_dictionary("client_session_id"), "unique ids: plain");
+        assert!(has_dictionary("channel"), "a label of few values keeps its dictionary");
+        let read: usize = builder.build().expect("reader").map(|b| b.expect("batch").num_rows()).sum();
+        assert_eq!(read, rows.len());
     }
 
     #[test]

@@ -19,8 +19,10 @@
 //! | wiring | [`runtime`] | the processing loop |
 //! | traffic | [`generate`] | deterministic synthetic traffic with fault injection |
 //! | benchmark | [`bench`] | `storepulse bench`: throughput, CPU per event, latency, memory |
+//! | allocator | [`allocator`] | how long freed memory is kept before the OS gets it back |
 //! | command line | [`cli`] | `run`, `demo`, `generate`, `compact`, `bench` |
 
+pub mod allocator;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

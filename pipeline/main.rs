@@ -12,6 +12,8 @@ use storepulse::config::ConfigError;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread.
+    storepulse::allocator::keep_freed_memory_for_reuse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

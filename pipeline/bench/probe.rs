@@ -64,29 +64,36 @@ pub fn machine() -> String {
 }
 
 /// The memory settings the figures depend on, one line: the machine's transparent huge pages
-/// mode and the allocator's options from the environment (mimalloc reads `MIMALLOC_*` at
-/// start). Huge pages and the delay before freed pages go back to the OS trade CPU against
-/// resident memory (BENCHMARKS.md, eighth round).
+/// mode, how long the allocator keeps freed memory (storepulse's default or the environment's)
+/// and any other `MIMALLOC_*` options from the environment. Huge pages and the delay before
+/// freed pages go back to the OS trade CPU against resident memory (BENCHMARKS.md, eighth and
+/// fifteenth rounds).
 pub fn memory_settings() -> String {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    describe_memory_settings(&thp, std::env::vars())
+    describe_memory_settings(&thp, crate::allocator::purge_delay_ms(), std::env::vars())
 }
 
-fn describe_memory_settings(thp_file: &str, vars: impl Iterator<Item = (String, String)>) -> String {
+fn describe_memory_settings(
+    thp_file: &str,
+    purge_delay_ms: i64,
+    vars: impl Iterator<Item = (String, String)>,
+) -> String {
     // The file lists every mode and brackets the one in force: `always [madvise] never`.
     let thp = thp_file
         .split_whitespace()
         .find_map(|mode| mode.strip_prefix('[').and_then(|m| m.strip_suffix(']')))
         .unwrap_or("unknown");
+    let returned = match purge_delay_ms {
+        i64::MIN..=-1 => "never returned".to_owned(),
+        0 => "returned at once".to_owned(),
+        ms if ms % 1000 == 0 => format!("returned after {} s", ms / 1000),
+        ms => format!("returned after {ms} ms"),
+    };
     let mut options: Vec<String> =
         vars.filter(|(name, _)| name.starts_with("MIMALLOC_")).map(|(name, value)| format!("{name}={value}")).collect();
     options.sort();
-    let allocator = if options.is_empty() {
-        "mimalloc defaults (huge pages allowed, freed pages returned after 1 s)".to_owned()
-    } else {
-        format!("mimalloc with {}", options.join(" "))
-    };
-    format!("transparent huge pages {thp}; allocator {allocator}")
+    let environment = if options.is_empty() { String::new() } else { format!(" (environment: {})", options.join(" ")) };
+    format!("transparent huge pages {thp}; allocator mimalloc, freed memory {returned}{environment}")
 }
 
 #[cfg(test)]
@@ -127,12 +134,15 @@ mod tests {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<Vec<_>>().into_iter()
         };
         assert_eq!(
-            describe_memory_settings("always [madvise] never\n", vars(&[("HOME", "/root")])),
-            "transparent huge pages madvise; allocator mimalloc defaults (huge pages allowed, freed pages returned after 1 s)"
+            describe_memory_settings("always [madvise] never\n", 120_000, vars(&[("HOME", "/root")])),
+            "transparent huge pages madvise; allocator mimalloc, freed memory returned after 120 s"
         );
         assert_eq!(
-            describe_memory_settings("", vars(&[("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")])),
-            "transparent huge pages unknown; allocator mimalloc with MIMALLOC_ALLOW_THP=0 MIMALLOC_PURGE_DELAY=0"
+            describe_memory_settings("", 0, vars(&[("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")])),
+            "transparent huge pages unknown; allocator mimalloc, freed memory returned at once \
+             (environment: MIMALLOC_ALLOW_THP=0 MIMALLOC_PURGE_DELAY=0)"
         );
+        assert!(describe_memory_settings("", -1, vars(&[])).ends_with("freed memory never returned"));
+        assert!(describe_memory_settings("", 250, vars(&[])).ends_with("freed memory returned after 250 ms"));
     }
 }

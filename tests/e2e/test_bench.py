@@ -24,6 +24,8 @@ def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
         events_per_sec, cpu_per_million, events_per_cpu, peak_rss_mb = figures(text, phase)
         assert events_per_sec > 0 and cpu_per_million > 0 and events_per_cpu > 0 and peak_rss_mb > 1, text
     assert "full pipeline did: 6000 events" in text, text
+    # The binary's own allocator setting (pipeline/allocator.rs) is in force and reported.
+    assert re.search(r"^memory: .*allocator mimalloc, freed memory never returned", text, re.M), text
     assert re.search(r"full pipeline / ceiling: [0-9.]+ %", text), text
     # Phase 3 runs in a fresh process and again in the bench's own, side by side.
     fresh = re.search(r"processing only: (\d+) events per CPU-second in a fresh process", text)

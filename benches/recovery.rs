@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use storepulse::bench::memory::{T0, order_event};
 use storepulse::checkpoint::{CheckpointStore, Manifest, TaskCheckpoint};
-use storepulse::config::TimeSettings;
 use storepulse::event::{Event, OrderEventType, Stream};
-use storepulse::operators::{PartitionTask, TaskOutput};
+use storepulse::operators::{PartitionTask, TaskId, TaskOutput, builtin};
 use storepulse::sink::storage::{Location, Storage};
+use storepulse::time::TimeSettings;
 
 fn order(kind: OrderEventType, i: u64, t: i64) -> Event {
     Event::Order(order_event(kind, i, t))
@@ -24,21 +24,22 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 fn main() {
     let orders: u64 = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
-    let mut task = PartitionTask::new(Stream::Orders, 0, &TimeSettings::default());
+    let (registry, time) = (builtin(), TimeSettings::default());
+    let mut task = PartitionTask::new(TaskId::of(Stream::Orders, 0), &registry, &time);
     let mut out = TaskOutput::default();
     for i in 0..orders {
         let t = T0 + i as i64;
-        task.process(&order(OrderEventType::Created, i, t), &mut out);
-        task.process(&order(OrderEventType::Paid, i, t + 1), &mut out);
+        task.process(&order(OrderEventType::Created, i, t), &mut out).expect("an orders task");
+        task.process(&order(OrderEventType::Paid, i, t + 1), &mut out).expect("an orders task");
         out = TaskOutput::default();
     }
-    assert_eq!(task.open_orders() as u64, orders);
+    assert_eq!(task.report(false).open_orders as u64, orders);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("local storage");
     let store = CheckpointStore::new(storage, 900_000);
     let started = Instant::now();
-    let snapshot = task.snapshot().expect("the state encodes");
+    let snapshot = task.snapshot(0).expect("the state encodes");
     let bytes = snapshot.len();
     let state = store.put_state("commerce-0", 1, snapshot).expect("state written");
     let manifest = Manifest {
@@ -59,8 +60,9 @@ fn main() {
             let started = Instant::now();
             let catalog = store.catalog().expect("catalog");
             let latest = catalog.latest("commerce-0").expect("the task's checkpoint");
-            let restored = PartitionTask::restore(&store.load_state(latest).expect("state read")).expect("decodes");
-            assert_eq!(restored.open_orders() as u64, orders);
+            let bytes = store.load_state(latest).expect("state read");
+            let restored = PartitionTask::restore(&bytes, &registry, &time).expect("decodes");
+            assert_eq!(restored.report(false).open_orders as u64, orders);
             started.elapsed()
         })
         .collect();

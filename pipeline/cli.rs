@@ -5,21 +5,21 @@
 use crate::bench::{self, BenchOptions};
 use crate::checkpoint::CheckpointStore;
 use crate::codec::WireFormat;
-use crate::config::{RawConfig, Settings, TopicNames, system_time_ms};
+use crate::config::{RawConfig, Settings, TopicNames};
 use crate::event::{Channel, Stream};
 use crate::generate::producer::{Encoder, ProduceOptions, ProduceReport, produce};
 use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Profile};
-use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, RunReport};
-use crate::sink::compact::{TABLES, compact};
-use crate::sink::http;
+use crate::runtime::{Control, RunReport};
+use crate::service::{self, StartOptions};
+use crate::sink::compact::compact;
 use crate::sink::storage::{Location, Storage};
-use crate::telemetry::{Health, Metrics, window_labels};
+use crate::time::system_time_ms;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// storepulse: real-time e-commerce funnel, sales and fulfillment metrics from Kafka to
@@ -138,8 +138,17 @@ pub struct CompactArgs {
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub before: Option<std::time::SystemTime>,
     /// Only these tables (repeatable); all by default.
-    #[arg(long = "table", value_parser = clap::builder::PossibleValuesParser::new(TABLES))]
+    #[arg(long = "table", value_parser = parse_table)]
     pub tables: Vec<String>,
+}
+
+/// A table this build writes.
+fn parse_table(name: &str) -> Result<String, String> {
+    let tables = crate::operators::builtin().tables();
+    if tables.iter().any(|t| t.name == name) {
+        return Ok(name.to_owned());
+    }
+    Err(format!("no table {name:?}; one of {}", tables.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")))
 }
 
 /// `storepulse run`
@@ -443,8 +452,8 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
     let closed_before = args.before.unwrap_or_else(|| std::time::SystemTime::now() - args.older_than);
     let closed_before_ms = system_time_ms(closed_before);
     let storage = Storage::open(&args.out)?;
-    let tables: Vec<&str> =
-        if args.tables.is_empty() { TABLES.to_vec() } else { args.tables.iter().map(String::as_str).collect() };
+    let all: Vec<&str> = crate::operators::builtin().tables().iter().map(|t| t.name).collect();
+    let tables: Vec<&str> = if args.tables.is_empty() { all } else { args.tables.iter().map(String::as_str).collect() };
     let report = compact(&storage, &tables, closed_before_ms).with_context(|| format!("compacting {}", args.out))?;
     println!(
         "compacted {}: {} partitions merged ({} files into {}, {} rows), {} marked _SUCCESS, {} still open (hour ends after {}){}",
@@ -469,38 +478,22 @@ fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
-/// Starts the HTTP endpoint on a background runtime; returns a handle that stops it on drop.
-fn start_http(
-    runtime: &tokio::runtime::Runtime,
-    addr: SocketAddr,
-    metrics: Metrics,
-    health: Arc<Health>,
-) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
-    let (_, stop) = http::spawn(runtime, addr, metrics, health)
-        .with_context(|| format!("cannot listen on {addr} (metrics address)"))?;
-    Ok(stop)
-}
-
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
     if args.check {
         println!("{}: valid (brokers {}, output {})", args.config.display(), settings.brokers, settings.output);
         return Ok(());
     }
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
-    let health = Health::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
     tracing::info!(brokers = %settings.brokers, group = %settings.group_id, metrics = %settings.metrics_addr, output = %settings.output, "storepulse starting");
-    let control = Arc::new(AtomicU8::new(if args.bounded { CONTROL_DRAIN } else { CONTROL_RUN }));
-    let signal_control = Arc::clone(&control);
-    runtime.spawn(async move {
+    let control = if args.bounded { Control::Drain } else { Control::Run };
+    let running = service::start(settings, StartOptions::new(control))?;
+    let stop = running.control.clone();
+    running.runtime().spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested; stopping consumption and taking a final checkpoint");
-        signal_control.store(CONTROL_STOP, Ordering::Relaxed);
+        stop.stop();
     });
-    let pipeline = crate::runtime::spawn(settings, metrics, health, control, false);
-    let report = pipeline.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))??;
+    let report = running.join()?;
     print_report(&report);
     Ok(())
 }
@@ -535,23 +528,19 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating topic {}", stream.as_str()))?;
     }
     let generator_config = args.traffic.generator_config()?;
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
-    let health = Health::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let _http = start_http(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
+    let (brokers, topics, output) = (settings.brokers.clone(), settings.topics.clone(), settings.output.clone());
+    let running = service::start(settings, StartOptions { progress: true, ..StartOptions::new(Control::Run) })?;
     println!(
-        "storepulse demo: embedded Kafka at {}, Parquet under {}, metrics at http://{}/metrics, for {}",
-        settings.brokers,
-        settings.output,
-        settings.metrics_addr,
+        "storepulse demo: embedded Kafka at {brokers}, Parquet under {output}, metrics at http://{}/metrics, for {}",
+        running.metrics_addr,
         humantime::format_duration(args.duration)
     );
 
     let stop_generator = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let options = ProduceOptions {
-        brokers: settings.brokers.clone(),
-        topics: settings.topics.clone(),
+        brokers,
+        topics,
         encoder: Encoder::new(args.format),
         rate: args.traffic.rate,
         speed: Some(args.traffic.speed.unwrap_or(60.0)),
@@ -564,32 +553,29 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
             .name("generator".into())
             .spawn(move || produce(Generator::new(generator_config), &options, &stop, &sent))?
     };
-    let control = Arc::new(AtomicU8::new(CONTROL_RUN));
-    let pipeline = crate::runtime::spawn(settings, metrics, health, Arc::clone(&control), true);
-
     let interrupted = Arc::new(AtomicBool::new(false));
     {
-        let (interrupted, control) = (Arc::clone(&interrupted), Arc::clone(&control));
-        runtime.spawn(async move {
+        let (interrupted, control) = (Arc::clone(&interrupted), running.control.clone());
+        running.runtime().spawn(async move {
             shutdown_signal().await;
             interrupted.store(true, Ordering::Relaxed);
             println!("stopping: draining what was produced (Ctrl-C again to stop at once)");
             shutdown_signal().await;
-            control.store(CONTROL_STOP, Ordering::Relaxed);
+            control.stop();
         });
     }
     let deadline = Instant::now() + args.duration;
     while Instant::now() < deadline
         && !interrupted.load(Ordering::Relaxed)
         && !generator.is_finished()
-        && !pipeline.is_finished()
+        && !running.is_finished()
     {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop_generator.store(true, Ordering::Relaxed);
     let produced: ProduceReport = generator.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-    let _ = control.compare_exchange(CONTROL_RUN, CONTROL_DRAIN, Ordering::Relaxed, Ordering::Relaxed);
-    let report = pipeline.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))??;
+    running.control.drain();
+    let report = running.join()?;
     println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
     print_report(&report);
     println!(

@@ -10,13 +10,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 use storepulse::codec::{WireFormat, bundled_writer_schema_id, encode_confluent, encode_json, reader_schema};
 use storepulse::config::{RawConfig, Settings};
 use storepulse::event::{Event, Stream};
 use storepulse::generate::{Generator, GeneratorConfig};
-use storepulse::runtime::{CONTROL_DRAIN, Pipeline, RunReport};
+use storepulse::operators::builtin;
+use storepulse::runtime::{Control, ControlHandle, Options, Pipeline, RunReport};
 use storepulse::source::KafkaSource;
 use storepulse::telemetry::{Health, Metrics};
 
@@ -33,11 +33,12 @@ fn run_pipeline(
     settings.format = format;
     settings.output = storepulse::sink::storage::Location::Local(out.to_path_buf());
     settings.validation.min_event_time_ms = 0;
-    let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
+    let metrics = Metrics::new(&["1m".to_owned()], &[]).expect("metrics");
     let health = Health::new();
-    let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
-    let pipeline = Pipeline::new(settings, metrics, health, false).expect("pipeline");
-    pipeline.run(&source, &AtomicU8::new(CONTROL_DRAIN)).expect("drain")
+    let mut source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
+    let options = Options { progress: false, registry: builtin() };
+    let pipeline = Pipeline::new(settings, metrics, health, options).expect("pipeline");
+    pipeline.run(&mut source, &ControlHandle::new(Control::Drain)).expect("drain")
 }
 
 fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, messages: &[(Stream, Vec<u8>)]) {

@@ -5,6 +5,8 @@
 mod codec_fixtures;
 /// Malformed messages through the whole pipeline on librdkafka's embedded mock cluster.
 mod dead_letters;
+/// A metric family added outside the built-in ones, through the whole pipeline.
+mod family_extension;
 /// Instance-wide windows with a quiet partition and with a partition that is behind.
 mod partition_progress;
 /// The writer-schema lookup against a server speaking the Confluent Schema Registry API.

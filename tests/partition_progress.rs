@@ -6,14 +6,15 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use storepulse::codec::{bundled_writer_schema_id, encode_confluent, reader_schema};
-use storepulse::config::{RawConfig, Settings, system_time_ms};
+use storepulse::config::{RawConfig, Settings};
 use storepulse::event::{Channel, ClickEvent, ClickEventType, Device, Event, Stream};
-use storepulse::runtime::{CONTROL_RUN, CONTROL_STOP, Pipeline, RunReport};
+use storepulse::operators::builtin;
+use storepulse::runtime::{Control, ControlHandle, Options, Pipeline, RunReport};
 use storepulse::source::KafkaSource;
 use storepulse::telemetry::{Health, Metrics};
+use storepulse::time::system_time_ms;
 
 const MIN: i64 = 60_000;
 type Cluster = MockCluster<'static, DefaultProducerContext>;
@@ -92,16 +93,17 @@ fn run_until(
     settings.output = storepulse::sink::storage::Location::Local(out.path().to_path_buf());
     settings.checkpoint.interval = Duration::from_secs(1);
     settings.time.idle_timeout_ms = 1_000;
-    let metrics = Metrics::new(&["1m".to_owned(), "1h".to_owned()]).expect("metrics");
+    let metrics = Metrics::new(&["1m".to_owned(), "1h".to_owned()], &[]).expect("metrics");
     let window_end = metrics.window_end.with_label_values(&["1m"]);
     let health = Health::new();
-    let control = AtomicU8::new(CONTROL_RUN);
+    let control = ControlHandle::new(Control::Run);
     std::thread::scope(|scope| {
         let runner = scope.spawn(|| {
-            let source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
+            let mut source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
+            let options = Options { progress: false, registry: builtin() };
             let pipeline =
-                Pipeline::new(settings.clone(), metrics.clone(), Arc::clone(&health), false).expect("pipeline");
-            pipeline.run(&source, &control).expect("run")
+                Pipeline::new(settings.clone(), metrics.clone(), Arc::clone(&health), options).expect("pipeline");
+            pipeline.run(&mut source, &control).expect("run")
         });
         let started = Instant::now();
         while started.elapsed() < within && !done(window_end.get()) {
@@ -109,7 +111,7 @@ fn run_until(
             std::thread::sleep(Duration::from_millis(200));
         }
         let reached = window_end.get();
-        control.store(CONTROL_STOP, Ordering::Relaxed);
+        control.stop();
         (reached, runner.join().expect("pipeline thread"))
     })
 }

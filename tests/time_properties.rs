@@ -8,11 +8,12 @@
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use storepulse::config::{FamilyLateness, TimeSettings};
 use storepulse::event::{Channel, ClickEvent, ClickEventType, Device, Event, Stream};
 use storepulse::operators::{
-    Disposition, Family, FunnelCounts, FunnelRow, PartitionTask, SessionRow, Step, TaskOutput,
+    Disposition, FunnelCounts, FunnelRow, PartitionTask, SESSIONS, SessionRow, Step, TRAFFIC, TaskId, TaskOutput,
+    builtin,
 };
+use storepulse::time::{FamilyLateness, TimeSettings};
 
 const SEC: i64 = 1_000;
 const MIN: i64 = 60 * SEC;
@@ -71,14 +72,14 @@ fn clicks() -> impl Strategy<Value = Vec<ClickEvent>> {
 struct Outputs {
     funnel: Vec<FunnelRow>,
     sessions: Vec<SessionRow>,
-    late: Vec<(Family, String)>,
+    late: Vec<(&'static str, String)>,
     duplicates: usize,
 }
 
 fn run(task: &mut PartitionTask, events: &[ClickEvent], into: &mut Outputs) {
     let mut out = TaskOutput::default();
     for e in events {
-        if task.process(&Event::Click(e.clone()), &mut out) == Disposition::Duplicate {
+        if task.process(&Event::Click(e.clone()), &mut out) == Ok(Disposition::Duplicate) {
             into.duplicates += 1;
         }
     }
@@ -91,14 +92,14 @@ fn finish(mut task: PartitionTask, into: &mut Outputs) {
     collect(out, into);
 }
 
-fn collect(out: TaskOutput, into: &mut Outputs) {
-    into.funnel.extend(out.funnel);
-    into.sessions.extend(out.sessions);
+fn collect(mut out: TaskOutput, into: &mut Outputs) {
+    into.funnel.append(out.rows.table::<FunnelRow>());
+    into.sessions.append(out.rows.table::<SessionRow>());
     into.late.extend(out.late.into_iter().map(|l| (l.family, l.event_id)));
 }
 
 fn run_to_end(events: &[ClickEvent], lateness_ms: i64) -> Outputs {
-    let mut task = PartitionTask::new(Stream::Clickstream, 0, &settings(lateness_ms));
+    let mut task = PartitionTask::new(TaskId::of(Stream::Clickstream, 0), &builtin(), &settings(lateness_ms));
     let mut outputs = Outputs::default();
     run(&mut task, events, &mut outputs);
     finish(task, &mut outputs);
@@ -190,7 +191,7 @@ fn reference_sessions(events: &[&ClickEvent]) -> Vec<(String, Option<String>, i6
 }
 
 /// Distinct events of `input` that were not late for `family`.
-fn accepted<'a>(input: &'a [ClickEvent], outputs: &Outputs, family: Family) -> Vec<&'a ClickEvent> {
+fn accepted<'a>(input: &'a [ClickEvent], outputs: &Outputs, family: &str) -> Vec<&'a ClickEvent> {
     let late: BTreeSet<&str> = outputs.late.iter().filter(|(f, _)| *f == family).map(|(_, id)| id.as_str()).collect();
     let mut seen = BTreeSet::new();
     input.iter().filter(|e| !late.contains(e.event_id.as_str()) && seen.insert(e.event_id.as_str())).collect()
@@ -226,10 +227,10 @@ proptest! {
         };
         let total = input.len() as u64;
         let duplicates = outputs.duplicates as u64;
-        prop_assert_eq!(counted_in(MIN) + late(Family::Traffic) + duplicates, total);
-        prop_assert_eq!(counted_in(60 * MIN) + late(Family::Traffic) + duplicates, total);
+        prop_assert_eq!(counted_in(MIN) + late(TRAFFIC) + duplicates, total);
+        prop_assert_eq!(counted_in(60 * MIN) + late(TRAFFIC) + duplicates, total);
         let in_sessions: u64 = outputs.sessions.iter().map(|s| u64::from(s.events)).sum();
-        prop_assert_eq!(in_sessions + late(Family::Sessions) + duplicates, total);
+        prop_assert_eq!(in_sessions + late(SESSIONS) + duplicates, total);
         prop_assert_eq!(outputs.duplicates, duplicated.len(), "copies arrive within the dedupe horizon");
     }
 
@@ -244,11 +245,11 @@ proptest! {
 
         let (before, after) = input.split_at(cut.index(input.len() + 1).min(input.len()));
         let mut outputs = Outputs::default();
-        let mut task = PartitionTask::new(Stream::Clickstream, 0, &settings(0));
+        let mut task = PartitionTask::new(TaskId::of(Stream::Clickstream, 0), &builtin(), &settings(0));
         run(&mut task, before, &mut outputs);
-        let bytes = task.snapshot().expect("snapshot");
+        let bytes = task.snapshot(0).expect("snapshot");
         drop(task);
-        let mut restored = PartitionTask::restore(&bytes).expect("restore");
+        let mut restored = PartitionTask::restore(&bytes, &builtin(), &settings(0)).expect("restore");
         run(&mut restored, after, &mut outputs);
         finish(restored, &mut outputs);
         prop_assert_eq!(outputs, uninterrupted);
@@ -269,12 +270,12 @@ proptest! {
             let previous = funnel.insert((r.window_ms, r.window_start, r.channel, r.device), r.counts);
             prop_assert!(previous.is_none(), "window emitted twice: {:?}", r);
         }
-        prop_assert_eq!(funnel, reference_funnel(&accepted(&input, &outputs, Family::Traffic)));
+        prop_assert_eq!(funnel, reference_funnel(&accepted(&input, &outputs, TRAFFIC)));
 
         let mut sessions: Vec<_> = outputs.sessions.iter()
             .map(|s| (s.visitor_id.clone(), s.client_session_id.clone(), s.session_start, s.session_end, s.events, s.page_views))
             .collect();
         sessions.sort();
-        prop_assert_eq!(sessions, reference_sessions(&accepted(&input, &outputs, Family::Sessions)));
+        prop_assert_eq!(sessions, reference_sessions(&accepted(&input, &outputs, SESSIONS)));
     }
 }

@@ -9,7 +9,8 @@ use crate::event::{
     Channel, ClickEvent, ClickEventType, Device, OrderEvent, OrderEventType, OrderItem, PaymentMethod, ShipmentEvent,
     ShipmentStatus,
 };
-use crate::operators::{OrderBook, Retention, SessionOperator};
+use crate::operators::{OrderBook, SessionOperator};
+use crate::time::Retention;
 
 /// 2026-11-10 15:00 UTC (23:00 Beijing time, an hour before Double 11), Unix milliseconds.
 pub const T0: i64 = 1_794_322_800_000;

@@ -18,18 +18,19 @@ mod report;
 pub mod stats;
 
 use crate::codec::{Decoder, WireFormat, WriterSchemaSource, decode_confluent_general_path};
-use crate::config::{FamilyLateness, RawConfig, Settings, TimeSettings, TopicNames, system_time_ms};
+use crate::config::{RawConfig, Settings, TopicNames};
 use crate::event::{Event, Stream};
 use crate::generate::producer::{Encoder, ProduceOptions, produce};
 use crate::generate::{Generator, GeneratorConfig, Profile};
-use crate::operators::{PartitionTask, Retention, TaskOutput};
-use crate::runtime::{CONTROL_DRAIN, CONTROL_RUN, CONTROL_STOP, RunReport};
-use crate::sink::http;
+use crate::labels::window_labels;
+use crate::operators::{PartitionTask, Registry, TaskId, TaskOutput};
+use crate::runtime::{Control, RunReport};
+use crate::service::{self, StartOptions};
 use crate::sink::storage::Location;
-use crate::source::KafkaSource;
-use crate::telemetry::{Health, Metrics, window_labels};
+use crate::source::{KafkaSource, Polled};
+use crate::telemetry::{Health, Metrics};
+use crate::time::{FamilyLateness, Retention, TimeSettings, system_time_ms};
 use anyhow::{Context, bail};
-use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -38,7 +39,7 @@ use stats::PhaseFigures;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What to measure, and against which broker.
@@ -394,8 +395,8 @@ const STALL: Duration = Duration::from_secs(120);
 
 /// Phase 1: poll and decode every message, nothing else.
 fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
-    let source = KafkaSource::connect(settings, metrics, Health::new()).context("creating the Kafka consumer")?;
+    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms), &[])?;
+    let mut source = KafkaSource::connect(settings, metrics, Health::new()).context("creating the Kafka consumer")?;
     let mut decoder = Decoder::new(settings.format, WriterSchemaSource::local(None), settings.validation);
     let mut meter = Meter::new();
     let (mut seen, mut decoded) = (0u64, 0u64);
@@ -403,19 +404,19 @@ fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
     let mut events = Stream::ALL.map(Event::placeholder);
     let mut last = Instant::now();
     while seen < expected {
-        match source.consumer().poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
+        match source.poll(Duration::from_millis(100)) {
+            Polled::Message(message) => {
                 meter.start();
                 seen += 1;
                 last = Instant::now();
                 let Some(stream) = settings.topics.stream_of(message.topic()) else { continue };
                 let now_ms = system_time_ms(SystemTime::now());
-                let payload = message.payload().unwrap_or_default();
+                let payload = message.payload();
                 decoded += u64::from(decoder.decode_into(stream, payload, now_ms, &mut events[stream.index()]).is_ok());
             }
-            Some(Err(error)) => tracing::warn!(%error, "Kafka consume error"),
-            None if last.elapsed() > STALL => bail!("phase 1 stalled after {seen} of {expected} messages"),
-            None => {}
+            Polled::Error(error) => tracing::warn!(%error, "Kafka consume error"),
+            Polled::Nothing if last.elapsed() > STALL => bail!("phase 1 stalled after {seen} of {expected} messages"),
+            Polled::Nothing => {}
         }
     }
     let figures = meter.stop(seen);
@@ -431,19 +432,15 @@ fn consumed(metrics: &Metrics, topics: &TopicNames) -> u64 {
 
 /// Phase 2: the whole pipeline, draining to the end of the pre-produced messages.
 fn full_pipeline(settings: Settings, expected: u64) -> anyhow::Result<(PhaseFigures, RunReport)> {
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
-    let health = Health::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let (addr, _stop_http) = http::spawn(&runtime, settings.metrics_addr, metrics.clone(), Arc::clone(&health))?;
     let topics = settings.topics.clone();
-    let control = Arc::new(AtomicU8::new(CONTROL_DRAIN));
-    let pipeline = crate::runtime::spawn(settings, metrics.clone(), health, Arc::clone(&control), false);
+    let running = service::start(settings, StartOptions::new(Control::Drain))?;
+    let addr = running.metrics_addr;
     let mut meter = Meter::new();
     let mut figures = None;
     let (mut last_count, mut last_change, mut last_scrape) = (0, Instant::now(), Instant::now());
-    while !pipeline.is_finished() {
+    while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(2));
-        let count = consumed(&metrics, &topics);
+        let count = consumed(&running.metrics, &topics);
         if count > 0 {
             meter.start();
         }
@@ -459,10 +456,10 @@ fn full_pipeline(settings: Settings, expected: u64) -> anyhow::Result<(PhaseFigu
             let _ = ureq::get(&format!("http://{addr}/metrics")).call();
         }
         if last_change.elapsed() > STALL {
-            control.store(CONTROL_STOP, Ordering::Relaxed);
+            running.control.stop();
         }
     }
-    let report = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    let report = running.join()?;
     match figures {
         Some(figures) if report.decoded == expected => Ok((figures, report)),
         _ => bail!("phase 2 consumed {} and decoded {} of {expected} messages", report.consumed, report.decoded),
@@ -506,7 +503,9 @@ pub fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSe
         }
     }
     let messages: Vec<(Stream, i32, &[u8])> = spans.into_iter().map(|(s, p, span)| (s, p, &buffer[span])).collect();
-    let mut rounds: Vec<PhaseFigures> = (0..PROCESSING_ROUNDS).map(|_| processing_round(&messages, time)).collect();
+    let registry = crate::operators::builtin();
+    let mut rounds: Vec<PhaseFigures> =
+        (0..PROCESSING_ROUNDS).map(|_| processing_round(&messages, &registry, time)).collect();
     rounds.sort_by(|a, b| a.cpu_seconds.total_cmp(&b.cpu_seconds));
     let range = (rounds[rounds.len() - 1].events_per_cpu_second(), rounds[0].events_per_cpu_second());
 
@@ -529,12 +528,12 @@ pub fn processing_only(traffic: &GeneratorConfig, partitions: i32, time: &TimeSe
 
 /// One round of phase 3: a fresh decoder and fresh tasks through every message, then every
 /// window closed.
-fn processing_round(messages: &[(Stream, i32, &[u8])], time: &TimeSettings) -> PhaseFigures {
+fn processing_round(messages: &[(Stream, i32, &[u8])], registry: &Registry, time: &TimeSettings) -> PhaseFigures {
     probe::reset_peak_rss();
     let (started, cpu) = (Instant::now(), probe::thread_cpu_seconds());
     let mut decoder = Decoder::new(WireFormat::Confluent, WriterSchemaSource::local(None), Default::default());
     // Keyed as the runtime keys its tasks, so the lookup per event costs what it costs there.
-    let mut tasks: BTreeMap<(Stream, i32), PartitionTask> = BTreeMap::new();
+    let mut tasks: BTreeMap<TaskId, PartitionTask> = BTreeMap::new();
     let mut out = TaskOutput::default();
     let mut decoded = Stream::ALL.map(Event::placeholder);
     let mut rows = 0usize;
@@ -544,8 +543,11 @@ fn processing_round(messages: &[(Stream, i32, &[u8])], time: &TimeSettings) -> P
         if decoder.decode_into(*stream, payload, now_ms, event).is_err() {
             continue;
         }
-        let key = (if *stream == Stream::Logistics { Stream::Orders } else { *stream }, *partition);
-        tasks.entry(key).or_insert_with(|| PartitionTask::new(*stream, *partition, time)).process(event, &mut out);
+        let id = TaskId::of(*stream, *partition);
+        let task = tasks.entry(id).or_insert_with(|| PartitionTask::new(id, registry, time));
+        if task.process(event, &mut out).is_err() {
+            continue;
+        }
         rows += out.pending();
         out.clear();
     }
@@ -614,9 +616,6 @@ fn paced_run(
 ) -> anyhow::Result<Paced> {
     let window_ms = settings.time.window_sizes_ms[0];
     let window = window_labels(&[window_ms]).remove(0);
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms))?;
-    let health = Health::new();
-    let control = Arc::new(AtomicU8::new(CONTROL_RUN));
     let produce_options = ProduceOptions {
         brokers: settings.brokers.clone(),
         topics: settings.topics.clone(),
@@ -627,10 +626,11 @@ fn paced_run(
         client: Default::default(),
     };
     let topics = settings.topics.clone();
-    let pipeline = crate::runtime::spawn(settings, metrics.clone(), Arc::clone(&health), Arc::clone(&control), false);
+    let running = service::start(settings, StartOptions::new(Control::Run))?;
+    let metrics = running.metrics.clone();
     // Start the traffic once the pipeline owns its partitions, so the group join is not timed.
     let joining = Instant::now();
-    while !health.assigned() && joining.elapsed() < STALL {
+    while !running.health.assigned() && joining.elapsed() < STALL {
         std::thread::sleep(Duration::from_millis(20));
     }
     let traffic = GeneratorConfig {
@@ -660,7 +660,7 @@ fn paced_run(
     let (mut rss_peak, mut rss_floor) = (0, u64::MAX);
     // After the traffic stops, wait for its last windows to be published.
     let until = started + duration + Duration::from_secs(3);
-    while Instant::now() < until && !pipeline.is_finished() {
+    while Instant::now() < until && !running.is_finished() {
         if started.elapsed() >= duration {
             stop.store(true, Ordering::Relaxed);
         }
@@ -708,8 +708,8 @@ fn paced_run(
             0
         }
     };
-    control.store(CONTROL_STOP, Ordering::Relaxed);
-    pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    running.control.stop();
+    running.join()?;
     Ok(Paced { window_ends, window_ms, traffic, sent, duration, soak })
 }
 

@@ -1,11 +1,13 @@
-//! Domain types: the three event kinds and their enums, shared by every codec.
+//! Domain types: the three event kinds and their enums, shared by every codec, and money.
 //!
 //! Field names and enum symbols are the ones of the Avro contracts in `schemas/`; the JSON
 //! format uses the same names, so one set of serde derives serves Avro and JSON alike.
 
 mod channel;
+mod money;
 
 pub use channel::classify_channel;
+pub use money::{minor_to_major, minor_unit_exponent};
 
 use serde::{Deserialize, Serialize};
 

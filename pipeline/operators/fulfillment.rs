@@ -8,10 +8,15 @@
 //!
 //! [`OrderBook`]: super::lifecycle::OrderBook
 
-use super::latency::LatencySketch;
+use super::latency::{LatencySketch, latency_columns};
 use super::lifecycle::{Backlog, JoinSample, NO_SYMBOL, Symbols};
 use crate::event::ShipmentStatus;
+use crate::labels::{value_or_total, window_label};
+use crate::table::TableRow;
+use crate::table::columns::{count, int32, int64, optional_int64, text, utc_millis};
 use crate::time::{ClosedWindow, Late, TumblingWindows};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::ArrowError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -105,6 +110,51 @@ pub struct FulfillmentRow {
     pub counts: FulfillmentCounts,
     /// Backlog at the window's end (on `carrier = all` rows only).
     pub backlog: Option<Backlog>,
+}
+
+impl TableRow for FulfillmentRow {
+    const TABLE: &'static str = "fulfillment";
+    const PARTITION_BY: &'static str = "window_start";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        let counted = |f: fn(&FulfillmentRow) -> u64| int64(rows.iter().map(move |r| count(f(r))));
+        let backlog =
+            |f: fn(&Backlog) -> u64| optional_int64(rows.iter().map(move |r| r.backlog.as_ref().map(|b| count(f(b)))));
+        let mut columns: Vec<(String, ArrayRef)> = [
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("window_end", utc_millis(rows.iter().map(FulfillmentRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("carrier", text(rows.iter().map(|r| value_or_total(r.carrier.as_deref())))),
+            ("warehouse", text(rows.iter().map(|r| value_or_total(r.warehouse.as_deref())))),
+            ("picked_up", counted(|r| r.counts.picked_up)),
+            ("delivered", counted(|r| r.counts.delivered)),
+            ("failed_attempts", counted(|r| r.counts.failed_attempts)),
+            ("exceptions", counted(|r| r.counts.exceptions)),
+            ("returns", counted(|r| r.counts.returns)),
+            ("ship_promised", counted(|r| r.counts.ship_promised)),
+            ("shipped_on_time", counted(|r| r.counts.shipped_on_time)),
+            ("deliver_promised", counted(|r| r.counts.deliver_promised)),
+            ("delivered_on_time", counted(|r| r.counts.delivered_on_time)),
+            ("backlog_orders", backlog(|b| b.orders)),
+            ("backlog_past_ship_by", backlog(|b| b.past_ship_by)),
+            (
+                "oldest_unshipped_age_ms",
+                optional_int64(
+                    rows.iter()
+                        .map(|r| r.backlog.as_ref().and_then(|b| b.oldest_paid_at).map(|paid| r.window_end() - paid)),
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, column)| (name.to_owned(), column))
+        .collect();
+        columns.extend(latency_columns(rows, "paid_to_pickup", |r| &r.counts.paid_to_pickup));
+        columns.extend(latency_columns(rows, "pickup_to_delivery", |r| &r.counts.pickup_to_delivery));
+        RecordBatch::try_from_iter(columns)
+    }
 }
 
 impl FulfillmentRow {

@@ -5,7 +5,12 @@
 
 use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
+use crate::labels::{channel_label, device_label, window_label};
+use crate::table::TableRow;
+use crate::table::columns::{count, int32, int64, text, utc_millis};
 use crate::time::{Late, TumblingWindows};
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -32,6 +37,32 @@ impl FunnelRow {
     /// Window end (exclusive), UTC ms.
     pub fn window_end(&self) -> i64 {
         self.window_start + self.window_ms
+    }
+}
+
+impl TableRow for FunnelRow {
+    const TABLE: &'static str = "funnel";
+    const PARTITION_BY: &'static str = "window_start";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        let step = |step: Step| int64(rows.iter().map(move |r| count(r.counts.visitors_at(step))));
+        RecordBatch::try_from_iter([
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("window_end", utc_millis(rows.iter().map(FunnelRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
+            ("device", text(rows.iter().map(|r| device_label(r.device)))),
+            ("events", int64(rows.iter().map(|r| count(r.counts.events)))),
+            ("visitors", int64(rows.iter().map(|r| count(r.counts.visitors)))),
+            ("page_views", int64(rows.iter().map(|r| count(r.counts.page_views)))),
+            ("product_view_visitors", step(Step::ProductView)),
+            ("add_to_cart_visitors", step(Step::AddToCart)),
+            ("begin_checkout_visitors", step(Step::BeginCheckout)),
+            ("purchasing_visitors", step(Step::Purchase)),
+        ])
     }
 }
 
@@ -197,6 +228,11 @@ impl FunnelOperator {
         FunnelOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms) }
     }
 
+    /// The clickstream partition it counts.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// Whether an event at `event_time` is on time: [`FunnelOperator::record`] would count it.
     ///
     /// # Errors
@@ -285,16 +321,6 @@ impl FunnelOperator {
         rows.sort();
         rows
     }
-}
-
-/// The label of a row's channel: the channel symbol, or `all`.
-pub fn channel_label(channel: Option<Channel>) -> &'static str {
-    channel.map_or("all", Channel::as_str)
-}
-
-/// The label of a row's device: the device symbol, or `all`.
-pub fn device_label(device: Option<Device>) -> &'static str {
-    device.map_or("all", Device::as_str)
 }
 
 #[cfg(test)]
@@ -466,7 +492,7 @@ mod tests {
             let mut watermark = 0;
             for (i, e) in clicks.iter().enumerate() {
                 if i == restore_at {
-                    (op, visitors) = crate::time::restore(&crate::time::snapshot(&(op, visitors)).expect("encodes")).expect("decodes");
+                    (op, visitors) = crate::snapshot::read_cbor(&crate::snapshot::cbor(&(op, visitors)).expect("encodes")).expect("decodes");
                 }
                 if count(&mut op, &mut visitors, e).is_ok() {
                     on_time.push(e.clone());

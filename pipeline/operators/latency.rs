@@ -79,6 +79,45 @@ impl LatencySketch {
     }
 }
 
+/// Which latency histogram an observation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyMetric {
+    /// Order created to paid, labelled by channel.
+    CreatedToPaid,
+    /// Payment to carrier pickup, labelled by warehouse.
+    PaidToPickup,
+    /// Pickup to delivery, labelled by carrier.
+    PickupToDelivery,
+}
+
+/// One duration recorded into a window, for the Prometheus histograms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyObservation {
+    /// The histogram.
+    pub metric: LatencyMetric,
+    /// Its label value (channel, warehouse or carrier).
+    pub label: String,
+    /// The duration, ms.
+    pub ms: i64,
+}
+
+/// Count, sum and p50/p90/p99 columns of a latency sketch, named `{prefix}_count` and so on.
+pub(super) fn latency_columns<R>(
+    rows: &[R],
+    prefix: &str,
+    sketch: impl Fn(&R) -> &LatencySketch,
+) -> Vec<(String, arrow_array::ArrayRef)> {
+    use crate::table::columns::{count, int64, optional_int64};
+    let mut columns = vec![
+        (format!("{prefix}_count"), int64(rows.iter().map(|r| count(sketch(r).count())))),
+        (format!("{prefix}_sum_ms"), int64(rows.iter().map(|r| sketch(r).sum_ms()))),
+    ];
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        columns.push((format!("{prefix}_{name}_ms"), optional_int64(rows.iter().map(|r| sketch(r).quantile(q)))));
+    }
+    columns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,10 @@
 //! table matters: a table holds up to twice the slots it needs, and those should be small.
 //! `storepulse bench` prints the bytes per open order.
 
+pub use super::facts::{OrderFact, OrphanShipment};
 use super::state_codec::{Reader, Writer, deserialize_bytes, serialize_bytes};
 use crate::event::{Channel, Device, OrderEvent, OrderEventType, PaymentMethod, ShipmentEvent, ShipmentStatus};
+use crate::time::Retention;
 use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap};
@@ -381,62 +383,6 @@ impl ClosedReason {
     }
 }
 
-/// One finished order (a row of `order_facts`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs, reason = "columns are documented in docs/tables.md")]
-pub struct OrderFact {
-    pub order_id: String,
-    pub buyer_id: Option<String>,
-    pub partition: i32,
-    pub channel: Channel,
-    pub device: Device,
-    pub region: Option<String>,
-    pub currency: Option<String>,
-    pub payment_method: Option<PaymentMethod>,
-    pub warehouse: Option<String>,
-    pub carrier: Option<String>,
-    pub items_subtotal_minor: i64,
-    pub discount_minor: i64,
-    pub shipping_minor: i64,
-    pub paid_amount_minor: i64,
-    pub refunded_amount_minor: i64,
-    pub units: u32,
-    pub created_at: Option<i64>,
-    pub paid_at: Option<i64>,
-    pub cancelled_at: Option<i64>,
-    pub label_created_at: Option<i64>,
-    pub picked_up_at: Option<i64>,
-    pub delivered_at: Option<i64>,
-    pub returned_at: Option<i64>,
-    pub first_exception_at: Option<i64>,
-    pub last_refund_at: Option<i64>,
-    pub promised_ship_by: Option<i64>,
-    pub promised_deliver_by: Option<i64>,
-    pub failed_attempts: u16,
-    pub exceptions: u16,
-    pub shipped_on_time: Option<bool>,
-    pub delivered_on_time: Option<bool>,
-    pub final_state: &'static str,
-    pub closed_reason: ClosedReason,
-    pub closed_at_watermark: i64,
-}
-
-/// Scans of an order that never arrived within the orphan horizon (a row of `orphan_shipments`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs, reason = "columns are documented in docs/tables.md")]
-pub struct OrphanShipment {
-    pub order_id: String,
-    pub partition: i32,
-    pub carrier: Option<String>,
-    pub warehouse: Option<String>,
-    pub first_scan_at: i64,
-    pub last_scan_at: i64,
-    pub picked_up_at: Option<i64>,
-    pub delivered_at: Option<i64>,
-    pub closed_reason: ClosedReason,
-    pub closed_at_watermark: i64,
-}
-
 /// Unshipped paid orders of one warehouse at a point in event time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -458,17 +404,6 @@ impl Backlog {
             (a, b) => a.or(b),
         };
     }
-}
-
-/// How long state is kept, ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retention {
-    /// After a terminal state, so that refunds and late scans still reach the order's fact.
-    pub terminal_ttl_ms: i64,
-    /// Without any event, for orders that never finish.
-    pub open_timeout_ms: i64,
-    /// Scans whose order has not arrived become orphans after this.
-    pub orphan_after_ms: i64,
 }
 
 /// The open orders of one partition pair.

@@ -3,9 +3,14 @@
 //! Money stays in integer minor units. Orders are keyed by order_id, so each order's events live
 //! in one partition; a buyer is distinct within a partition (see `docs/tables.md`).
 
-use super::latency::LatencySketch;
+use super::latency::{LatencySketch, latency_columns};
 use crate::event::{Channel, OrderEvent, OrderEventType};
+use crate::labels::{channel_label, window_label};
+use crate::table::TableRow;
+use crate::table::columns::{count, int32, int64, text, utc_millis};
 use crate::time::{ClosedWindow, Late, TumblingWindows};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::ArrowError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,6 +98,37 @@ pub struct OrdersRow {
     pub counts: OrderCounts,
 }
 
+impl TableRow for OrdersRow {
+    const TABLE: &'static str = "orders";
+    const PARTITION_BY: &'static str = "window_start";
+    fn partition_time(&self) -> i64 {
+        self.window_start
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        let mut columns: Vec<(String, ArrayRef)> = [
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("window_end", utc_millis(rows.iter().map(OrdersRow::window_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
+            ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
+            ("orders_created", int64(rows.iter().map(|r| count(r.counts.created)))),
+            ("orders_paid", int64(rows.iter().map(|r| count(r.counts.paid)))),
+            ("paid_amount_minor", int64(rows.iter().map(|r| r.counts.paid_amount_minor))),
+            ("paying_buyers", int64(rows.iter().map(|r| count(r.counts.paying_buyers())))),
+            ("units", int64(rows.iter().map(|r| count(r.counts.units)))),
+            ("cancellations", int64(rows.iter().map(|r| count(r.counts.cancellations)))),
+            ("refunds", int64(rows.iter().map(|r| count(r.counts.refunds)))),
+            ("refund_amount_minor", int64(rows.iter().map(|r| r.counts.refund_amount_minor))),
+        ]
+        .into_iter()
+        .map(|(name, column)| (name.to_owned(), column))
+        .collect();
+        columns.extend(latency_columns(rows, "created_to_paid", |r| &r.counts.created_to_paid));
+        RecordBatch::try_from_iter(columns)
+    }
+}
+
 impl OrdersRow {
     /// Window end (exclusive), UTC ms.
     pub fn window_end(&self) -> i64 {
@@ -113,6 +149,11 @@ impl OrdersOperator {
     /// State for orders partition `partition`, windows of each of `sizes_ms`.
     pub fn new(partition: i32, sizes_ms: &[i64], lateness_ms: i64) -> Self {
         OrdersOperator { partition, windows: TumblingWindows::new(sizes_ms, lateness_ms) }
+    }
+
+    /// The orders partition it counts.
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// Counts one order event into its windows; `created_at` is the order's creation time when

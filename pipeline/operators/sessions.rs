@@ -7,7 +7,12 @@
 use super::Step;
 use super::funnel::{Touches, VisitorTouches};
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
+use crate::labels::window_label;
+use crate::table::TableRow;
+use crate::table::columns::{flags, int32, int64, optional_text, text, utc_millis};
 use crate::time::{KeyEntry, KeySessions, Lane, Late, LatenessGate, Merge, Session, SessionWindows, window_start};
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -47,6 +52,39 @@ pub struct SessionRow {
     pub reached: [bool; Step::COUNT],
     /// How many steps the session reached in funnel order (closed funnel), 0–4.
     pub funnel_depth_in_order: u8,
+}
+
+impl TableRow for SessionRow {
+    const TABLE: &'static str = "sessions";
+    const PARTITION_BY: &'static str = "session_start";
+    fn partition_time(&self) -> i64 {
+        self.session_start
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        let reached = |step: Step| flags(rows.iter().map(move |r| r.reached[step as usize]));
+        RecordBatch::try_from_iter([
+            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
+            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
+            ("session_start", utc_millis(rows.iter().map(|r| r.session_start))),
+            ("session_end", utc_millis(rows.iter().map(|r| r.session_end))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("visitor_id", text(rows.iter().map(|r| r.visitor_id.as_str()))),
+            ("client_session_id", optional_text(rows.iter().map(|r| r.client_session_id.as_deref()))),
+            ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
+            ("device", text(rows.iter().map(|r| r.device.as_str()))),
+            ("landing_page", optional_text(rows.iter().map(|r| r.landing_page.as_deref()))),
+            ("events", int64(rows.iter().map(|r| i64::from(r.events)))),
+            ("page_views", int64(rows.iter().map(|r| i64::from(r.page_views)))),
+            ("duration_ms", int64(rows.iter().map(SessionRow::duration_ms))),
+            ("engaged", flags(rows.iter().map(SessionRow::engaged))),
+            ("converted", flags(rows.iter().map(SessionRow::converted))),
+            ("reached_product_view", reached(Step::ProductView)),
+            ("reached_add_to_cart", reached(Step::AddToCart)),
+            ("reached_begin_checkout", reached(Step::BeginCheckout)),
+            ("reached_purchase", reached(Step::Purchase)),
+            ("funnel_depth_in_order", int32(rows.iter().map(|r| i32::from(r.funnel_depth_in_order)))),
+        ])
+    }
 }
 
 impl SessionRow {
@@ -416,7 +454,7 @@ mod tests {
             },
         };
         let mut restored: SessionOperator =
-            crate::time::restore(&crate::time::snapshot(&earlier).expect("encodes")).expect("decodes");
+            crate::snapshot::read_cbor(&crate::snapshot::cbor(&earlier).expect("encodes")).expect("decodes");
         assert_eq!((restored.open_sessions(), restored.sessions.keys_held()), (4, 2));
         // Both continue alike: a click of client session s1 joins its session, and deadlines
         // were rebuilt, so advancing closes everything.

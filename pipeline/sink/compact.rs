@@ -15,10 +15,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Every table storepulse writes, in the order they are compacted.
-pub const TABLES: [&str; 8] =
-    ["funnel", "sessions", "orders", "fulfillment", "order_facts", "orphan_shipments", "late_events", "dead_letters"];
-
 /// Name of the marker of a compacted, complete hour partition.
 pub const SUCCESS: &str = "_SUCCESS";
 
@@ -74,7 +70,7 @@ const MANIFESTS: &str = "_staging/compaction";
 /// interrupted by it is repaired by the next run.
 pub fn compact(storage: &Storage, tables: &[&str], closed_before_ms: i64) -> Result<CompactReport, CompactError> {
     let mut report = CompactReport { recovered: recover(storage)?, ..CompactReport::default() };
-    let stamp = crate::config::system_time_ms(std::time::SystemTime::now());
+    let stamp = crate::time::system_time_ms(std::time::SystemTime::now());
     for table in tables {
         let mut partitions: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in storage.list(table)? {
@@ -195,8 +191,17 @@ fn recover(storage: &Storage) -> Result<usize, CompactError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::parquet::{DeadLetterRow, ParquetWriter};
+    use crate::sink::parquet::ParquetWriter;
     use crate::sink::storage::Location;
+    use crate::table::{DeadLetterRow, Rows};
+
+    const TABLES: [&str; 1] = ["dead_letters"];
+
+    fn write(writer: &mut ParquetWriter, row: DeadLetterRow) {
+        let mut rows = Rows::default();
+        rows.push(row);
+        writer.write(&mut rows).expect("write");
+    }
 
     fn dead_letter(rejected_at: i64, offset: i64) -> DeadLetterRow {
         DeadLetterRow {
@@ -235,11 +240,11 @@ mod tests {
     fn merges_closed_hours_into_one_file_with_the_same_rows_and_marks_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let location = Location::Local(dir.path().to_path_buf());
-        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"));
+        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into());
         for offset in 0..5 {
-            writer.write(&mut vec![dead_letter(H0 + offset * 1000, offset)]).expect("write");
+            write(&mut writer, dead_letter(H0 + offset * 1000, offset));
         }
-        writer.write(&mut vec![dead_letter(H0 + HOUR_MS, 99)]).expect("write");
+        write(&mut writer, dead_letter(H0 + HOUR_MS, 99));
         let storage = Storage::open(&location).expect("storage");
         let hour0 = "dead_letters/dt=2025-11-11/hour=00";
         assert_eq!(storage.list(hour0).expect("list").len(), 5);
@@ -262,9 +267,9 @@ mod tests {
     fn an_interrupted_merge_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let location = Location::Local(dir.path().to_path_buf());
-        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"));
+        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into());
         for offset in 0..3 {
-            writer.write(&mut vec![dead_letter(H0, offset)]).expect("write");
+            write(&mut writer, dead_letter(H0, offset));
         }
         let storage = Storage::open(&location).expect("storage");
         let hour0 = "dead_letters/dt=2025-11-11/hour=00";

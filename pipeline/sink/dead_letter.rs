@@ -2,12 +2,12 @@
 //! and their origin in headers. The dead-letter Parquet table is written regardless, so a
 //! delivery failure here loses nothing; it is counted and logged.
 
+use crate::config::ClientProperties;
 use crate::telemetry::Metrics;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use std::collections::BTreeMap;
 
 /// Counts and logs deliveries the dead-letter topic refused.
 pub struct DeliveryReport {
@@ -56,12 +56,12 @@ impl DeadLetterTopic {
     /// When librdkafka refuses the configuration.
     pub fn new(
         brokers: &str,
-        client: &BTreeMap<String, String>,
+        client: &ClientProperties,
         topic: &str,
         metrics: Metrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut config = ClientConfig::new();
-        for (k, v) in client {
+        for (k, v) in client.iter() {
             config.set(k, v);
         }
         config.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "50");

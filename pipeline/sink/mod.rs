@@ -1,8 +1,9 @@
-//! Sinks: Parquet tables for data teams, the Prometheus endpoint for SREs, and the optional
-//! dead-letter topic.
+//! Sinks: Parquet tables for data teams, the Prometheus gauges and endpoint for SREs, and the
+//! optional dead-letter topic.
 
 pub mod compact;
 pub mod dead_letter;
 pub mod http;
 pub mod parquet;
+pub mod prometheus;
 pub mod storage;

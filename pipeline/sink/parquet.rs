@@ -3,21 +3,14 @@
 //! written whole under `_staging/` and renamed into its partition only after the checkpoint that
 //! lists it is committed, so a reader never sees a partial or uncommitted file.
 
-use crate::operators::{
-    FulfillmentRow, FunnelRow, LatencySketch, OrderFact, OrdersRow, OrphanShipment, SessionRow, Step, channel_label,
-    device_label,
-};
 use crate::sink::storage::{Storage, StorageError};
-use crate::telemetry::window_label;
-use arrow_array::{
-    ArrayRef, BinaryArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-};
+use crate::table::{RowBuffer, Rows};
+use arrow_array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use std::sync::Arc;
 
 /// A failed Parquet write. The rows stay buffered and the write is retried at the next flush.
 #[derive(Debug, thiserror::Error)]
@@ -33,356 +26,6 @@ pub enum SinkError {
         /// Library error.
         message: String,
     },
-}
-
-/// A row type with a table name and a columnar conversion.
-pub trait TableRow {
-    /// Directory name of the table.
-    const TABLE: &'static str;
-    /// The UTC ms that picks the row's hour partition (documented per table in docs/tables.md).
-    fn partition_time(&self) -> i64;
-    /// Converts rows into a record batch (column order = documented order).
-    ///
-    /// # Errors
-    /// Arrow errors, which mean a bug in the conversion.
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError>
-    where
-        Self: Sized;
-}
-
-fn utc_millis(values: impl Iterator<Item = i64>) -> ArrayRef {
-    Arc::new(TimestampMillisecondArray::from_iter_values(values).with_timezone("UTC"))
-}
-
-fn int64(values: impl Iterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(values))
-}
-
-fn int32(values: impl Iterator<Item = i32>) -> ArrayRef {
-    Arc::new(Int32Array::from_iter_values(values))
-}
-
-fn text<T: AsRef<str>>(values: impl Iterator<Item = T>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(values))
-}
-
-fn optional_text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.collect::<StringArray>())
-}
-
-fn flags(values: impl Iterator<Item = bool>) -> ArrayRef {
-    Arc::new(values.map(Some).collect::<BooleanArray>())
-}
-
-fn optional_utc_millis(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(values.collect::<TimestampMillisecondArray>().with_timezone("UTC"))
-}
-
-fn optional_int64(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(values.collect::<Int64Array>())
-}
-
-fn optional_flags(values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
-    Arc::new(values.collect::<BooleanArray>())
-}
-
-/// Count, sum and p50/p90/p99 columns of a latency sketch, named `{prefix}_count` and so on.
-fn latency_columns<R>(rows: &[R], prefix: &str, sketch: impl Fn(&R) -> &LatencySketch) -> Vec<(String, ArrayRef)> {
-    let mut columns = vec![
-        (format!("{prefix}_count"), int64(rows.iter().map(|r| count(sketch(r).count())))),
-        (format!("{prefix}_sum_ms"), int64(rows.iter().map(|r| sketch(r).sum_ms()))),
-    ];
-    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        columns.push((format!("{prefix}_{name}_ms"), optional_int64(rows.iter().map(|r| sketch(r).quantile(q)))));
-    }
-    columns
-}
-
-fn count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-impl TableRow for FunnelRow {
-    const TABLE: &'static str = "funnel";
-    fn partition_time(&self) -> i64 {
-        self.window_start
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let step = |step: Step| int64(rows.iter().map(move |r| count(r.counts.visitors_at(step))));
-        RecordBatch::try_from_iter([
-            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
-            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(FunnelRow::window_end))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
-            ("device", text(rows.iter().map(|r| device_label(r.device)))),
-            ("events", int64(rows.iter().map(|r| count(r.counts.events)))),
-            ("visitors", int64(rows.iter().map(|r| count(r.counts.visitors)))),
-            ("page_views", int64(rows.iter().map(|r| count(r.counts.page_views)))),
-            ("product_view_visitors", step(Step::ProductView)),
-            ("add_to_cart_visitors", step(Step::AddToCart)),
-            ("begin_checkout_visitors", step(Step::BeginCheckout)),
-            ("purchasing_visitors", step(Step::Purchase)),
-        ])
-    }
-}
-
-impl TableRow for SessionRow {
-    const TABLE: &'static str = "sessions";
-    fn partition_time(&self) -> i64 {
-        self.session_start
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let reached = |step: Step| flags(rows.iter().map(move |r| r.reached[step as usize]));
-        RecordBatch::try_from_iter([
-            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
-            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("session_start", utc_millis(rows.iter().map(|r| r.session_start))),
-            ("session_end", utc_millis(rows.iter().map(|r| r.session_end))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("visitor_id", text(rows.iter().map(|r| r.visitor_id.as_str()))),
-            ("client_session_id", optional_text(rows.iter().map(|r| r.client_session_id.as_deref()))),
-            ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
-            ("device", text(rows.iter().map(|r| r.device.as_str()))),
-            ("landing_page", optional_text(rows.iter().map(|r| r.landing_page.as_deref()))),
-            ("events", int64(rows.iter().map(|r| i64::from(r.events)))),
-            ("page_views", int64(rows.iter().map(|r| i64::from(r.page_views)))),
-            ("duration_ms", int64(rows.iter().map(SessionRow::duration_ms))),
-            ("engaged", flags(rows.iter().map(SessionRow::engaged))),
-            ("converted", flags(rows.iter().map(SessionRow::converted))),
-            ("reached_product_view", reached(Step::ProductView)),
-            ("reached_add_to_cart", reached(Step::AddToCart)),
-            ("reached_begin_checkout", reached(Step::BeginCheckout)),
-            ("reached_purchase", reached(Step::Purchase)),
-            ("funnel_depth_in_order", int32(rows.iter().map(|r| i32::from(r.funnel_depth_in_order)))),
-        ])
-    }
-}
-
-impl TableRow for OrdersRow {
-    const TABLE: &'static str = "orders";
-    fn partition_time(&self) -> i64 {
-        self.window_start
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let mut columns: Vec<(String, ArrayRef)> = [
-            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
-            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(OrdersRow::window_end))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("channel", text(rows.iter().map(|r| channel_label(r.channel)))),
-            ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
-            ("orders_created", int64(rows.iter().map(|r| count(r.counts.created)))),
-            ("orders_paid", int64(rows.iter().map(|r| count(r.counts.paid)))),
-            ("paid_amount_minor", int64(rows.iter().map(|r| r.counts.paid_amount_minor))),
-            ("paying_buyers", int64(rows.iter().map(|r| count(r.counts.paying_buyers())))),
-            ("units", int64(rows.iter().map(|r| count(r.counts.units)))),
-            ("cancellations", int64(rows.iter().map(|r| count(r.counts.cancellations)))),
-            ("refunds", int64(rows.iter().map(|r| count(r.counts.refunds)))),
-            ("refund_amount_minor", int64(rows.iter().map(|r| r.counts.refund_amount_minor))),
-        ]
-        .into_iter()
-        .map(|(name, column)| (name.to_owned(), column))
-        .collect();
-        columns.extend(latency_columns(rows, "created_to_paid", |r| &r.counts.created_to_paid));
-        RecordBatch::try_from_iter(columns)
-    }
-}
-
-impl TableRow for FulfillmentRow {
-    const TABLE: &'static str = "fulfillment";
-    fn partition_time(&self) -> i64 {
-        self.window_start
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let counted = |f: fn(&FulfillmentRow) -> u64| int64(rows.iter().map(move |r| count(f(r))));
-        let backlog = |f: fn(&crate::operators::Backlog) -> u64| {
-            optional_int64(rows.iter().map(move |r| r.backlog.as_ref().map(|b| count(f(b)))))
-        };
-        let mut columns: Vec<(String, ArrayRef)> = [
-            ("window_size", text(rows.iter().map(|r| window_label(r.window_ms)))),
-            ("window_start", utc_millis(rows.iter().map(|r| r.window_start))),
-            ("window_end", utc_millis(rows.iter().map(FulfillmentRow::window_end))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("carrier", text(rows.iter().map(|r| r.carrier.as_deref().unwrap_or("all")))),
-            ("warehouse", text(rows.iter().map(|r| r.warehouse.as_deref().unwrap_or("all")))),
-            ("picked_up", counted(|r| r.counts.picked_up)),
-            ("delivered", counted(|r| r.counts.delivered)),
-            ("failed_attempts", counted(|r| r.counts.failed_attempts)),
-            ("exceptions", counted(|r| r.counts.exceptions)),
-            ("returns", counted(|r| r.counts.returns)),
-            ("ship_promised", counted(|r| r.counts.ship_promised)),
-            ("shipped_on_time", counted(|r| r.counts.shipped_on_time)),
-            ("deliver_promised", counted(|r| r.counts.deliver_promised)),
-            ("delivered_on_time", counted(|r| r.counts.delivered_on_time)),
-            ("backlog_orders", backlog(|b| b.orders)),
-            ("backlog_past_ship_by", backlog(|b| b.past_ship_by)),
-            (
-                "oldest_unshipped_age_ms",
-                optional_int64(
-                    rows.iter()
-                        .map(|r| r.backlog.as_ref().and_then(|b| b.oldest_paid_at).map(|paid| r.window_end() - paid)),
-                ),
-            ),
-        ]
-        .into_iter()
-        .map(|(name, column)| (name.to_owned(), column))
-        .collect();
-        columns.extend(latency_columns(rows, "paid_to_pickup", |r| &r.counts.paid_to_pickup));
-        columns.extend(latency_columns(rows, "pickup_to_delivery", |r| &r.counts.pickup_to_delivery));
-        RecordBatch::try_from_iter(columns)
-    }
-}
-
-impl TableRow for OrderFact {
-    const TABLE: &'static str = "order_facts";
-    fn partition_time(&self) -> i64 {
-        self.closed_at_watermark
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let time = |f: fn(&OrderFact) -> Option<i64>| optional_utc_millis(rows.iter().map(f));
-        let name = |f: fn(&OrderFact) -> Option<&str>| optional_text(rows.iter().map(f));
-        RecordBatch::try_from_iter([
-            ("order_id", text(rows.iter().map(|r| r.order_id.as_str()))),
-            ("buyer_id", name(|r| r.buyer_id.as_deref())),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("channel", text(rows.iter().map(|r| r.channel.as_str()))),
-            ("device", text(rows.iter().map(|r| r.device.as_str()))),
-            ("region", name(|r| r.region.as_deref())),
-            ("currency", name(|r| r.currency.as_deref())),
-            ("payment_method", name(|r| r.payment_method.map(|p| p.as_str()))),
-            ("warehouse", name(|r| r.warehouse.as_deref())),
-            ("carrier", name(|r| r.carrier.as_deref())),
-            ("items_subtotal_minor", int64(rows.iter().map(|r| r.items_subtotal_minor))),
-            ("discount_minor", int64(rows.iter().map(|r| r.discount_minor))),
-            ("shipping_minor", int64(rows.iter().map(|r| r.shipping_minor))),
-            ("paid_amount_minor", int64(rows.iter().map(|r| r.paid_amount_minor))),
-            ("refunded_amount_minor", int64(rows.iter().map(|r| r.refunded_amount_minor))),
-            ("units", int64(rows.iter().map(|r| i64::from(r.units)))),
-            ("created_at", time(|r| r.created_at)),
-            ("paid_at", time(|r| r.paid_at)),
-            ("cancelled_at", time(|r| r.cancelled_at)),
-            ("label_created_at", time(|r| r.label_created_at)),
-            ("picked_up_at", time(|r| r.picked_up_at)),
-            ("delivered_at", time(|r| r.delivered_at)),
-            ("returned_at", time(|r| r.returned_at)),
-            ("first_exception_at", time(|r| r.first_exception_at)),
-            ("last_refund_at", time(|r| r.last_refund_at)),
-            ("promised_ship_by", time(|r| r.promised_ship_by)),
-            ("promised_deliver_by", time(|r| r.promised_deliver_by)),
-            ("failed_attempts", int32(rows.iter().map(|r| i32::from(r.failed_attempts)))),
-            ("exceptions", int32(rows.iter().map(|r| i32::from(r.exceptions)))),
-            ("shipped_on_time", optional_flags(rows.iter().map(|r| r.shipped_on_time))),
-            ("delivered_on_time", optional_flags(rows.iter().map(|r| r.delivered_on_time))),
-            ("final_state", text(rows.iter().map(|r| r.final_state))),
-            ("closed_reason", text(rows.iter().map(|r| r.closed_reason.as_str()))),
-            ("closed_at_watermark", utc_millis(rows.iter().map(|r| r.closed_at_watermark))),
-        ])
-    }
-}
-
-impl TableRow for OrphanShipment {
-    const TABLE: &'static str = "orphan_shipments";
-    fn partition_time(&self) -> i64 {
-        self.closed_at_watermark
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        RecordBatch::try_from_iter([
-            ("order_id", text(rows.iter().map(|r| r.order_id.as_str()))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("carrier", optional_text(rows.iter().map(|r| r.carrier.as_deref()))),
-            ("warehouse", optional_text(rows.iter().map(|r| r.warehouse.as_deref()))),
-            ("first_scan_at", utc_millis(rows.iter().map(|r| r.first_scan_at))),
-            ("last_scan_at", utc_millis(rows.iter().map(|r| r.last_scan_at))),
-            ("picked_up_at", optional_utc_millis(rows.iter().map(|r| r.picked_up_at))),
-            ("delivered_at", optional_utc_millis(rows.iter().map(|r| r.delivered_at))),
-            ("closed_reason", text(rows.iter().map(|r| r.closed_reason.as_str()))),
-            ("closed_at_watermark", utc_millis(rows.iter().map(|r| r.closed_at_watermark))),
-        ])
-    }
-}
-
-/// An event that arrived after its window closed, for one metric family.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LateEventRow {
-    /// Stream name.
-    pub stream: &'static str,
-    /// Metric family whose window it missed.
-    pub family: &'static str,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// The event's id.
-    pub event_id: String,
-    /// The event's time, UTC ms.
-    pub event_time: i64,
-    /// Size of the window it missed, ms.
-    pub missed_window_ms: i64,
-    /// Start of the window it missed, UTC ms.
-    pub missed_window_start: i64,
-    /// How far the partition watermark was past the event time, ms.
-    pub behind_watermark_ms: i64,
-}
-
-impl TableRow for LateEventRow {
-    const TABLE: &'static str = "late_events";
-    fn partition_time(&self) -> i64 {
-        self.event_time + self.behind_watermark_ms
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        RecordBatch::try_from_iter([
-            ("stream", text(rows.iter().map(|r| r.stream))),
-            ("family", text(rows.iter().map(|r| r.family))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("source_offset", int64(rows.iter().map(|r| r.offset))),
-            ("event_id", text(rows.iter().map(|r| r.event_id.as_str()))),
-            ("event_time", utc_millis(rows.iter().map(|r| r.event_time))),
-            ("missed_window_size", text(rows.iter().map(|r| window_label(r.missed_window_ms)))),
-            ("missed_window_start", utc_millis(rows.iter().map(|r| r.missed_window_start))),
-            ("behind_watermark_ms", int64(rows.iter().map(|r| r.behind_watermark_ms))),
-        ])
-    }
-}
-
-/// A message that could not be decoded or validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterRow {
-    /// When storepulse rejected it, UTC ms (wall clock).
-    pub rejected_at: i64,
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// Message key bytes, if any.
-    pub key: Option<Vec<u8>>,
-    /// Message value bytes, as received.
-    pub payload: Vec<u8>,
-    /// Stable reason code (see `DecodeError::reason`).
-    pub reason: &'static str,
-    /// Human-readable detail.
-    pub detail: String,
-}
-
-impl TableRow for DeadLetterRow {
-    const TABLE: &'static str = "dead_letters";
-    fn partition_time(&self) -> i64 {
-        self.rejected_at
-    }
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        RecordBatch::try_from_iter([
-            ("rejected_at", utc_millis(rows.iter().map(|r| r.rejected_at))),
-            ("topic", text(rows.iter().map(|r| r.topic.as_str()))),
-            ("source_partition", int32(rows.iter().map(|r| r.partition))),
-            ("source_offset", int64(rows.iter().map(|r| r.offset))),
-            ("key", Arc::new(rows.iter().map(|r| r.key.as_deref()).collect::<BinaryArray>())),
-            ("payload", Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.payload.as_slice())))),
-            ("reason", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason)))),
-            ("detail", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.detail.as_str())))),
-        ])
-    }
 }
 
 /// The Hive partition directory of a UTC ms: `dt=YYYY-MM-DD/hour=HH`.
@@ -440,14 +83,6 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ParquetError> {
 /// holds, and the file is the same (row groups are cut by [`ROW_GROUP_ROWS`], not by batch).
 const ENCODE_CHUNK_ROWS: usize = 8 * 1024;
 
-/// Encodes `rows` as one Parquet file in memory, converting them to Arrow a chunk at a time.
-fn encode_rows<R: TableRow>(rows: &[R]) -> Result<Vec<u8>, ParquetError> {
-    encode_each(
-        rows.chunks(ENCODE_CHUNK_ROWS)
-            .map(|chunk| R::to_batch(chunk).and_then(all_nullable).map_err(|e| ParquetError::General(e.to_string()))),
-    )
-}
-
 /// Writes batches, made as they are needed, into one Parquet file in memory.
 fn encode_each(batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>) -> Result<Vec<u8>, ParquetError> {
     let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
@@ -464,14 +99,6 @@ fn encode_each(batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>)
     let expected = writer.in_progress_size();
     writer.inner_mut().reserve(expected + expected / 8 + 4096);
     writer.into_inner()
-}
-
-/// Marks every column nullable. Arrow infers nullability from whether a batch happens to hold
-/// a null, which would give files of one table different schemas; every file gets the same one.
-fn all_nullable(batch: RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let fields: Vec<arrow_schema::Field> =
-        batch.schema().fields().iter().map(|field| field.as_ref().clone().with_nullable(true)).collect();
-    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), batch.columns().to_vec())
 }
 
 /// Writes Parquet files to a [`Storage`]: staged first, published by [`publish`].
@@ -498,8 +125,8 @@ pub struct StagedFile {
     pub rows: u64,
 }
 
-/// The files a flush of one table staged, and the first failure, if any. Rows of failed hours
-/// are left in the caller's buffer.
+/// The files a flush staged, and the first failure, if any. Rows of failed hours are left in
+/// the caller's buffer.
 #[derive(Debug, Default)]
 pub struct StageOutcome {
     /// Files written under `_staging/`, not yet visible to readers.
@@ -509,15 +136,9 @@ pub struct StageOutcome {
 }
 
 impl ParquetWriter {
-    /// A writer staging into `storage` under a name unique to this process.
-    pub fn new(storage: Storage) -> Self {
-        let instance =
-            format!("{}-{}", crate::config::system_time_ms(std::time::SystemTime::now()), std::process::id());
-        Self::with_instance(storage, instance)
-    }
-
-    /// A writer whose file names carry `instance`.
-    pub fn with_instance(storage: Storage, instance: String) -> Self {
+    /// A writer staging into `storage` whose file names carry `instance`, unique to this
+    /// process.
+    pub fn new(storage: Storage, instance: String) -> Self {
         ParquetWriter { storage, instance, seq: 0 }
     }
 
@@ -526,35 +147,42 @@ impl ParquetWriter {
         &self.storage
     }
 
-    /// Writes the buffered `rows` of table `R::TABLE` under `_staging/INSTANCE/CHECKPOINT/`, one
-    /// file per hour partition. Written rows leave `rows`; rows whose file failed stay.
+    /// Writes every table's buffered rows under `_staging/INSTANCE/CHECKPOINT/`, one file per
+    /// table and hour partition. Written rows leave `rows`; rows whose file failed stay.
+    pub fn stage_all(&mut self, rows: &mut Rows, checkpoint: u64) -> StageOutcome {
+        let mut outcome = StageOutcome::default();
+        for buffer in rows.buffers_mut() {
+            let table = self.stage(buffer, checkpoint);
+            outcome.staged.extend(table.staged);
+            if let Some(error) = table.error {
+                outcome.error.get_or_insert(error);
+            }
+        }
+        outcome
+    }
+
+    /// Writes one table's buffered rows under `_staging/INSTANCE/CHECKPOINT/`, one file per
+    /// hour partition. Written rows leave `rows`; rows whose file failed stay.
     ///
     /// The rows are encoded where they lie, a chunk at a time, rather than copied per hour and
     /// converted to Arrow all at once: sessions close once a window, so one checkpoint may stage
-    /// a whole window's worth, and those copies were a third of that checkpoint's memory peak.
-    pub fn stage<R: TableRow>(&mut self, rows: &mut Vec<R>, checkpoint: u64) -> StageOutcome {
-        let hour_of = |row: &R| hour_start(row.partition_time());
-        // Usually every row is of one hour; across an hour's end, group them (a stable sort keeps
-        // each hour's rows in arrival order).
-        if rows.windows(2).any(|pair| hour_of(&pair[0]) != hour_of(&pair[1])) {
-            rows.sort_by_key(hour_of);
-        }
+    /// a whole window's worth, and such copies would be a third of that checkpoint's memory.
+    pub fn stage(&mut self, rows: &mut dyn RowBuffer, checkpoint: u64) -> StageOutcome {
         let mut outcome = StageOutcome::default();
         let mut failed_hours = Vec::new();
-        let mut rest = &rows[..];
-        while let Some(first) = rest.first() {
-            let hour = hour_of(first);
-            let (group, after) = rest.split_at(rest.partition_point(|row| hour_of(row) == hour));
-            match self.stage_file(hour, group, checkpoint) {
+        for (hour, range) in rows.group_by(&hour_start) {
+            let count = range.len() as u64;
+            let batches =
+                rows.batches(range, ENCODE_CHUNK_ROWS).map(|b| b.map_err(|e| ParquetError::General(e.to_string())));
+            match self.stage_file(rows.spec().name, hour, count, batches, checkpoint) {
                 Ok(staged) => outcome.staged.push(staged),
                 Err(error) => {
                     failed_hours.push(hour);
                     outcome.error.get_or_insert(error);
                 }
             }
-            rest = after;
         }
-        rows.retain(|row| failed_hours.contains(&hour_of(row)));
+        rows.retain_groups(&hour_start, &failed_hours);
         outcome
     }
 
@@ -562,8 +190,8 @@ impl ParquetWriter {
     ///
     /// # Errors
     /// The first failure; rows of files not staged stay in `rows`.
-    pub fn write<R: TableRow>(&mut self, rows: &mut Vec<R>) -> Result<Vec<StagedFile>, SinkError> {
-        let outcome = self.stage(rows, 0);
+    pub fn write(&mut self, rows: &mut Rows) -> Result<Vec<StagedFile>, SinkError> {
+        let outcome = self.stage_all(rows, 0);
         for file in &outcome.staged {
             publish(&self.storage, file)?;
         }
@@ -573,15 +201,22 @@ impl ParquetWriter {
         }
     }
 
-    fn stage_file<R: TableRow>(&mut self, hour: i64, rows: &[R], checkpoint: u64) -> Result<StagedFile, SinkError> {
-        let data = encode_rows(rows).map_err(|e| SinkError::Encode { table: R::TABLE, message: e.to_string() })?;
+    fn stage_file(
+        &mut self,
+        table: &'static str,
+        hour: i64,
+        rows: u64,
+        batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>,
+        checkpoint: u64,
+    ) -> Result<StagedFile, SinkError> {
+        let data = encode_each(batches).map_err(|e| SinkError::Encode { table, message: e.to_string() })?;
         let bytes = data.len() as u64;
         self.seq += 1;
         let name = format!("part-{}-{:06}.parquet", self.instance, self.seq);
-        let staged = format!("{STAGING}/{}/{checkpoint:012}/{}-{name}", self.instance, R::TABLE);
-        let key = format!("{}/{}/{name}", R::TABLE, hour_partition(hour));
+        let staged = format!("{STAGING}/{}/{checkpoint:012}/{table}-{name}", self.instance);
+        let key = format!("{table}/{}/{name}", hour_partition(hour));
         self.storage.put(&staged, data)?;
-        Ok(StagedFile { table: R::TABLE.to_owned(), staged, key, bytes, rows: rows.len() as u64 })
+        Ok(StagedFile { table: table.to_owned(), staged, key, bytes, rows })
     }
 }
 
@@ -602,15 +237,17 @@ pub fn publish(storage: &Storage, file: &StagedFile) -> Result<(), StorageError>
 mod tests {
     use super::*;
     use crate::event::Channel;
-    use crate::operators::FunnelCounts;
+    use crate::operators::{FunnelCounts, FunnelRow, SessionRow};
     use crate::sink::storage::Location;
+    use crate::table::DeadLetterRow;
+    use arrow_array::Int32Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
     fn writes_a_readable_file_and_leaves_no_staging_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
-        let mut writer = ParquetWriter::new(storage);
+        let mut writer = ParquetWriter::new(storage, "1-1".into());
         let row = |window_start| FunnelRow {
             window_ms: 60_000,
             window_start,
@@ -645,7 +282,7 @@ mod tests {
     fn rows_of_many_chunks_and_two_hours_keep_their_order_in_one_row_group_per_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
-        let mut writer = ParquetWriter::new(storage);
+        let mut writer = ParquetWriter::new(storage, "1-1".into());
         let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
         let n = 2 * ENCODE_CHUNK_ROWS + 5;
         // Hours interleaved; the partition column numbers the rows in arrival order.
@@ -701,7 +338,9 @@ mod tests {
                 funnel_depth_in_order: 1,
             })
             .collect();
-        let bytes = bytes::Bytes::from(encode_rows(&rows).expect("encode"));
+        let batches =
+            rows.batches(0..rows.len(), ENCODE_CHUNK_ROWS).map(|b| b.map_err(|e| ParquetError::General(e.to_string())));
+        let bytes = bytes::Bytes::from(encode_each(batches).expect("encode"));
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
         let group = builder.metadata().row_group(0);
         let has_dictionary = |name: &str| {
@@ -718,7 +357,8 @@ mod tests {
     fn a_failed_write_keeps_the_rows() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("lake");
-        let mut writer = ParquetWriter::new(Storage::open(&Location::Local(root.clone())).expect("storage"));
+        let mut writer =
+            ParquetWriter::new(Storage::open(&Location::Local(root.clone())).expect("storage"), "1-1".into());
         // A file where the staging directory should be: every put fails.
         std::fs::write(root.join(STAGING), b"not a directory").expect("blocker");
         let mut rows = vec![DeadLetterRow {

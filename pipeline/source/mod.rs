@@ -8,20 +8,28 @@
 //! waits for those calls. Orders and logistics are co-partitioned by `order_id`; the range
 //! assignor gives partition *p* of both to the same member as long as they have equally many
 //! partitions, so one instance holds both halves of each commerce task.
+//!
+//! Messages leave the source as [`Record`]s, after [`resume`] has checked that a resumed
+//! partition starts at its checkpointed offset.
+
+mod resume;
+
+pub use resume::{RESUME_SILENCE, Resumes, Verdict};
 
 use crate::config::Settings;
 use crate::telemetry::{Health, Metrics};
-use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A topic-partition.
 pub type TopicPartition = (String, i32);
@@ -140,6 +148,43 @@ impl ConsumerContext for SourceContext {
 /// The job's consumer.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
+    resumes: Resumes,
+}
+
+/// One consumed message.
+pub struct Record<'a>(BorrowedMessage<'a>);
+
+impl Record<'_> {
+    /// Its topic.
+    pub fn topic(&self) -> &str {
+        self.0.topic()
+    }
+    /// Its partition.
+    pub fn partition(&self) -> i32 {
+        self.0.partition()
+    }
+    /// Its offset.
+    pub fn offset(&self) -> i64 {
+        self.0.offset()
+    }
+    /// Its key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.0.key()
+    }
+    /// Its value; empty when it has none.
+    pub fn payload(&self) -> &[u8] {
+        self.0.payload().unwrap_or_default()
+    }
+}
+
+/// What one poll gave.
+pub enum Polled<'a> {
+    /// A message to handle.
+    Message(Record<'a>),
+    /// A consumer error, already retried by librdkafka (logged by the caller).
+    Error(KafkaError),
+    /// Nothing within the timeout, or a message dropped to resume a partition exactly.
+    Nothing,
 }
 
 impl KafkaSource {
@@ -155,7 +200,7 @@ impl KafkaSource {
             .set("partition.assignment.strategy", "range")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "1000");
-        for (key, value) in &settings.kafka_client {
+        for (key, value) in settings.kafka_client.iter() {
             config.set(key, value);
         }
         config
@@ -177,12 +222,52 @@ impl KafkaSource {
         let topics =
             [settings.topics.clickstream.as_str(), settings.topics.orders.as_str(), settings.topics.logistics.as_str()];
         consumer.subscribe(&topics)?;
-        Ok(KafkaSource { consumer })
+        Ok(KafkaSource { consumer, resumes: Resumes::default() })
     }
 
-    /// The underlying consumer, for polling.
-    pub fn consumer(&self) -> &BaseConsumer<SourceContext> {
-        &self.consumer
+    /// Waits up to `timeout` for the next message; serves rebalances and statistics meanwhile.
+    pub fn poll(&mut self, timeout: Duration) -> Polled<'_> {
+        let message = match self.consumer.poll(timeout) {
+            None => return Polled::Nothing,
+            Some(Err(error)) => return Polled::Error(error),
+            Some(Ok(message)) => message,
+        };
+        let (topic, partition) = (message.topic(), message.partition());
+        match self.resumes.check(topic, partition, message.offset(), Instant::now()) {
+            Verdict::Deliver => Polled::Message(Record(message)),
+            Verdict::SeekBack(offset) => {
+                let tp = (topic.to_owned(), partition);
+                if Self::seek_back(&self.consumer, &tp, offset) {
+                    Polled::Nothing
+                } else {
+                    self.resumes.give_up(&tp);
+                    Polled::Message(Record(message))
+                }
+            }
+        }
+    }
+
+    /// Sends back resumed partitions that stayed silent although they have messages; call it
+    /// every tick.
+    pub fn tick(&mut self) {
+        let highs = self.high_watermarks();
+        for (tp, offset) in self.resumes.silent(&highs, Instant::now()) {
+            if !Self::seek_back(&self.consumer, &tp, offset) {
+                self.resumes.give_up(&tp);
+            }
+        }
+    }
+
+    /// Seeks `tp` to `offset`; false when that failed and the partition continues from the
+    /// broker's position.
+    fn seek_back(consumer: &BaseConsumer<SourceContext>, tp: &TopicPartition, offset: i64) -> bool {
+        match consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5)) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, topic = tp.0, partition = tp.1, "seeking back failed; continuing from the broker's position");
+                false
+            }
+        }
     }
 
     /// Partitions currently assigned to this instance.
@@ -202,11 +287,14 @@ impl KafkaSource {
     }
 
     /// Applies an assignment, starting each partition at its offset in `start` (from a
-    /// checkpoint) or, when absent, at the group's committed offset.
+    /// checkpoint) or, when absent, at the group's committed offset; the partitions of `start`
+    /// are checked to resume exactly there.
     ///
     /// # Errors
     /// When librdkafka refuses the assignment.
-    pub fn accept(&self, partitions: &[TopicPartition], start: &BTreeMap<TopicPartition, i64>) -> KafkaResult<()> {
+    pub fn accept(&mut self, partitions: &[TopicPartition], start: &BTreeMap<TopicPartition, i64>) -> KafkaResult<()> {
+        self.resumes.clear();
+        self.resumes.expect(start.iter().map(|(tp, next)| (tp.clone(), *next)), Instant::now());
         let mut tpl = TopicPartitionList::new();
         for tp in partitions {
             let offset = start.get(tp).map_or(Offset::Stored, |o| Offset::Offset(*o));
@@ -217,32 +305,34 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Moves the position of an assigned partition.
-    ///
-    /// # Errors
-    /// When librdkafka refuses or the partition is not assigned.
-    pub fn seek(&self, tp: &TopicPartition, offset: i64) -> KafkaResult<()> {
-        self.consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
-    }
-
     /// Releases revoked partitions.
     ///
     /// # Errors
     /// When librdkafka refuses.
-    pub fn release(&self, partitions: &[TopicPartition]) -> KafkaResult<()> {
+    pub fn release(&mut self, partitions: &[TopicPartition]) -> KafkaResult<()> {
+        self.resumes.clear();
         self.consumer.unassign()?;
         self.consumer.context().record_revoke(partitions);
         Ok(())
     }
 
     /// Pauses (or resumes) fetching from every assigned partition; polling goes on serving
-    /// rebalances and statistics.
+    /// rebalances and statistics. Resumed partitions fetch from their position again, usually
+    /// mid-batch, so they are checked to start at `positions` (what the tasks have seen) as
+    /// after an assignment.
     ///
     /// # Errors
     /// When librdkafka refuses.
-    pub fn set_paused(&self, paused: bool) -> KafkaResult<()> {
+    pub fn set_paused(&mut self, paused: bool, positions: &BTreeMap<TopicPartition, i64>) -> KafkaResult<()> {
         let assignment = self.consumer.assignment()?;
-        if paused { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) }
+        if paused {
+            return self.consumer.pause(&assignment);
+        }
+        self.consumer.resume(&assignment)?;
+        let assigned = self.assignment();
+        let resumed = positions.iter().filter(|(tp, _)| assigned.contains(*tp)).map(|(tp, next)| (tp.clone(), *next));
+        self.resumes.expect(resumed, Instant::now());
+        Ok(())
     }
 
     /// Whether the group took the assignment away without a revocation this member could act
@@ -301,7 +391,7 @@ impl Drop for KafkaSource {
     fn drop(&mut self) {
         // Closing the consumer revokes through the callback, which must then apply at once.
         self.consumer.context().defer.store(false, Ordering::Release);
-        for event in std::iter::from_fn(|| self.next_rebalance()) {
+        while let Some(event) = self.next_rebalance() {
             if let PendingRebalance::Revoke(partitions) = event {
                 let _ = self.release(&partitions);
             }

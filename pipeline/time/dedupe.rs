@@ -238,8 +238,8 @@ mod tests {
         assert!(!d.is_duplicate("old", 0));
         d.expire(60_000);
         assert!(!d.is_duplicate("new", 60_000));
-        let bytes = crate::time::snapshot(&d).expect("snapshot");
-        let mut back: Dedupe = crate::time::restore(&bytes).expect("restore");
+        let bytes = crate::snapshot::cbor(&d).expect("snapshot");
+        let mut back: Dedupe = crate::snapshot::read_cbor(&bytes).expect("restore");
         assert!(back.is_duplicate("old", 0), "the previous generation and its screen are restored");
         assert!(back.is_duplicate("new", 60_000));
         back.expire(120_000);
@@ -264,8 +264,8 @@ mod tests {
             order: [(5_000, fp)].into(),
             evicted_early: 3,
         };
-        let bytes = crate::time::snapshot(&before).expect("snapshot");
-        let mut back: Dedupe = crate::time::restore(&bytes).expect("restore");
+        let bytes = crate::snapshot::cbor(&before).expect("snapshot");
+        let mut back: Dedupe = crate::snapshot::read_cbor(&bytes).expect("restore");
         assert!(back.is_duplicate("e1", 5_000));
         assert_eq!(back.evicted_early(), 3);
         back.expire(65_000);

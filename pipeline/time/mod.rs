@@ -1,15 +1,25 @@
 //! Event time: window assignment, per-partition watermarks, the instance's low watermark,
-//! lateness, tumbling, hopping and session windows that close as the watermark passes,
-//! duplicate suppression, and state snapshots. Pure logic, no I/O.
+//! lateness, tumbling and session windows that close as the watermark passes, duplicate
+//! suppression, and the settings of all of it. Pure logic, no I/O.
 
 mod dedupe;
 mod session;
+mod settings;
 
 pub use dedupe::Dedupe;
 pub use session::{Companion, KeyEntry, KeySessions, Lane, Merge, Session, SessionWindows};
+pub use settings::{FamilyLateness, Retention, TimeSettings};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Milliseconds since the epoch of a system time (negative before 1970).
+pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
 
 /// Start of the tumbling window of size `window_ms` containing `t` (windows align to the epoch).
 pub fn window_start(t: i64, window_ms: i64) -> i64 {
@@ -260,131 +270,7 @@ impl<S: Default> TumblingWindows<S> {
             .map(|((end, size), state)| ClosedWindow { start: end - size, size_ms: size, state })
             .collect()
     }
-
-    /// Number of open windows, all sizes.
-    pub fn open_windows(&self) -> usize {
-        self.open.len()
-    }
 }
-
-/// Hopping (sliding) windows of `size_ms` starting every `hop_ms`: an event belongs to every
-/// window that contains it. An event is late when the earliest of those has closed, so it is
-/// counted in all of its windows or in none.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HoppingWindows<S> {
-    size_ms: i64,
-    hop_ms: i64,
-    lateness_ms: i64,
-    watermark: Option<i64>,
-    open: BTreeMap<i64, S>,
-}
-
-impl<S: Default> HoppingWindows<S> {
-    /// Windows of `size_ms` every `hop_ms` (`hop_ms` divides `size_ms`).
-    pub fn new(size_ms: i64, hop_ms: i64, lateness_ms: i64) -> Self {
-        assert!(hop_ms > 0 && size_ms >= hop_ms && size_ms % hop_ms == 0, "hop must divide the window size");
-        HoppingWindows { size_ms, hop_ms, lateness_ms, watermark: None, open: BTreeMap::new() }
-    }
-
-    /// Applies `update` to every window containing `event_time`.
-    ///
-    /// # Errors
-    /// [`Late`] when the earliest window containing the event has closed.
-    pub fn record(&mut self, event_time: i64, mut update: impl FnMut(&mut S)) -> Result<(), Late> {
-        let last_start = window_start(event_time, self.hop_ms);
-        let first_start = last_start - self.size_ms + self.hop_ms;
-        if let Some(watermark) = self.watermark
-            && first_start + self.size_ms + self.lateness_ms <= watermark
-        {
-            return Err(Late {
-                window_start: first_start,
-                window_ms: self.size_ms,
-                behind_watermark_ms: watermark - event_time,
-            });
-        }
-        let mut start = first_start;
-        while start <= last_start {
-            update(self.open.entry(start).or_default());
-            start += self.hop_ms;
-        }
-        Ok(())
-    }
-
-    /// Closes every window whose end plus lateness is at or before `watermark`, in start order.
-    pub fn advance(&mut self, watermark: i64) -> Vec<ClosedWindow<S>> {
-        if self.watermark.is_some_and(|w| watermark <= w) {
-            return Vec::new();
-        }
-        self.watermark = Some(watermark);
-        let mut closed = Vec::new();
-        while let Some(entry) = self.open.first_entry() {
-            let start = *entry.key();
-            if start + self.size_ms + self.lateness_ms > watermark {
-                break;
-            }
-            closed.push(ClosedWindow { start, size_ms: self.size_ms, state: entry.remove() });
-        }
-        closed
-    }
-}
-
-/// Leads every state snapshot: the format's name, then its version, then the CBOR. A release
-/// that meets a snapshot of a newer format stops restoring it with a message that says so,
-/// rather than misreading it (new fields would otherwise default silently).
-const SNAPSHOT_MAGIC: &[u8; 4] = b"SPST";
-
-/// The state format this release writes. Raise it when a change to the state would be misread
-/// by the previous release, and keep reading the older versions.
-pub const SNAPSHOT_VERSION: u8 = 2;
-
-/// Encodes operator state for a checkpoint (CBOR, which keeps non-string map keys), after the
-/// format's header.
-///
-/// # Errors
-/// Only when the state cannot be represented, a programming error.
-pub fn snapshot<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
-    snapshot_sized(state, 0)
-}
-
-/// [`snapshot`] into a buffer allocated at `expected_len` bytes up front (say, the last
-/// snapshot's length and a margin). Grown from empty, a snapshot of megabytes leaves a trail
-/// of freed half-size copies that the allocator keeps resident for a while.
-///
-/// # Errors
-/// As [`snapshot`].
-pub fn snapshot_sized<T: Serialize>(state: &T, expected_len: usize) -> Result<Vec<u8>, SnapshotError> {
-    let mut bytes = Vec::with_capacity(expected_len.max(SNAPSHOT_MAGIC.len() + 1));
-    bytes.extend_from_slice(SNAPSHOT_MAGIC);
-    bytes.push(SNAPSHOT_VERSION);
-    ciborium::into_writer(state, &mut bytes).map_err(|e| SnapshotError(e.to_string()))?;
-    Ok(bytes)
-}
-
-/// Decodes state written by [`snapshot`], or by releases before the header (bare CBOR, which
-/// never starts with the header's bytes: a snapshot is a CBOR map or array).
-///
-/// # Errors
-/// [`SnapshotError`] when the bytes are not a snapshot of `T`, or of a format this release does
-/// not know.
-pub fn restore<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
-    let cbor = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-        Some([1..=SNAPSHOT_VERSION, cbor @ ..]) => cbor,
-        Some([version, ..]) => {
-            return Err(SnapshotError(format!(
-                "written in state format {version}, but this release reads format {SNAPSHOT_VERSION} and older; \
-                 run a release that knows format {version}"
-            )));
-        }
-        Some([]) => return Err(SnapshotError("truncated after its header".to_owned())),
-        None => bytes,
-    };
-    ciborium::from_reader(cbor).map_err(|e| SnapshotError(e.to_string()))
-}
-
-/// A snapshot that cannot be written or read back.
-#[derive(Debug, thiserror::Error)]
-#[error("operator state snapshot: {0}")]
-pub struct SnapshotError(String);
 
 #[cfg(test)]
 mod tests {
@@ -442,51 +328,16 @@ mod tests {
     }
 
     #[test]
-    fn hopping_windows_count_an_event_in_every_window_containing_it() {
-        let mut w: HoppingWindows<u32> = HoppingWindows::new(300_000, 60_000, 0);
-        w.record(250_000, |n| *n += 1).expect("open");
-        let starts: Vec<i64> = w.advance(i64::MAX / 2).into_iter().map(|c| c.start).collect();
-        assert_eq!(starts, vec![0, 60_000, 120_000, 180_000, 240_000]);
-
-        let mut w: HoppingWindows<u32> = HoppingWindows::new(300_000, 60_000, 0);
-        w.advance(400_000);
-        let late = w.record(359_999, |n| *n += 1).expect_err("its earliest window [60000, 360000) closed");
-        assert_eq!(late.window_start, 60_000);
-        w.record(360_000, |n| *n += 1).expect("every window containing it is open");
-        assert_eq!(w.advance(i64::MAX / 2).len(), 5);
-    }
-
-    #[test]
     fn state_survives_a_snapshot_round_trip() {
+        use crate::snapshot::{read_cbor, write_cbor};
         let mut w: TumblingWindows<BTreeMap<Option<String>, u32>> = TumblingWindows::new(&[60_000, 3_600_000], 0);
         w.record(5_000, |m| *m.entry(None).or_default() += 1).expect("open");
         w.advance(1_000);
-        let bytes = snapshot(&w).expect("snapshot");
-        // Allocated up front, too small or too large, the bytes are the same.
-        assert_eq!(snapshot_sized(&w, 3).expect("snapshot"), bytes);
-        assert_eq!(snapshot_sized(&w, 1 << 16).expect("snapshot"), bytes);
-        let mut back: TumblingWindows<BTreeMap<Option<String>, u32>> = restore(&bytes).expect("restore");
+        let mut bytes = Vec::new();
+        write_cbor(&w, &mut bytes).expect("snapshot");
+        let mut back: TumblingWindows<BTreeMap<Option<String>, u32>> = read_cbor(&bytes).expect("restore");
         assert_eq!(back.close_all(), w.close_all());
-        assert!(restore::<TumblingWindows<u32>>(b"not cbor").is_err());
-    }
-
-    #[test]
-    fn snapshots_carry_their_format_and_a_newer_format_is_refused_by_name() {
-        let state: BTreeMap<String, u32> = BTreeMap::from([("a".to_owned(), 1)]);
-        let bytes = snapshot(&state).expect("snapshot");
-        assert_eq!(&bytes[..5], b"SPST\x02");
-        let mut earlier = bytes.clone();
-        earlier[4] = 1;
-        assert_eq!(restore::<BTreeMap<String, u32>>(&earlier).expect("format 1 is still read"), state);
-        // Snapshots of releases before the header are bare CBOR.
-        let mut bare = Vec::new();
-        ciborium::into_writer(&state, &mut bare).expect("cbor");
-        assert_eq!(restore::<BTreeMap<String, u32>>(&bare).expect("a headerless snapshot"), state);
-        let mut newer = bytes.clone();
-        newer[4] = SNAPSHOT_VERSION + 1;
-        let error = restore::<BTreeMap<String, u32>>(&newer).expect_err("a format from the future").to_string();
-        assert!(error.contains("state format 3") && error.contains("reads format 2"), "{error}");
-        assert!(restore::<BTreeMap<String, u32>>(b"SPST").is_err(), "a header and nothing else");
+        assert!(read_cbor::<TumblingWindows<u32>>(b"not cbor").is_err());
     }
 
     #[test]

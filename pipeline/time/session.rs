@@ -572,8 +572,8 @@ mod tests {
         add(&mut w, "a", 0);
         add(&mut w, "b", MIN);
         w.advance(MIN);
-        let bytes = crate::time::snapshot(&w).expect("snapshot");
-        let mut back: SessionWindows<String, Vec<i64>> = crate::time::restore(&bytes).expect("restore");
+        let bytes = crate::snapshot::cbor(&w).expect("snapshot");
+        let mut back: SessionWindows<String, Vec<i64>> = crate::snapshot::read_cbor(&bytes).expect("restore");
         for x in [&mut w, &mut back] {
             add(x, "a", 2 * MIN);
         }

@@ -1,23 +1,5 @@
-//! Checkpoints: the one atomic commit point of exactly-once output.
-//!
-//! A checkpoint of an instance is a manifest, written in one `put`, that lists for each task it
-//! owns the state snapshot and the source offsets it covers, and the Parquet files staged since
-//! the previous checkpoint. Nothing else is ever the commit point:
-//!
-//! 1. buffered rows are staged under `_staging/` and each task's state is written under
-//!    `_checkpoints/state/TASK/EPOCH.cbor` (CBOR after a header naming the format's version;
-//!    invisible to readers, harmless if a crash follows);
-//! 2. the manifest is written under `_checkpoints/manifests/` — from here on the checkpoint
-//!    exists, whatever happens next;
-//! 3. the staged files are published (renamed into their partitions), idempotently; a crash
-//!    here is repaired by whoever reads the manifest next ([`CheckpointStore::tidy`]);
-//! 4. the offsets are committed to Kafka, for lag monitoring only: on restart a task resumes
-//!    from its checkpoint's offsets, not from Kafka's.
-//!
-//! A task's epoch grows by one at each checkpoint of it, whichever instance owns it, so the
-//! newest checkpoint of a task is the one with the highest epoch in any manifest: that is how
-//! state moves with its partition between instances of a consumer group. Everything lives on
-//! the output storage (local directory or S3), beside the tables, under prefixes readers skip.
+//! The checkpoint store: manifests and task state on the output storage, under prefixes
+//! readers skip, and the repair and clean-up of what a crash left behind.
 
 use crate::sink::parquet::{STAGING, StagedFile, publish};
 use crate::sink::storage::{Storage, StorageError};
@@ -80,7 +62,7 @@ pub enum CheckpointError {
     },
     /// Operator state that cannot be encoded or decoded.
     #[error(transparent)]
-    Snapshot(#[from] crate::time::SnapshotError),
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Every committed manifest, as read at one moment.
@@ -369,7 +351,7 @@ mod tests {
         let store = CheckpointStore::new(storage.clone(), 3_600_000);
         storage.put(&format!("{STAGING}/2-2/000000000005/orders-x.parquet"), b"x".to_vec()).expect("put");
         store.put_state("clickstream-1", 5, vec![0]).expect("state");
-        let now = crate::config::system_time_ms(std::time::SystemTime::now());
+        let now = crate::time::system_time_ms(std::time::SystemTime::now());
         assert_eq!(store.tidy(now).expect("tidy"), TidyReport::default());
         assert_eq!(store.discard_all().expect("discard"), 1, "the one state object");
         assert!(storage.list(CHECKPOINTS).expect("list").is_empty());

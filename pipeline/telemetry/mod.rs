@@ -1,13 +1,18 @@
 //! Every Prometheus metric storepulse exports, in one place, plus the health flags behind
-//! `/readyz`. Names follow `storepulse_<what>_<unit>[_total]`; ratios are left to PromQL, so
-//! numerators and denominators are exported.
+//! `/readyz` and the pipeline's own events ([`events`]). Names follow
+//! `storepulse_<what>_<unit>[_total]`; ratios are left to PromQL, so numerators and
+//! denominators are exported.
+
+pub mod events;
+
+pub use events::{EventDuplicate, EventLate, EventRejected, Outcomes, RunReport};
 
 use crate::codec::DecodeError;
 use crate::event::{Channel, Device, Stream};
-use crate::operators::{Family, SessionRow, Step};
+use crate::labels::{OTHER, TOTAL};
+use crate::operators::Step;
 use prometheus::{
-    Counter, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -174,9 +179,9 @@ pub struct LabelBudget {
 
 impl LabelBudget {
     /// The label value to export for `value` of `label`: itself while within budget, else
-    /// `other`. `all` and `other` are always admitted and never count.
+    /// [`OTHER`]. [`TOTAL`] and [`OTHER`] are always admitted and never count.
     pub fn admit<'a>(&self, label: &'static str, value: &'a str) -> &'a str {
-        if value == "all" || value == "other" {
+        if value == TOTAL || value == OTHER {
             return value;
         }
         let mut admitted = self.admitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -189,7 +194,7 @@ impl LabelBudget {
             return value;
         }
         self.folded.with_label_values(&[label]).inc();
-        "other"
+        OTHER
     }
 
     /// Sets how many distinct values each label may take.
@@ -200,14 +205,6 @@ impl LabelBudget {
 
 /// Default for `metrics.max_values_per_label`.
 pub const DEFAULT_MAX_VALUES_PER_LABEL: usize = 100;
-
-/// Carriers exported by name; others are folded into `other` to bound the label set.
-pub const CARRIER_LABELS: &[&str] = &["sf", "jd", "zto", "yto", "yunda", "sto", "ems", "best", "deppon", "cainiao"];
-
-/// The `carrier` label of a carrier code.
-pub fn carrier_label(carrier: &str) -> &str {
-    CARRIER_LABELS.iter().find(|c| **c == carrier).copied().unwrap_or("other")
-}
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
     IntGaugeVec::new(opts(name, help), labels)
@@ -366,11 +363,12 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Metrics {
-    /// Creates and registers every family.
+    /// Creates and registers every family, with series for `windows` and the late events of
+    /// `families` (each with the stream it counts) from the first scrape.
     ///
     /// # Errors
     /// Only on a programming error (duplicate or invalid metric names).
-    pub fn new(windows: &[String]) -> Result<Self, prometheus::Error> {
+    pub fn new(windows: &[String], families: &[(&str, Stream)]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let m = Metrics {
             messages_consumed: IntCounterVec::new(
@@ -631,13 +629,13 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c)?;
         }
-        m.pre_register(windows);
+        m.pre_register(windows, families);
         Ok(m)
     }
 
     /// Creates zero-valued series for every bounded label value, so that rates and absence
     /// alerts work from the first scrape.
-    fn pre_register(&self, windows: &[String]) {
+    fn pre_register(&self, windows: &[String], families: &[(&str, Stream)]) {
         for label in ["warehouse", "carrier"] {
             self.label_budget.folded.with_label_values(&[label]);
         }
@@ -649,13 +647,8 @@ impl Metrics {
                 self.events_rejected.with_label_values(&[stream.as_str(), reason]);
             }
         }
-        for (stream, family) in [
-            (Stream::Clickstream, Family::Traffic),
-            (Stream::Clickstream, Family::Sessions),
-            (Stream::Orders, Family::Orders),
-            (Stream::Logistics, Family::Fulfillment),
-        ] {
-            self.events_late.with_label_values(&[stream.as_str(), family.as_str()]);
+        for (family, stream) in families {
+            self.events_late.with_label_values(&[stream.as_str(), family]);
         }
         for channel in Channel::ALL.iter().map(|c| c.as_str()) {
             for device in Device::ALL.iter().map(|d| d.as_str()) {
@@ -670,13 +663,13 @@ impl Metrics {
             }
         }
         for window in windows.iter().map(String::as_str) {
-            for channel in Channel::ALL.iter().map(|c| c.as_str()).chain(["all"]) {
+            for channel in Channel::ALL.iter().map(|c| c.as_str()).chain([TOTAL]) {
                 for gauge in
                     [&self.orders.created, &self.orders.paid, &self.orders.paying_buyers, &self.orders.cancelled]
                 {
                     gauge.with_label_values(&[window, channel]);
                 }
-                for device in Device::ALL.iter().map(|d| d.as_str()).chain(["all"]) {
+                for device in Device::ALL.iter().map(|d| d.as_str()).chain([TOTAL]) {
                     self.funnel_visitors.with_label_values(&[window, channel, device]);
                     self.funnel_page_views.with_label_values(&[window, channel, device]);
                     for step in Step::ALL {
@@ -694,159 +687,13 @@ impl Metrics {
     }
 }
 
-/// The session counters of one landing channel and device.
-struct SessionSeries {
-    closed: IntCounter,
-    engaged: IntCounter,
-    converted: IntCounter,
-    duration_seconds: Counter,
-    page_views: IntCounter,
-}
-
-/// Counters of closed sessions, resolved once: a closed session updates up to thirteen series,
-/// and a labelled lookup hashes its labels every time.
-pub struct SessionCounters {
-    /// By channel × device index.
-    by_landing: Vec<SessionSeries>,
-    /// By channel × step × (any, in order).
-    steps: Vec<IntCounter>,
-}
-
-impl SessionCounters {
-    /// The series of `metrics`.
-    pub fn new(metrics: &Metrics) -> Self {
-        let mut by_landing = Vec::with_capacity(Channel::COUNT * Device::COUNT);
-        let mut steps = Vec::with_capacity(Channel::COUNT * Step::COUNT * 2);
-        for channel in Channel::ALL.iter().map(|c| c.as_str()) {
-            for device in Device::ALL.iter().map(|d| d.as_str()) {
-                let labels = [channel, device];
-                by_landing.push(SessionSeries {
-                    closed: metrics.sessions_closed.with_label_values(&labels),
-                    engaged: metrics.sessions_engaged.with_label_values(&labels),
-                    converted: metrics.sessions_converted.with_label_values(&labels),
-                    duration_seconds: metrics.session_duration_seconds.with_label_values(&labels),
-                    page_views: metrics.session_page_views.with_label_values(&labels),
-                });
-            }
-            for step in Step::ALL {
-                for order in ["any", "in_order"] {
-                    steps.push(metrics.session_steps.with_label_values(&[channel, step.as_str(), order]));
-                }
-            }
-        }
-        SessionCounters { by_landing, steps }
-    }
-
-    /// Adds a closed session, by landing channel and device.
-    pub fn count(&self, session: &SessionRow) {
-        let series = &self.by_landing[session.channel.index() * Device::COUNT + session.device.index()];
-        series.closed.inc();
-        if session.engaged() {
-            series.engaged.inc();
-        }
-        if session.converted() {
-            series.converted.inc();
-        }
-        series.duration_seconds.inc_by(session.duration_ms() as f64 / 1000.0);
-        series.page_views.inc_by(u64::from(session.page_views));
-        let steps = &self.steps[session.channel.index() * Step::COUNT * 2..];
-        for i in 0..Step::COUNT {
-            if session.reached[i] {
-                steps[i * 2].inc();
-            }
-            if usize::from(session.funnel_depth_in_order) > i {
-                steps[i * 2 + 1].inc();
-            }
-        }
-    }
-}
-
-/// Converts integer minor units to currency units for export (ISO 4217 exponents).
-pub fn minor_to_major(amount_minor: i64, currency: &str) -> f64 {
-    let exponent = match currency {
-        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" => 0,
-        "BHD" | "KWD" | "OMR" | "JOD" | "TND" => 3,
-        _ => 2,
-    };
-    amount_minor as f64 / 10f64.powi(exponent)
-}
-
-/// The `window` labels of several window sizes.
-pub fn window_labels(sizes_ms: &[i64]) -> Vec<String> {
-    sizes_ms.iter().map(|ms| window_label(*ms)).collect()
-}
-
-/// The `window` label of a window size: `1m`, `1h`, otherwise seconds (`90s`).
-pub fn window_label(window_ms: i64) -> String {
-    let secs = window_ms / 1000;
-    if secs % 3600 == 0 {
-        format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn session_counters_count_each_session_into_its_own_series() {
-        let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
-        let counters = SessionCounters::new(&metrics);
-        let bounced = SessionRow {
-            window_start: 0,
-            window_ms: 60_000,
-            session_start: 0,
-            session_end: 2_000,
-            partition: 0,
-            visitor_id: "v1".into(),
-            client_session_id: None,
-            channel: Channel::PaidSearch,
-            device: Device::App,
-            landing_page: None,
-            events: 1,
-            page_views: 1,
-            reached: [true, false, false, false],
-            funnel_depth_in_order: 1,
-        };
-        let bought = SessionRow {
-            session_end: 30_000,
-            page_views: 3,
-            reached: [true, true, false, true],
-            funnel_depth_in_order: 2,
-            ..bounced.clone()
-        };
-        for session in [&bounced, &bought, &bought] {
-            counters.count(session);
-        }
-        let text = metrics.render();
-        for line in [
-            "storepulse_sessions_closed_total{channel=\"paid_search\",device=\"app\"} 3",
-            "storepulse_sessions_engaged_total{channel=\"paid_search\",device=\"app\"} 2",
-            "storepulse_sessions_converted_total{channel=\"paid_search\",device=\"app\"} 2",
-            "storepulse_session_duration_seconds_total{channel=\"paid_search\",device=\"app\"} 62",
-            "storepulse_session_page_views_total{channel=\"paid_search\",device=\"app\"} 7",
-            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"product_view\"} 3",
-            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"purchase\"} 2",
-            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"in_order\",step=\"add_to_cart\"} 2",
-        ] {
-            assert!(text.contains(line), "missing {line} in\n{text}");
-        }
-        for zero in [
-            "storepulse_session_funnel_steps_total{channel=\"paid_search\",order=\"any\",step=\"begin_checkout\"} 0",
-            "storepulse_sessions_closed_total{channel=\"paid_search\",device=\"desktop\"} 0",
-            "storepulse_sessions_closed_total{channel=\"direct\",device=\"app\"} 0",
-        ] {
-            assert!(text.contains(zero), "missing {zero}");
-        }
-    }
-
-    #[test]
     fn the_label_budget_admits_the_first_values_then_folds_and_counts() {
-        let metrics = Metrics::new(&["1m".to_owned()]).expect("metrics");
+        let metrics = Metrics::new(&["1m".to_owned()], &[]).expect("metrics");
         let budget = &metrics.label_budget;
         budget.set_limit(2);
         assert_eq!(budget.admit("warehouse", "hangzhou-1"), "hangzhou-1");

@@ -19,7 +19,8 @@
 //! | checkpoints | [`checkpoint`] | rows, state, offsets and staged files committed in one manifest |
 //! | sinks | [`sink`] | Parquet tables, the Prometheus gauges and endpoint, dead-letter topic |
 //! | telemetry | [`telemetry`] | every exported metric name, readiness flags, outcome events |
-//! | loop | [`runtime`] | the processing loop: polls, hands events to tasks, routes their output |
+//! | loop | [`runtime`], [`control`] | the processing loop: polls, hands events to tasks, routes their output |
+//! | ownership | [`assignment`] | the tasks of the partitions this instance owns; restore on assignment |
 //! | service | [`service`] | starts metrics, endpoint and loop together for every command |
 //! | traffic | [`generate`] | deterministic synthetic traffic with fault injection |
 //! | benchmark | [`bench`] | `storepulse bench`: throughput, CPU per event, latency, memory |
@@ -30,11 +31,13 @@
 //! commands ([`cli`], [`bench`]) and `main`.
 
 pub mod allocator;
+pub mod assignment;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod generate;
 pub mod labels;

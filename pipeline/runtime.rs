@@ -8,67 +8,25 @@
 
 #![deny(clippy::too_many_lines)]
 
-use crate::checkpoint::{
-    CheckpointError, CheckpointFailure, Commit, Coordinator, StateBytes, TaskCheckpoint, TaskEntry, TidyReport,
-};
+use crate::assignment::{Assignment, Retry};
+use crate::checkpoint::{CheckpointFailure, Commit, Coordinator, TidyReport};
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::Settings;
 use crate::event::{Event, Stream};
-use crate::operators::{Disposition, ForeignStream, PartitionTask, Registry, TaskId, TaskOutput};
+use crate::operators::{Disposition, ForeignStream, Registry, TaskId, TaskOutput};
 use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
 use crate::sink::prometheus::Gauges;
 use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, PendingRebalance, Polled, Record, TopicPartition};
-use crate::table::{DeadLetterRow, LateEventRow};
+use crate::table::LateEventRow;
 use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, Metrics, Outcomes};
-use crate::time::{PartitionProgress, low_watermark, system_time_ms};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::time::{WallClock, system_time_ms};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use crate::control::{Control, ControlHandle};
 pub use crate::telemetry::RunReport;
-
-/// What the loop is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Keep consuming.
-    Run,
-    /// Consume up to the end offsets as of now, close every window, checkpoint, return.
-    Drain,
-    /// Stop consuming, checkpoint (within the shutdown deadline), return.
-    Stop,
-}
-
-/// The loop's [`Control`], shared with whoever asks it to drain or stop (a signal handler).
-#[derive(Debug, Clone)]
-pub struct ControlHandle(Arc<AtomicU8>);
-
-impl ControlHandle {
-    /// A handle that starts at `control`.
-    pub fn new(control: Control) -> Self {
-        ControlHandle(Arc::new(AtomicU8::new(control as u8)))
-    }
-
-    /// What the loop is asked to do now.
-    pub fn get(&self) -> Control {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Control::Run,
-            1 => Control::Drain,
-            _ => Control::Stop,
-        }
-    }
-
-    /// Asks the loop to stop; never undone.
-    pub fn stop(&self) {
-        self.0.store(Control::Stop as u8, Ordering::Relaxed);
-    }
-
-    /// Asks a running loop to drain; a loop already stopping keeps stopping.
-    pub fn drain(&self) {
-        let _ = self.0.compare_exchange(Control::Run as u8, Control::Drain as u8, Ordering::Relaxed, Ordering::Relaxed);
-    }
-}
 
 /// A failure that stops the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -106,64 +64,6 @@ pub struct Options {
     pub registry: Registry,
 }
 
-/// Runs a pipeline on a thread of its own: connects the Kafka source, builds the pipeline and
-/// runs it until `control` says stop (or a drain completes).
-///
-/// # Errors
-/// When the thread cannot be started.
-pub fn spawn(
-    settings: Settings,
-    metrics: Metrics,
-    health: Arc<Health>,
-    control: ControlHandle,
-    options: Options,
-) -> std::io::Result<std::thread::JoinHandle<Result<RunReport, RuntimeError>>> {
-    std::thread::Builder::new().name("pipeline".into()).spawn(move || {
-        let mut source =
-            KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).map_err(RuntimeError::Source)?;
-        Pipeline::new(settings, metrics, health, options)?.run(&mut source, &control)
-    })
-}
-
-/// One task and what the loop knows of its partitions.
-struct Task {
-    state: PartitionTask,
-    /// Progress of each source partition the task has seen.
-    progress: BTreeMap<Stream, PartitionProgress>,
-    /// Next offset to consume of each source partition: what its state has seen.
-    offsets: BTreeMap<Stream, i64>,
-    /// Changed since its last checkpoint.
-    dirty: bool,
-    /// Length of its last state snapshot: the next one is allocated at about this size.
-    snapshot_len: usize,
-}
-
-impl Task {
-    fn new(state: PartitionTask) -> Self {
-        Task { state, progress: BTreeMap::new(), offsets: BTreeMap::new(), dirty: true, snapshot_len: 0 }
-    }
-}
-
-/// The wall clock derived from a monotonic reading, so that the loop reads one clock per
-/// message for its timers and the message's wall time. Read again every tick, so it follows
-/// steps of the system clock within 200 ms.
-struct WallClock {
-    at: Instant,
-    ms: i64,
-}
-
-impl WallClock {
-    fn read() -> Self {
-        WallClock { at: Instant::now(), ms: system_time_ms(SystemTime::now()) }
-    }
-
-    /// Wall-clock ms at `instant`, taken at or after this reading.
-    fn ms_at(&self, instant: Instant) -> i64 {
-        let since = instant.saturating_duration_since(self.at).as_millis();
-        self.ms.saturating_add(i64::try_from(since).unwrap_or(i64::MAX))
-    }
-}
-
 /// The loop's timers.
 struct Timers {
     started: Instant,
@@ -197,25 +97,19 @@ enum HandleError {
 /// The processing loop and everything it owns.
 pub struct Pipeline {
     settings: Settings,
-    registry: Registry,
     metrics: Metrics,
     outcomes: Outcomes,
     health: Arc<Health>,
     decoder: Decoder,
     /// The latest event of each stream, decoded into in place so its buffers are reused.
     decoded: [Event; 3],
-    tasks: BTreeMap<TaskId, Task>,
-    /// Tasks checkpointed and released at the last revocation, reused if assigned back unchanged.
-    released: BTreeMap<TaskId, Task>,
+    /// The tasks of the partitions this instance owns.
+    owned: Assignment,
     /// What the task handling the current event produced, before it is routed.
     scratch: TaskOutput,
     checkpoints: Coordinator,
     gauges: Gauges,
     dead_letter_topic: Option<DeadLetterTopic>,
-    /// When each assigned partition was assigned (wall ms): one that delivers nothing counts
-    /// as idle only an idle timeout later, so an empty-looking partition (fetch statistics lag
-    /// behind the log) cannot let windows close before its first events arrive.
-    assigned_at: BTreeMap<TopicPartition, i64>,
     paused: bool,
     last_backlog: Instant,
     progress: bool,
@@ -253,16 +147,13 @@ impl Pipeline {
             outcomes: Outcomes::new(&metrics, |s| settings.topics.of(s).to_owned()),
             decoder: Decoder::new(settings.format, schemas, settings.validation),
             decoded: Stream::ALL.map(Event::placeholder),
-            registry: options.registry,
+            owned: Assignment::new(settings.topics.clone(), options.registry, settings.time.clone()),
             progress: options.progress,
             settings,
             metrics,
             health,
-            tasks: BTreeMap::new(),
-            released: BTreeMap::new(),
             scratch: TaskOutput::default(),
             dead_letter_topic,
-            assigned_at: BTreeMap::new(),
             paused: false,
             last_backlog: Instant::now(),
         })
@@ -295,7 +186,8 @@ impl Pipeline {
                 _ => {}
             }
             if let Some(target) = &drain.target
-                && self.reached(target, source, timers.last_message)
+                && timers.last_message.elapsed() >= Duration::from_secs(1)
+                && source.reached(target, &self.owned.positions())
             {
                 self.close_all();
                 break;
@@ -405,7 +297,7 @@ impl Pipeline {
             tracing::warn!(brokers = %self.settings.brokers, "cannot reach any Kafka broker; not ready, retrying");
         }
         if now.duration_since(timers.last_status.0) >= Duration::from_secs(5) {
-            self.print_status(timers.last_status);
+            self.outcomes.report.print_status(timers.last_status, self.progress);
             timers.last_status = (Instant::now(), self.outcomes.report.consumed);
         }
     }
@@ -432,9 +324,7 @@ impl Pipeline {
     /// [`HandleError::Outage`]: nothing was recorded and the message must be handled again.
     fn handle(&mut self, record: &Record<'_>, now_ms: i64) -> Result<(), HandleError> {
         let Some(stream) = self.settings.topics.stream_of(record.topic()) else { return Ok(()) };
-        let id = TaskId::of(stream, record.partition());
-        let (registry, time) = (&self.registry, &self.settings.time);
-        let task = self.tasks.entry(id).or_insert_with(|| Task::new(PartitionTask::new(id, registry, time)));
+        let task = self.owned.task(TaskId::of(stream, record.partition()));
         if task.offsets.get(&stream).is_some_and(|next| record.offset() < *next) {
             // Already in the checkpointed state (the consumer started before it).
             return Ok(());
@@ -470,20 +360,11 @@ impl Pipeline {
     fn reject(&mut self, stream: Stream, record: &Record<'_>, now_ms: i64, error: &DecodeError) {
         let (topic, partition, offset, key) = (record.topic(), record.partition(), record.offset(), record.key());
         EventRejected { stream, topic, partition, offset, error }.emit(&mut self.outcomes);
-        let (payload, reason) = (record.payload(), error.reason());
+        let rejected = Rejected { topic, partition, offset, key, payload: record.payload(), reason: error.reason() };
         if let Some(dlq) = &self.dead_letter_topic {
-            dlq.send(&Rejected { topic, partition, offset, key, payload, reason }, &self.metrics);
+            dlq.send(&rejected, &self.metrics);
         }
-        self.checkpoints.pending().push(DeadLetterRow {
-            rejected_at: now_ms,
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.to_vec(),
-            reason,
-            detail: error.to_string(),
-        });
+        self.checkpoints.pending().push(rejected.row(now_ms, error.to_string()));
     }
 
     /// Tables and counts the events the current one's task found late.
@@ -520,75 +401,30 @@ impl Pipeline {
     fn tick(&mut self, source: &mut KafkaSource) {
         source.tick();
         let highs = source.high_watermarks();
-        let positions = self.positions();
+        let positions = self.owned.positions();
         let caught_up =
             |tp: &TopicPartition| highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high);
         let now_ms = system_time_ms(SystemTime::now());
-        self.mark_idle(&caught_up, now_ms);
+        let (partition_watermark, event_time_lag) = (&self.metrics.partition_watermark, &self.metrics.event_time_lag);
+        self.owned.update_progress(&caught_up, now_ms, &mut self.scratch, &mut |(topic, partition), w| {
+            let labels = [topic.as_str(), &partition.to_string()];
+            partition_watermark.with_label_values(&labels).set(w as f64 / 1000.0);
+            event_time_lag.with_label_values(&labels).set((now_ms - w) as f64 / 1000.0);
+        });
         self.route_closed();
-        // Assigned partitions that have delivered nothing yet hold the low watermark back
-        // until they have been caught up (empty) for an idle timeout.
-        let unstarted: Vec<PartitionProgress> = source
-            .assignment()
-            .into_iter()
-            .filter(|(topic, partition)| {
-                self.settings.topics.stream_of(topic).is_some_and(|stream| {
-                    self.tasks.get(&TaskId::of(stream, *partition)).is_none_or(|t| !t.progress.contains_key(&stream))
-                })
-            })
-            .map(|tp| PartitionProgress {
-                watermark: None,
-                last_event_at_ms: self.assigned_at.get(&tp).copied().unwrap_or(now_ms),
-                caught_up: caught_up(&tp),
-            })
-            .collect();
         let with_backlog = self.last_backlog.elapsed() >= Duration::from_secs(1);
         if with_backlog {
             self.last_backlog = Instant::now();
         }
-        self.gauges.publish_state(self.tasks.values().map(|t| t.state.report(with_backlog)));
-        let progress = self.tasks.values().flat_map(|t| t.progress.values()).chain(unstarted.iter());
-        if let Some(low) = low_watermark(progress, now_ms, self.settings.time.idle_timeout_ms) {
+        self.gauges.publish_state(self.owned.reports(with_backlog));
+        if let Some(low) = self.owned.low_watermark(source.assignment(), &caught_up, now_ms) {
             self.outcomes.report.windows_closed += self.gauges.release_through(low);
-        }
-    }
-
-    /// Updates each partition's caught-up flag and watermark gauges, and tells each task which
-    /// of its partitions are idle, so that an idle one stops holding joined windows back.
-    fn mark_idle(&mut self, caught_up: &dyn Fn(&TopicPartition) -> bool, now_ms: i64) {
-        let idle_timeout_ms = self.settings.time.idle_timeout_ms;
-        for (id, task) in &mut self.tasks {
-            for &stream in id.kind.streams() {
-                let tp = (self.settings.topics.of(stream).to_owned(), id.partition);
-                let up_to_date = caught_up(&tp);
-                let idle = match task.progress.get_mut(&stream) {
-                    Some(progress) => {
-                        progress.caught_up = up_to_date;
-                        if let Some(w) = progress.watermark {
-                            let labels = [tp.0.as_str(), &id.partition.to_string()];
-                            self.metrics.partition_watermark.with_label_values(&labels).set(w as f64 / 1000.0);
-                            self.metrics.event_time_lag.with_label_values(&labels).set((now_ms - w) as f64 / 1000.0);
-                        }
-                        up_to_date && now_ms - progress.last_event_at_ms >= idle_timeout_ms
-                    }
-                    None => {
-                        let assigned_at = self.assigned_at.get(&tp).copied().unwrap_or(now_ms);
-                        up_to_date && now_ms - assigned_at >= idle_timeout_ms
-                    }
-                };
-                let pending = self.scratch.pending();
-                task.state.set_idle(stream, idle, &mut self.scratch);
-                task.dirty |= self.scratch.pending() != pending;
-            }
         }
     }
 
     /// Closes every window and session of every partition (end of a drain).
     fn close_all(&mut self) {
-        for task in self.tasks.values_mut() {
-            task.state.close_all(&mut self.scratch);
-            task.dirty = true;
-        }
+        self.owned.close_all(&mut self.scratch);
         self.route_closed();
         self.outcomes.report.windows_closed += self.gauges.release_all();
     }
@@ -599,13 +435,11 @@ impl Pipeline {
     /// next attempt starts over (rows stay buffered, staged files are listed again).
     fn checkpoint(&mut self, source: &KafkaSource) -> bool {
         let started = Instant::now();
-        let committed = match self.commit() {
+        let entries = self.owned.checkpoint_entries(&self.checkpoints);
+        let committed = self.checkpoints.commit(entries, system_time_ms(SystemTime::now()));
+        let committed = match committed {
             Ok(Commit::Committed { seq, written }) => {
-                for (name, len) in written {
-                    if let Some(task) = self.tasks.iter_mut().find(|(id, _)| id.to_string() == name).map(|(_, t)| t) {
-                        (task.dirty, task.snapshot_len) = (false, len);
-                    }
-                }
+                self.owned.committed(&written);
                 seq
             }
             // Nothing changed since the last commit: everything is checkpointed, which is
@@ -623,7 +457,7 @@ impl Pipeline {
         };
         self.outcomes.report.checkpoints += 1;
         self.publish();
-        if let Err(error) = source.commit(&self.positions()) {
+        if let Err(error) = source.commit(&self.owned.positions()) {
             // The checkpoint holds the offsets; Kafka's copy only feeds lag monitoring.
             tracing::warn!(%error, "committing offsets to Kafka failed; retried at the next checkpoint");
         }
@@ -631,32 +465,6 @@ impl Pipeline {
             self.tidy();
         }
         self.checkpointed(Some(started))
-    }
-
-    /// Steps 1 and 2 of a checkpoint: every task, with the state of those that changed.
-    fn commit(&mut self) -> Result<Commit, CheckpointFailure> {
-        let checkpoints = &self.checkpoints;
-        let topics = &self.settings.topics;
-        let entries: Vec<TaskEntry<'_>> = self
-            .tasks
-            .iter()
-            .map(|(id, task)| {
-                let name = id.to_string();
-                let changed = task.dirty || !checkpoints.has_state(&name);
-                // State grows between checkpoints: an eighth more than last time.
-                let hint = task.snapshot_len + task.snapshot_len / 8;
-                TaskEntry {
-                    offsets: task
-                        .offsets
-                        .iter()
-                        .map(|(stream, offset)| (topics.of(*stream).to_owned(), *offset))
-                        .collect(),
-                    state: changed.then(|| Box::new(move || task.state.snapshot(hint)) as StateBytes<'_>),
-                    name,
-                }
-            })
-            .collect();
-        self.checkpoints.commit(entries, system_time_ms(SystemTime::now()))
     }
 
     /// Step 3 of a checkpoint: publishes its files and counts them.
@@ -691,7 +499,7 @@ impl Pipeline {
         let buffered = self.checkpoints.buffered_rows();
         self.metrics.buffered_rows.set(buffered as i64);
         let over = buffered >= self.settings.checkpoint.max_buffered_rows;
-        if over != self.paused && source.set_paused(over, &self.positions()).is_ok() {
+        if over != self.paused && source.set_paused(over, &self.owned.positions()).is_ok() {
             self.paused = over;
             self.metrics.consumption_paused.set(i64::from(over));
             if over {
@@ -707,30 +515,34 @@ impl Pipeline {
         match rebalance {
             PendingRebalance::Revoke(partitions) => {
                 self.tick(source);
-                if source.assignment_lost() {
+                let checkpointed = if source.assignment_lost() {
                     tracing::warn!("assignment lost (session expired): discarding work since the last checkpoint");
-                    self.roll_back();
-                } else if self.checkpoint(source) {
-                    self.released.append(&mut self.tasks);
+                    false
                 } else {
-                    tracing::warn!("checkpoint before release failed: the next owner resumes from the previous one");
-                    self.roll_back();
+                    let checkpointed = self.checkpoint(source);
+                    if !checkpointed {
+                        tracing::warn!(
+                            "checkpoint before release failed: the next owner resumes from the previous one"
+                        );
+                    }
+                    checkpointed
+                };
+                if !checkpointed {
+                    self.checkpoints.roll_back();
                 }
+                self.owned.revoked(&partitions, checkpointed);
                 for (topic, partition) in &partitions {
                     let labels = [topic.as_str(), &partition.to_string()];
                     let _ = self.metrics.partition_watermark.remove_label_values(&labels);
                     let _ = self.metrics.event_time_lag.remove_label_values(&labels);
-                    self.assigned_at.remove(&(topic.clone(), *partition));
                 }
                 if let Err(error) = source.release(&partitions) {
                     tracing::error!(%error, "releasing revoked partitions failed");
                 }
             }
             PendingRebalance::Assign(partitions) => {
-                let now_ms = system_time_ms(SystemTime::now());
-                self.assigned_at.extend(partitions.iter().map(|tp| (tp.clone(), now_ms)));
+                self.owned.assigned(&partitions, system_time_ms(SystemTime::now()));
                 let start = self.restore(&partitions, control);
-                self.released.clear();
                 self.paused = false;
                 self.metrics.consumption_paused.set(0);
                 if let Err(error) = source.accept(&partitions, &start) {
@@ -740,31 +552,15 @@ impl Pipeline {
         }
     }
 
-    /// Drops everything not yet committed: tasks, buffered rows, staged files. What the last
-    /// checkpoint holds is replayed by whoever owns the partitions next.
-    fn roll_back(&mut self) {
-        self.tasks.clear();
-        self.released.clear();
-        self.checkpoints.roll_back();
-    }
-
     /// Brings the tasks of newly assigned partitions to their newest checkpoint and returns
     /// where each partition resumes. Waits (with backoff) while the checkpoint store cannot be
     /// read: starting without the state would count events twice.
     fn restore(&mut self, partitions: &[TopicPartition], control: &ControlHandle) -> BTreeMap<TopicPartition, i64> {
         let started = Instant::now();
-        let topics = &self.settings.topics;
-        let ids: BTreeSet<TaskId> =
-            partitions.iter().filter_map(|(t, p)| topics.stream_of(t).map(|s| TaskId::of(s, *p))).collect();
-        let (mut retry, health) = (Retry::new(control), Arc::clone(&self.health));
-        let Some(catalog) = retry.until(&health, || self.checkpoints.catalog()) else { return BTreeMap::new() };
-        let mut restored = 0;
-        for id in ids {
-            let Some(latest) = catalog.latest(&id.to_string()) else { continue };
-            let Some(task) = retry.until(&health, || self.restore_task(id, latest)) else { return BTreeMap::new() };
-            restored += u64::from(task.1);
-            self.tasks.insert(id, task.0);
-        }
+        let mut retry = Retry::new(control, &self.health);
+        let Some((start, restored)) = self.owned.restore(partitions, &mut self.checkpoints, &mut retry) else {
+            return BTreeMap::new();
+        };
         self.health.set_checkpoint_ok(true);
         self.outcomes.report.restored += restored;
         self.metrics.tasks_restored.inc_by(restored);
@@ -773,39 +569,7 @@ impl Pipeline {
             tracing::info!(tasks = restored, took = ?started.elapsed(), "restored partition state from checkpoints");
             self.tidy();
         }
-        let mut start = BTreeMap::new();
-        for (topic, partition) in partitions {
-            let Some(stream) = self.settings.topics.stream_of(topic) else { continue };
-            if let Some(offset) = self.tasks.get(&TaskId::of(stream, *partition)).and_then(|t| t.offsets.get(&stream)) {
-                start.insert((topic.clone(), *partition), *offset);
-            }
-        }
         start
-    }
-
-    /// Task `id` as its newest checkpoint `latest` has it: the released one when nobody
-    /// checkpointed it since, else read from the store; the flag says whether it was read.
-    fn restore_task(&mut self, id: TaskId, latest: &TaskCheckpoint) -> Result<(Task, bool), CheckpointError> {
-        let name = id.to_string();
-        if let Some(task) = self.released.remove(&id)
-            && self.checkpoints.epoch(&name) == Some(latest.epoch)
-        {
-            return Ok((task, false));
-        }
-        let state = PartitionTask::restore(&self.checkpoints.load(latest)?, &self.registry, &self.settings.time)?;
-        self.checkpoints.adopt(&name, latest);
-        let mut task = Task::new(state);
-        task.dirty = false;
-        let now_ms = system_time_ms(SystemTime::now());
-        for (topic, offset) in &latest.offsets {
-            if let Some(stream) = self.settings.topics.stream_of(topic) {
-                task.offsets.insert(stream, *offset);
-                let watermark = task.state.watermark(stream);
-                task.progress
-                    .insert(stream, PartitionProgress { watermark, last_event_at_ms: now_ms, caught_up: false });
-            }
-        }
-        Ok((task, true))
     }
 
     /// Publishes files of checkpoints whose writer stopped before publishing them, and removes
@@ -818,106 +582,5 @@ impl Pipeline {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "tidying the checkpoint store failed; retried later"),
         }
-    }
-
-    /// Next offset of every partition this instance consumes.
-    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
-        let mut positions = BTreeMap::new();
-        for (id, task) in &self.tasks {
-            for (stream, offset) in &task.offsets {
-                positions.insert((self.settings.topics.of(*stream).to_owned(), id.partition), *offset);
-            }
-        }
-        positions
-    }
-
-    /// Whether a drain is complete: every partition is at or past both the end offset read at
-    /// drain start and the high watermark of the latest fetch statistics, and nothing arrived
-    /// for a quiet second. Both sources and the quiet period are needed because some
-    /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with the last batch's base offset.
-    fn reached(
-        &self,
-        target: &BTreeMap<TopicPartition, (i64, i64)>,
-        source: &KafkaSource,
-        last_message: Instant,
-    ) -> bool {
-        if last_message.elapsed() < Duration::from_secs(1) {
-            return false;
-        }
-        let highs: HashMap<TopicPartition, i64> = source.high_watermarks();
-        let positions = self.positions();
-        target.iter().all(|(tp, (start, end))| {
-            let position = positions.get(tp).copied().unwrap_or(*start);
-            position >= *end && highs.get(tp).is_none_or(|high| position >= *high)
-        })
-    }
-
-    fn print_status(&self, since: (Instant, u64)) {
-        let secs = since.0.elapsed().as_secs_f64().max(1e-3);
-        let r = &self.outcomes.report;
-        let rate = (r.consumed - since.1) as f64 / secs;
-        let line = format!(
-            "consumed {} ({rate:.0}/s)  decoded {}  dead letters {}  late {}  duplicates {}  windows closed {}  files {}",
-            r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files
-        );
-        if self.progress {
-            println!("{line}");
-        } else {
-            tracing::info!("{line}");
-        }
-    }
-}
-
-/// Retries a read of the checkpoint store with backoff while it fails, unless the loop is
-/// asked to stop: starting a partition without its state would count its events twice.
-struct Retry<'a> {
-    control: &'a ControlHandle,
-    backoff: Duration,
-}
-
-impl<'a> Retry<'a> {
-    fn new(control: &'a ControlHandle) -> Self {
-        Retry { control, backoff: Duration::from_millis(500) }
-    }
-
-    /// What `read` returns once it succeeds; `None` when asked to stop first.
-    fn until<T, E: std::fmt::Display>(&mut self, health: &Health, mut read: impl FnMut() -> Result<T, E>) -> Option<T> {
-        loop {
-            match read() {
-                Ok(value) => return Some(value),
-                Err(_) if self.control.get() == Control::Stop => return None,
-                Err(error) => {
-                    health.set_checkpoint_ok(false);
-                    tracing::warn!(%error, retry_in = ?self.backoff, "cannot read the checkpoint store; waiting");
-                    std::thread::sleep(self.backoff);
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_wall_clock_follows_the_monotonic_reading_from_its_anchor() {
-        let clock = WallClock::read();
-        assert!((clock.ms - system_time_ms(SystemTime::now())).abs() < 1_000, "anchored to the system clock");
-        assert_eq!(clock.ms_at(clock.at + Duration::from_millis(1_500)), clock.ms + 1_500);
-        // A reading from before the anchor (a message polled just before a tick) is the anchor.
-        let earlier = clock.at.checked_sub(Duration::from_millis(5)).unwrap_or(clock.at);
-        assert_eq!(clock.ms_at(earlier), clock.ms);
-    }
-
-    #[test]
-    fn a_stop_is_never_undone_by_a_drain() {
-        let control = ControlHandle::new(Control::Run);
-        control.drain();
-        assert_eq!(control.get(), Control::Drain);
-        control.stop();
-        control.drain();
-        assert_eq!(control.get(), Control::Stop);
     }
 }

@@ -5,8 +5,9 @@
 use crate::config::Settings;
 use crate::labels::window_labels;
 use crate::operators::Registry;
-use crate::runtime::{self, Control, ControlHandle, Options, RunReport, RuntimeError};
+use crate::runtime::{Control, ControlHandle, Options, Pipeline, RunReport, RuntimeError};
 use crate::sink::http;
+use crate::source::KafkaSource;
 use crate::telemetry::{Health, Metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,9 +86,25 @@ pub fn start(settings: Settings, options: StartOptions) -> Result<Running, Start
         .map_err(|source| StartError::Listen { addr, source })?;
     let control = ControlHandle::new(options.control);
     let pipeline_options = Options { progress: options.progress, registry: options.registry };
-    let pipeline = runtime::spawn(settings, metrics.clone(), Arc::clone(&health), control.clone(), pipeline_options)
+    let pipeline = spawn(settings, metrics.clone(), Arc::clone(&health), control.clone(), pipeline_options)
         .map_err(StartError::Threads)?;
     Ok(Running { metrics, health, control, metrics_addr, pipeline, _stop_http: stop_http, runtime })
+}
+
+/// Runs a pipeline on a thread of its own: connects the Kafka source, builds the pipeline and
+/// runs it until `control` says stop (or a drain completes).
+fn spawn(
+    settings: Settings,
+    metrics: Metrics,
+    health: Arc<Health>,
+    control: ControlHandle,
+    options: Options,
+) -> std::io::Result<JoinHandle<Result<RunReport, RuntimeError>>> {
+    std::thread::Builder::new().name("pipeline".into()).spawn(move || {
+        let mut source =
+            KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).map_err(RuntimeError::Source)?;
+        Pipeline::new(settings, metrics, health, options)?.run(&mut source, &control)
+    })
 }
 
 impl Running {

@@ -3,6 +3,7 @@
 //! delivery failure here loses nothing; it is counted and logged.
 
 use crate::config::ClientProperties;
+use crate::table::DeadLetterRow;
 use crate::telemetry::Metrics;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -46,7 +47,23 @@ pub struct Rejected<'a> {
     /// Message value.
     pub payload: &'a [u8],
     /// Reason code.
-    pub reason: &'a str,
+    pub reason: &'static str,
+}
+
+impl Rejected<'_> {
+    /// Its row of the `dead_letters` table: rejected at `rejected_at` (wall ms), with `detail`.
+    pub fn row(&self, rejected_at: i64, detail: String) -> DeadLetterRow {
+        DeadLetterRow {
+            rejected_at,
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.map(<[u8]>::to_vec),
+            payload: self.payload.to_vec(),
+            reason: self.reason,
+            detail,
+        }
+    }
 }
 
 impl DeadLetterTopic {

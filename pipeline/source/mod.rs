@@ -370,6 +370,23 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// Whether consumption reached a drain's `target` (from [`KafkaSource::start_and_end_offsets`]):
+    /// every partition's position is at or past both the end offset read then and the high
+    /// watermark of the latest fetch statistics. Both are needed because some Kafka-protocol
+    /// brokers (tansu 0.6) answer ListOffsets with the last batch's base offset; the caller
+    /// also waits for a quiet second.
+    pub fn reached(
+        &self,
+        target: &BTreeMap<TopicPartition, (i64, i64)>,
+        positions: &BTreeMap<TopicPartition, i64>,
+    ) -> bool {
+        let highs = self.high_watermarks();
+        target.iter().all(|(tp, (start, end))| {
+            let position = positions.get(tp).copied().unwrap_or(*start);
+            position >= *end && highs.get(tp).is_none_or(|high| position >= *high)
+        })
+    }
+
     /// Commits `positions` (next offset to consume per partition) synchronously. Only offsets a
     /// checkpoint covers are committed; they serve lag monitoring and tools.
     ///

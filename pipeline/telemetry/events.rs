@@ -35,6 +35,24 @@ pub struct RunReport {
     pub restored: u64,
 }
 
+impl RunReport {
+    /// Prints (`progress`, the demo) or logs the counts so far and the rate since `since`
+    /// (when, and how many were consumed then).
+    pub fn print_status(&self, since: (Instant, u64), progress: bool) {
+        let secs = since.0.elapsed().as_secs_f64().max(1e-3);
+        let rate = (self.consumed - since.1) as f64 / secs;
+        let line = format!(
+            "consumed {} ({rate:.0}/s)  decoded {}  dead letters {}  late {}  duplicates {}  windows closed {}  files {}",
+            self.consumed, self.decoded, self.rejected, self.late, self.duplicates, self.windows_closed, self.files
+        );
+        if progress {
+            println!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+}
+
 /// Lets a log line through at most every [`LOG_EVERY`], counting the ones it holds back.
 #[derive(Debug, Default)]
 struct LogLimit {

@@ -2,10 +2,12 @@
 //! lateness, tumbling and session windows that close as the watermark passes, duplicate
 //! suppression, and the settings of all of it. Pure logic, no I/O.
 
+mod clock;
 mod dedupe;
 mod session;
 mod settings;
 
+pub use clock::WallClock;
 pub use dedupe::Dedupe;
 pub use session::{Companion, KeyEntry, KeySessions, Lane, Merge, Session, SessionWindows};
 pub use settings::{FamilyLateness, Retention, TimeSettings};

@@ -3,8 +3,6 @@
 //! open-state gauges. Windows are summed across this instance's partitions
 //! ([`summary::SummaryBoard`]) and published once the low watermark has passed them.
 
-#![deny(clippy::too_many_lines)]
-
 pub mod summary;
 
 use crate::event::{Channel, Device, minor_to_major};

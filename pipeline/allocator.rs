@@ -6,8 +6,8 @@
 //! saws up and down by 15–45 % in a steady soak, and every burst is faulted in afresh. A two
 //! minute delay still varied 16 %. storepulse therefore keeps freed memory for reuse and never
 //! returns it: the resident set is the high-water mark, flat once the state has settled, and a
-//! leak still shows as growth because leaked memory is never reused (BENCHMARKS.md, fifteenth
-//! round). `MIMALLOC_PURGE_DELAY` in the environment overrides this, as mimalloc documents:
+//! leak still shows as growth because leaked memory is never reused (measurements in
+//! docs/bench-log.md). `MIMALLOC_PURGE_DELAY` in the environment overrides this, as mimalloc documents:
 //! `MIMALLOC_PURGE_DELAY=1000` gives memory back after a sale's peak, at a saw-toothed RSS.
 
 use std::ffi::{c_int, c_long};

@@ -106,7 +106,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub soak: Duration,
     /// Real-time traffic before the judged soak, for the state and its tables to reach their
-    /// size (measured at 7 minutes; BENCHMARKS.md, ninth round).
+    /// size (about 7 minutes at the soak's traffic).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "8m")]
     pub soak_warm_up: Duration,
     /// Open orders and sessions for the bytes-per-entry figures (0 skips them).

@@ -7,7 +7,7 @@ use storepulse::config::ConfigError;
 
 // The pipeline allocates and frees a few short strings per event; mimalloc does that in about
 // half the CPU of glibc's allocator. Built with `override`, it also serves the C libraries'
-// malloc (librdkafka, zstd), whose freed memory glibc's arenas kept resident (see BENCHMARKS.md).
+// malloc (librdkafka, zstd), whose freed memory glibc's per-thread arenas would keep resident.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -254,7 +254,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         // Open orders level off about 5 minutes in (kept 2-3 minutes after their last event,
         // which comes minutes after they open), but the tables holding the state take longer:
         // hashbrown doubles a table more than half full once removals have used up its free
-        // slots, as the funnel's visitor table did 6.5 minutes into a soak (ninth round).
+        // slots, as the funnel's visitor table does about 6.5 minutes into a soak.
         report.soak_warm_up = options.soak_warm_up;
     }
     drop(broker);
@@ -473,8 +473,8 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
 }
 
 /// Rounds of phase 3 over the same messages, each from an empty state. On a shared machine a
-/// round's CPU time moves by 10–20 % from one round to the next (BENCHMARKS.md, ninth and
-/// tenth rounds): the table shows the median round, and the range beside it.
+/// round's CPU time moves by 10–20 % from one round to the next: the table shows the median
+/// round, and the range beside it.
 pub const PROCESSING_ROUNDS: usize = 5;
 
 /// What phase 3 measured.
@@ -749,8 +749,7 @@ pub fn load_traffic(events: u64) -> GeneratorConfig {
 
 /// Phase 3 in `storepulse bench --processing-probe EVENTS PARTITIONS`: a fresh process, as
 /// `cargo bench --bench processing` is. In the bench's own process, after phases 1 and 2 have
-/// allocated and freed hundreds of megabytes on other threads, the same work measured slower
-/// (BENCHMARKS.md, fifth and sixth rounds).
+/// allocated and freed hundreds of megabytes on other threads, the same work measures slower.
 fn processing_in_child(events: u64, partitions: i32) -> anyhow::Result<Processing> {
     let exe = std::env::current_exe().context("finding this executable to measure processing in a fresh process")?;
     let out = std::process::Command::new(exe)

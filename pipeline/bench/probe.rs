@@ -66,8 +66,7 @@ pub fn machine() -> String {
 /// The memory settings the figures depend on, one line: the machine's transparent huge pages
 /// mode, how long the allocator keeps freed memory (storepulse's default or the environment's)
 /// and any other `MIMALLOC_*` options from the environment. Huge pages and the delay before
-/// freed pages go back to the OS trade CPU against resident memory (BENCHMARKS.md, eighth and
-/// fifteenth rounds).
+/// freed pages go back to the OS trade CPU against resident memory (docs/bench-log.md).
 pub fn memory_settings() -> String {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     describe_memory_settings(&thp, crate::allocator::purge_delay_ms(), std::env::vars())

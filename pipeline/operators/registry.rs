@@ -117,3 +117,37 @@ impl Registry {
         self.tables().into_iter().find(|t| t.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The rows of a `| column | type | meaning |` table under `## name` in docs/tables.md.
+    fn documented_columns<'a>(docs: &'a str, table: &str) -> Option<Vec<&'a str>> {
+        let section = docs.split("\n## ").find(|s| s.lines().next() == Some(table))?;
+        let columns = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| column |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('|').nth(1).map(str::trim))
+            .collect();
+        Some(columns)
+    }
+
+    #[test]
+    fn every_table_is_documented_column_by_column_in_the_order_written() {
+        let docs = include_str!("../../docs/tables.md");
+        for table in crate::operators::builtin().tables() {
+            let schema = table.schema().expect("a schema");
+            let written: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let documented =
+                documented_columns(docs, table.name).unwrap_or_else(|| panic!("no section {}", table.docs()));
+            assert_eq!(documented, written, "{}", table.docs());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn an_operator_registered_twice_is_refused() {
+        let _ = crate::operators::builtin().with::<crate::operators::Clickstream>();
+    }
+}

@@ -161,7 +161,7 @@ impl Storage {
         let written = self.runtime.block_on(self.store.put(&self.path(key), payload));
         // A local store writes from a blocking thread. With this reference dropped last, the
         // buffer is freed here, on the thread that allocated it, whose allocator reuses it at
-        // once; freed on the writer thread, it stayed resident longer (BENCHMARKS.md, sixth round).
+        // once; freed on the writer thread, it would stay resident longer.
         drop(data);
         written.map_err(|e| self.error("put", key, e))?;
         Ok(())

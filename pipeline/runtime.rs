@@ -133,7 +133,7 @@ impl Pipeline {
         let dead_letter_topic = settings
             .dead_letter_topic
             .as_deref()
-            .map(|topic| DeadLetterTopic::new(&settings.brokers, &settings.kafka_client, topic, metrics.clone()))
+            .map(|topic| DeadLetterTopic::new(&settings.brokers, settings.kafka_client.iter(), topic, metrics.clone()))
             .transpose()?;
         metrics.label_budget.set_limit(settings.max_values_per_label);
         let instance = format!("{}-{}", system_time_ms(SystemTime::now()), std::process::id());

@@ -2,7 +2,6 @@
 //! and their origin in headers. The dead-letter Parquet table is written regardless, so a
 //! delivery failure here loses nothing; it is counted and logged.
 
-use crate::config::ClientProperties;
 use crate::table::DeadLetterRow;
 use crate::telemetry::Metrics;
 use rdkafka::ClientContext;
@@ -71,14 +70,14 @@ impl DeadLetterTopic {
     ///
     /// # Errors
     /// When librdkafka refuses the configuration.
-    pub fn new(
+    pub fn new<'a>(
         brokers: &str,
-        client: &ClientProperties,
+        client: impl IntoIterator<Item = (&'a str, &'a str)>,
         topic: &str,
         metrics: Metrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut config = ClientConfig::new();
-        for (k, v) in client.iter() {
+        for (k, v) in client {
             config.set(k, v);
         }
         config.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "50");

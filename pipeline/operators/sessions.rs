@@ -246,6 +246,7 @@ impl SessionOperator {
     /// [`SessionOperator::record`], also handing the visitor's funnel touches to `touches`
     /// under the same lookup, whether or not the event is late for sessions. Without `touches`,
     /// a late event adds no visitor.
+    #[inline]
     pub fn record_with_touches<R>(
         &mut self,
         event: &ClickEvent,

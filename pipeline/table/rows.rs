@@ -94,11 +94,15 @@ impl<R: TableRow> RowBuffer for Vec<R> {
 #[derive(Default)]
 pub struct Rows {
     tables: Vec<(TypeId, Box<dyn RowBuffer>)>,
+    /// Whether a buffer may hold rows. Most calls into a task close nothing, and asking an
+    /// untouched set whether it is empty, or clearing it, then costs no call per table.
+    touched: bool,
 }
 
 impl Rows {
     /// The buffer of `R`'s table, made on first use.
     pub fn table<R: TableRow>(&mut self) -> &mut Vec<R> {
+        self.touched = true;
         let id = TypeId::of::<R>();
         let at = match self.tables.iter().position(|(t, _)| *t == id) {
             Some(at) => at,
@@ -118,11 +122,17 @@ impl Rows {
 
     /// Adds rows to their table.
     pub fn extend<R: TableRow>(&mut self, rows: impl IntoIterator<Item = R>) {
-        self.table::<R>().extend(rows);
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_some() {
+            self.table::<R>().extend(rows);
+        }
     }
 
     /// The rows of `R`'s table held.
     pub fn of<R: TableRow>(&self) -> &[R] {
+        if !self.touched {
+            return &[];
+        }
         let id = TypeId::of::<R>();
         self.tables
             .iter()
@@ -133,30 +143,40 @@ impl Rows {
 
     /// Rows held, all tables.
     pub fn len(&self) -> usize {
+        if !self.touched {
+            return 0;
+        }
         self.tables.iter().map(|(_, buffer)| buffer.len()).sum()
     }
 
     /// Whether no table holds a row.
     pub fn is_empty(&self) -> bool {
-        self.tables.iter().all(|(_, buffer)| buffer.is_empty())
+        !self.touched || self.tables.iter().all(|(_, buffer)| buffer.is_empty())
     }
 
     /// Drops every row, keeping the allocations.
     pub fn clear(&mut self) {
-        for (_, buffer) in &mut self.tables {
-            buffer.clear();
+        if self.touched {
+            for (_, buffer) in &mut self.tables {
+                buffer.clear();
+            }
+            self.touched = false;
         }
     }
 
     /// Moves every row of `other` to the end of its table here.
     pub fn append(&mut self, other: &mut Rows) {
-        for (_, buffer) in &mut other.tables {
-            buffer.move_into(self);
+        if other.touched {
+            for (_, buffer) in &mut other.tables {
+                buffer.move_into(self);
+            }
+            other.touched = false;
         }
     }
 
     /// Each table's buffer, in the order the tables were first used.
     pub fn buffers_mut(&mut self) -> impl Iterator<Item = &mut dyn RowBuffer> {
+        self.touched = true;
         self.tables.iter_mut().map(|(_, buffer)| &mut **buffer as &mut dyn RowBuffer)
     }
 }

@@ -192,13 +192,13 @@ impl Pipeline {
                 self.close_all();
                 break;
             }
-            self.poll(source, control, &mut timers)?;
+            let now = self.poll(source, control, &mut timers)?;
             while let Some(rebalance) = source.next_rebalance() {
                 // A message returned with a queued revocation is still this instance's: it was
                 // handled above, before the revocation's checkpoint.
                 self.rebalance(source, rebalance, control);
             }
-            self.on_timers(source, &mut timers);
+            self.on_timers(source, &mut timers, now);
         }
         self.finish(source)
     }
@@ -222,15 +222,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Polls one message and handles it. An outage (schema registry) pauses consumption on
-    /// the message instead of turning good data into dead letters; its offset is not passed
-    /// until it is handled.
+    /// Polls one message and handles it; returns when the poll returned. An outage (schema
+    /// registry) pauses consumption on the message instead of turning good data into dead
+    /// letters; its offset is not passed until it is handled.
     fn poll(
         &mut self,
         source: &mut KafkaSource,
         control: &ControlHandle,
         timers: &mut Timers,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Instant, RuntimeError> {
         let polled = source.poll(Duration::from_millis(100));
         // One clock read per message serves the timers and the message's wall time.
         let now = Instant::now();
@@ -238,9 +238,9 @@ impl Pipeline {
             Polled::Message(record) => record,
             Polled::Error(error) => {
                 tracing::warn!(%error, "Kafka consume error");
-                return Ok(());
+                return Ok(now);
             }
-            Polled::Nothing => return Ok(()),
+            Polled::Nothing => return Ok(now),
         };
         timers.last_message = now;
         let mut now_ms = timers.clock.ms_at(now);
@@ -267,12 +267,11 @@ impl Pipeline {
             let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
             tracing::info!(topic, partition, offset, "outage over; consuming again");
         }
-        Ok(())
+        Ok(now)
     }
 
-    /// Ticks, checkpoints, warnings and status lines that are due.
-    fn on_timers(&mut self, source: &mut KafkaSource, timers: &mut Timers) {
-        let now = Instant::now();
+    /// Ticks, checkpoints, warnings and status lines that are due at `now`.
+    fn on_timers(&mut self, source: &mut KafkaSource, timers: &mut Timers, now: Instant) {
         if now.duration_since(timers.last_tick) >= Duration::from_millis(200) {
             timers.last_tick = now;
             timers.clock = WallClock::read();

@@ -46,3 +46,10 @@ pub fn scan(status: ShipmentStatus, t: i64, order_id: &str) -> ShipmentEvent {
         exception_reason: None,
     }
 }
+
+/// What a commerce task closed, table by table, for comparing two runs.
+pub fn commerce_rows(
+    out: &super::TaskOutput,
+) -> (Vec<super::OrdersRow>, Vec<super::FulfillmentRow>, Vec<super::OrderFact>) {
+    (out.rows.of().to_vec(), out.rows.of().to_vec(), out.rows.of().to_vec())
+}

@@ -105,9 +105,7 @@ mod tests {
     use super::*;
     use crate::event::{Channel, ClickEvent, ClickEventType, Device, Event, OrderEventType as O, ShipmentStatus as S};
     use crate::operators::fixtures::{HOUR, order, scan};
-    use crate::operators::{
-        Disposition, FulfillmentRow, FunnelOperator, FunnelRow, OrderFact, OrdersRow, SessionRow, TaskOutput, builtin,
-    };
+    use crate::operators::{Disposition, FunnelOperator, FunnelRow, SessionRow, TaskOutput, builtin};
     use crate::snapshot::{Snapshot, cbor};
     use ciborium::Value;
 
@@ -186,13 +184,7 @@ mod tests {
         let (mut a, mut b) = (feed(&mut task, later.clone()), feed(&mut restored, later));
         task.close_all(&mut a);
         restored.close_all(&mut b);
-        let rows = |o: &TaskOutput| {
-            (
-                o.rows.of::<OrdersRow>().to_vec(),
-                o.rows.of::<FulfillmentRow>().to_vec(),
-                o.rows.of::<OrderFact>().to_vec(),
-            )
-        };
+        let rows = crate::operators::fixtures::commerce_rows;
         assert_eq!(rows(&a), rows(&b));
         assert!(!rows(&a).0.is_empty() && !rows(&a).2.is_empty(), "the scenario closes windows and orders");
     }

@@ -626,13 +626,7 @@ mod tests {
         let (mut a, mut b) = (TaskOutput::default(), TaskOutput::default());
         task.close_all(&mut a);
         restored.close_all(&mut b);
-        let rows = |o: &TaskOutput| {
-            (
-                o.rows.of::<OrdersRow>().to_vec(),
-                o.rows.of::<FulfillmentRow>().to_vec(),
-                o.rows.of::<OrderFact>().to_vec(),
-            )
-        };
+        let rows = crate::operators::fixtures::commerce_rows;
         assert_eq!(rows(&a), rows(&b));
     }
 

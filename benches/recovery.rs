@@ -51,6 +51,7 @@ fn main() {
             TaskCheckpoint { epoch: 1, state, offsets: BTreeMap::from([("orders".to_owned(), 2 * orders as i64)]) },
         )]),
         files: Vec::new(),
+        complete_through: BTreeMap::new(),
     };
     store.commit(&manifest).expect("manifest committed");
     let checkpoint = started.elapsed();

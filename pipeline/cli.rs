@@ -3,7 +3,7 @@
 //! wiring only.
 
 use crate::bench::{self, BenchOptions};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::publish_committed;
 use crate::codec::WireFormat;
 use crate::config::{RawConfig, Settings, TopicNames};
 use crate::event::{Channel, Stream};
@@ -11,11 +11,14 @@ use crate::generate::producer::{Encoder, ProduceOptions, ProduceReport, produce}
 use crate::generate::{ConversionDrop, Generator, GeneratorConfig, Injections, Profile};
 use crate::runtime::{Control, RunReport};
 use crate::service::{self, StartOptions};
+use crate::sink::TableFormat;
 use crate::sink::compact::compact;
 use crate::sink::storage::{Location, Storage};
+use crate::table::TableSpec;
 use crate::time::system_time_ms;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,16 +133,17 @@ pub struct CompactArgs {
     /// Root of the tables: a directory or s3://bucket/prefix (as `output.dir`).
     #[arg(long, value_parser = Location::parse, default_value = "./storepulse-data")]
     pub out: Location,
-    /// An hour partition is closed once its hour ended this long ago (wall clock). Choose more
-    /// than the largest window plus lateness plus the flush interval, so no more rows arrive.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3h")]
-    pub older_than: Duration,
-    /// Treat hours ending at or before this instant (RFC 3339) as closed, instead of --older-than.
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-    pub before: Option<std::time::SystemTime>,
     /// Only these tables (repeatable); all by default.
     #[arg(long = "table", value_parser = parse_table)]
     pub tables: Vec<String>,
+    /// Delta tables: files removed (by a merge) or never committed longer ago than this are
+    /// deleted. Choose more than the longest query: a reader of an older version needs them.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub retention: Duration,
+    /// Checkpoint state and staged files no checkpoint lists are removed once this old (as
+    /// `checkpoint.debris_grace_secs`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
+    pub debris_grace: Duration,
 }
 
 /// A table this build writes.
@@ -307,6 +311,13 @@ pub struct DemoArgs {
     /// Seconds between checkpoints (each publishes the Parquet rows produced since the last).
     #[arg(long, default_value_t = 10)]
     pub checkpoint_interval_secs: u64,
+    /// Table format: delta (Delta Lake tables) or parquet (plain Hive-partitioned files).
+    #[arg(long, default_value_t = TableFormat::Delta)]
+    pub table_format: TableFormat,
+    /// Empty `--out` first. Without it the demo refuses an `--out` that holds tables or
+    /// checkpoints of an earlier run: its rows would add to this run's.
+    #[arg(long)]
+    pub fresh: bool,
     /// Traffic.
     #[command(flatten)]
     pub traffic: TrafficArgs,
@@ -449,14 +460,28 @@ fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
-    let closed_before = args.before.unwrap_or_else(|| std::time::SystemTime::now() - args.older_than);
-    let closed_before_ms = system_time_ms(closed_before);
+    if let Location::Local(dir) = &args.out
+        && !dir.is_dir()
+    {
+        bail!("--out {}: no such directory (compact works on tables storepulse has written)", dir.display());
+    }
     let storage = Storage::open(&args.out)?;
-    let all: Vec<&str> = crate::operators::builtin().tables().iter().map(|t| t.name).collect();
-    let tables: Vec<&str> = if args.tables.is_empty() { all } else { args.tables.iter().map(String::as_str).collect() };
-    let report = compact(&storage, &tables, closed_before_ms).with_context(|| format!("compacting {}", args.out))?;
+    let all = crate::operators::builtin().tables();
+    let tables: Vec<TableSpec> =
+        all.iter().filter(|t| args.tables.is_empty() || args.tables.iter().any(|n| n == t.name)).copied().collect();
+    let format = TableFormat::of(&storage, &all)?;
+    let now_ms = system_time_ms(std::time::SystemTime::now());
+    let grace_ms = i64::try_from(args.debris_grace.as_millis()).unwrap_or(i64::MAX);
+    // Every committed checkpoint's files first: only then does its completeness hold.
+    let catalog = publish_committed(&storage, format, all, grace_ms, now_ms)
+        .with_context(|| format!("publishing committed checkpoints under {}", args.out))?;
+    let complete: BTreeMap<String, i64> =
+        tables.iter().filter_map(|t| Some((t.name.to_owned(), catalog.complete_through(t.name)?))).collect();
+    let report =
+        compact(&storage, &tables, &complete, args.retention).with_context(|| format!("compacting {}", args.out))?;
+    let through: Vec<String> = complete.iter().map(|(table, ms)| format!("{table} {}", format_ms(*ms))).collect();
     println!(
-        "compacted {}: {} partitions merged ({} files into {}, {} rows), {} marked _SUCCESS, {} still open (hour ends after {}){}",
+        "compacted {} ({format}): {} partitions merged ({} files into {}, {} rows), {} hours newly complete, {} not complete yet; complete through: {}{}{}",
         args.out,
         report.merged,
         report.files_before,
@@ -464,9 +489,10 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
         report.rows,
         report.marked,
         report.open,
-        format_ms(closed_before_ms),
+        if through.is_empty() { "nothing yet".to_owned() } else { through.join(", ") },
+        if report.vacuumed > 0 { format!("; {} files vacuumed", report.vacuumed) } else { String::new() },
         if report.recovered > 0 {
-            format!(", {} interrupted merges finished", report.recovered)
+            format!("; {} interrupted merges finished", report.recovered)
         } else {
             String::new()
         }
@@ -515,12 +541,25 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     settings.output = args.out.clone();
     settings.metrics_addr = args.metrics_addr;
     settings.checkpoint.interval = Duration::from_secs(args.checkpoint_interval_secs.max(1));
-    // The embedded cluster starts empty: an earlier demo's checkpoints name offsets it never had.
-    let discarded = CheckpointStore::new(Storage::open(&settings.output)?, 0)
-        .discard_all()
-        .context("removing an earlier demo's checkpoints")?;
-    if discarded > 0 {
-        println!("removed {discarded} checkpoint objects of an earlier demo under {}", settings.output);
+    settings.output_format = args.table_format;
+    // The embedded cluster starts empty: an earlier run's tables and checkpoints would add to
+    // this one's numbers, and its offsets name messages this cluster never had.
+    let storage = Storage::open(&settings.output)?;
+    let earlier = storage.list("")?;
+    if !earlier.is_empty() && !args.fresh {
+        bail!(
+            "--out {} already holds {} files of an earlier run (tables or checkpoints); their rows would add to this \
+             run's. Pass --fresh to empty it first, or choose another --out",
+            settings.output,
+            earlier.len()
+        );
+    }
+    if !earlier.is_empty() {
+        for entry in &earlier {
+            storage.delete(&entry.key).with_context(|| format!("emptying {}", settings.output))?;
+        }
+        storage.remove_empty_directories("")?;
+        println!("emptied {}: {} files of an earlier run removed", settings.output, earlier.len());
     }
     for stream in Stream::ALL {
         cluster
@@ -578,10 +617,18 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     let report = running.join()?;
     println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
     print_report(&report);
-    println!(
-        "query it: duckdb -c \"SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers FROM '{}/funnel/*/*/*.parquet' WHERE window_size = '1m' AND device = 'all' GROUP BY ALL ORDER BY ALL\"",
-        args.out
-    );
+    let query = "SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers \
+                 FROM funnel WHERE window_size = '1m' AND device = 'all' AND NOT partial GROUP BY ALL ORDER BY ALL";
+    match args.table_format {
+        TableFormat::Delta => println!(
+            "query it: python3 -c \"import duckdb, deltalake; funnel = deltalake.DeltaTable('{}/funnel').to_pyarrow_dataset(); duckdb.sql(\\\"{query}\\\").show()\"",
+            args.out
+        ),
+        TableFormat::Parquet => println!(
+            "query it: duckdb -c \"{}\"",
+            query.replace("FROM funnel", &format!("FROM '{}/funnel/*/*/*.parquet'", args.out))
+        ),
+    }
     drop(cluster);
     Ok(())
 }

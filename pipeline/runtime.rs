@@ -18,7 +18,7 @@ use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
 use crate::sink::prometheus::Gauges;
 use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, PendingRebalance, Polled, Record, TopicPartition};
-use crate::table::LateEventRow;
+use crate::table::{LateEventRow, Progress, TableSpec};
 use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, Metrics, Outcomes};
 use crate::time::{WallClock, system_time_ms};
 use std::collections::BTreeMap;
@@ -108,6 +108,10 @@ pub struct Pipeline {
     /// What the task handling the current event produced, before it is routed.
     scratch: TaskOutput,
     checkpoints: Coordinator,
+    /// Every table written, for the completeness each checkpoint records.
+    tables: Vec<TableSpec>,
+    /// The instance's low watermark at the last tick.
+    low_watermark: Option<i64>,
     gauges: Gauges,
     dead_letter_topic: Option<DeadLetterTopic>,
     paused: bool,
@@ -137,12 +141,12 @@ impl Pipeline {
             .transpose()?;
         metrics.label_budget.set_limit(settings.max_values_per_label);
         let instance = format!("{}-{}", system_time_ms(SystemTime::now()), std::process::id());
+        let (storage, tables) = (Storage::open(&settings.output)?, options.registry.tables());
+        let grace_ms = settings.checkpoint.debris_grace_ms;
         Ok(Pipeline {
-            checkpoints: Coordinator::new(
-                Storage::open(&settings.output)?,
-                instance,
-                settings.checkpoint.debris_grace_ms,
-            ),
+            checkpoints: Coordinator::new(storage, instance, grace_ms, settings.output_format, tables.clone()),
+            tables,
+            low_watermark: None,
             gauges: Gauges::new(metrics.clone(), &settings.time, options.progress),
             outcomes: Outcomes::new(&metrics, |s| settings.topics.of(s).to_owned()),
             decoder: Decoder::new(settings.format, schemas, settings.validation),
@@ -416,7 +420,8 @@ impl Pipeline {
             self.last_backlog = Instant::now();
         }
         self.gauges.publish_state(self.owned.reports(with_backlog));
-        if let Some(low) = self.owned.low_watermark(source.assignment(), &caught_up, now_ms) {
+        self.low_watermark = self.owned.low_watermark(source.assignment(), &caught_up, now_ms);
+        if let Some(low) = self.low_watermark {
             self.outcomes.report.windows_closed += self.gauges.release_through(low);
         }
     }
@@ -434,8 +439,11 @@ impl Pipeline {
     /// next attempt starts over (rows stay buffered, staged files are listed again).
     fn checkpoint(&mut self, source: &KafkaSource) -> bool {
         let started = Instant::now();
+        let now_ms = system_time_ms(SystemTime::now());
+        let progress = Progress { low_watermark: self.low_watermark, now_ms, time: &self.settings.time };
+        let complete = self.tables.iter().filter_map(|t| Some((t.name.to_owned(), t.complete_through(&progress)?)));
         let entries = self.owned.checkpoint_entries(&self.checkpoints);
-        let committed = self.checkpoints.commit(entries, system_time_ms(SystemTime::now()));
+        let committed = self.checkpoints.commit(entries, complete.collect(), now_ms);
         let committed = match committed {
             Ok(Commit::Committed { seq, written }) => {
                 self.owned.committed(&written);
@@ -573,7 +581,7 @@ impl Pipeline {
 
     /// Publishes files of checkpoints whose writer stopped before publishing them, and removes
     /// what no checkpoint needs any more. Failures are retried at the next call.
-    fn tidy(&self) {
+    fn tidy(&mut self) {
         match self.checkpoints.tidy(system_time_ms(SystemTime::now())) {
             Ok(report) if report != TidyReport::default() => {
                 tracing::info!(?report, "checkpoint store tidied");

@@ -55,7 +55,7 @@ fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).expect("table directory") {
         let path = entry.expect("entry").path();
-        if path.is_dir() {
+        if path.is_dir() && !path.ends_with("_delta_log") {
             files.extend(parquet_files(&path));
         } else if path.extension().is_some_and(|e| e == "parquet") {
             files.push(path);

@@ -21,6 +21,8 @@ use storepulse::labels::window_label;
 use storepulse::operators::{Family, Operator, PartitionTask, TaskId, TaskKind, TaskOutput, builtin};
 use storepulse::runtime::Control;
 use storepulse::service::{StartOptions, start};
+use storepulse::sink::delta::DeltaLake;
+use storepulse::sink::storage::{Location, Storage};
 use storepulse::table::columns::{int32, int64, text, utc_millis};
 use storepulse::table::{TableRow, TableSpec};
 use storepulse::time::{ClosedWindow, Late, TimeSettings, TumblingWindows};
@@ -130,15 +132,13 @@ fn expected_views(events: &[Event]) -> BTreeMap<String, i64> {
     views
 }
 
-/// Views per product in the table's 1-minute rows.
-fn table_views(dir: &Path) -> BTreeMap<String, i64> {
+/// Views per product in the table's 1-minute rows, read from the files its Delta log holds.
+fn table_views(out: &Path) -> BTreeMap<String, i64> {
+    let storage = Storage::open(&Location::Local(out.to_path_buf())).expect("storage");
+    let mut lake = DeltaLake::new(storage);
+    let live = lake.live_files(&TableSpec::of::<ProductViewsRow>()).expect("the table's log");
     let mut views = BTreeMap::new();
-    let mut files = vec![dir.to_path_buf()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).expect("directory").map(|e| e.expect("entry").path()));
-            continue;
-        }
+    for path in live.values().flatten().map(|f| out.join("product_views").join(&f.path)) {
         let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).expect("file"))
             .expect("parquet")
             .build()
@@ -193,7 +193,7 @@ fn a_family_registered_in_one_line_writes_its_own_table_through_the_whole_pipeli
 
     let expected = expected_views(&events);
     assert!(expected.len() > 10, "the traffic views many products");
-    assert_eq!(table_views(&out.path().join("product_views")), expected);
+    assert_eq!(table_views(out.path()), expected);
     assert!(out.path().join("funnel").is_dir(), "the built-in families run beside it");
 }
 

@@ -3,11 +3,15 @@
 //! commits the manifest; publication follows the commit; a roll-back forgets everything not
 //! committed; a restore finds each task's newest checkpoint in any instance's manifests.
 
-use super::store::{Catalog, CheckpointError, CheckpointStore, Manifest, TaskCheckpoint, TidyReport};
+use super::store::{
+    Catalog, CheckpointError, CheckpointStore, Manifest, TaskCheckpoint, TidyReport, republish_by_rename,
+};
+use crate::sink::TableFormat;
+use crate::sink::delta::{DeltaError, DeltaLake};
 use crate::sink::parquet::{ParquetWriter, SinkError, StagedFile};
 use crate::sink::storage::{Storage, StorageError};
 use crate::snapshot::SnapshotError;
-use crate::table::Rows;
+use crate::table::{Rows, TableSpec};
 use std::collections::BTreeMap;
 
 /// Makes a task's state bytes when called.
@@ -60,18 +64,116 @@ pub enum CheckpointFailure {
 /// What [`Coordinator::publish`] made visible.
 #[derive(Debug, Default)]
 pub struct Publication {
-    /// Files now at their partition keys.
+    /// Files readers now see.
     pub published: Vec<StagedFile>,
-    /// Files still staged: listed again at the next checkpoint, published then.
+    /// Files not yet visible: listed again at the next checkpoint, published then.
     pub failed: usize,
     /// The first failure.
-    pub error: Option<StorageError>,
+    pub error: Option<PublishError>,
+}
+
+/// Why committed files could not be made visible yet.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Renaming a staged file into its partition failed.
+    #[error(transparent)]
+    Rename(#[from] StorageError),
+    /// A Delta commit failed.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+}
+
+/// How committed files become visible to readers.
+enum Publisher {
+    /// Renamed from `_staging/` into their partitions (plain Parquet).
+    Rename,
+    /// Added to their tables' Delta logs.
+    Delta { lake: DeltaLake, tables: Vec<TableSpec> },
+}
+
+impl Publisher {
+    fn new(format: TableFormat, storage: &Storage, tables: Vec<TableSpec>) -> Self {
+        match format {
+            TableFormat::Parquet => Publisher::Rename,
+            TableFormat::Delta => Publisher::Delta { lake: DeltaLake::new(storage.clone()), tables },
+        }
+    }
+
+    /// Makes `files`, listed by committed manifest `seq` of `instance`, visible; returns those
+    /// that became visible, those that did not, and the first failure. A Delta table gets one
+    /// commit per table and checkpoint a file was written for, oldest first, each `instance`'s
+    /// transaction of that checkpoint's number, so that whoever repeats it (a retry, a tidy
+    /// elsewhere) finds it committed and skips it. The commit of the manifest's own checkpoint
+    /// carries its completeness.
+    fn publish(
+        &mut self,
+        store: &CheckpointStore,
+        files: Vec<StagedFile>,
+        (instance, seq): (&str, u64),
+        complete_through: &BTreeMap<String, i64>,
+    ) -> (Vec<StagedFile>, Vec<StagedFile>, Option<PublishError>) {
+        let Publisher::Delta { lake, tables } = self else {
+            let failed = store.publish(files.clone());
+            let published = files.into_iter().filter(|f| !failed.iter().any(|(g, _)| g == f)).collect();
+            let (failed, errors): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
+            return (published, failed, errors.into_iter().next().map(PublishError::from));
+        };
+        let mut groups: BTreeMap<(&str, u64), Vec<StagedFile>> = BTreeMap::new();
+        for file in &files {
+            groups.entry((file.table.as_str(), file.checkpoint)).or_default().push(file.clone());
+        }
+        let (mut published, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+        let mut failed_tables: Vec<&str> = Vec::new();
+        for ((table, checkpoint), group) in groups {
+            // A later checkpoint's files of a table wait for its earlier ones.
+            if failed_tables.contains(&table) {
+                failed.extend(group);
+                continue;
+            }
+            let complete = (checkpoint == seq).then(|| complete_through.get(table).copied()).flatten();
+            let result = match tables.iter().find(|t| t.name == table) {
+                Some(spec) => lake.append(spec, &group, instance, checkpoint as i64, complete),
+                None => Err(DeltaError::Schema { table: table.into(), message: "not a registered table".into() }),
+            };
+            match result {
+                Ok(_) => published.extend(group),
+                Err(error) => {
+                    failed_tables.push(table);
+                    failed.extend(group);
+                    first_error.get_or_insert(PublishError::from(error));
+                }
+            }
+        }
+        (published, failed, first_error)
+    }
+}
+
+/// Publishes the files of every committed checkpoint whose writer has not (a crash, or a
+/// writer elsewhere), cleans the store, and returns the catalog: what `storepulse compact`
+/// does before it decides which hours are complete.
+///
+/// # Errors
+/// When the storage or a publication fails.
+pub fn publish_committed(
+    storage: &Storage,
+    format: TableFormat,
+    tables: Vec<TableSpec>,
+    grace_ms: i64,
+    now_ms: i64,
+) -> Result<Catalog, CheckpointError> {
+    let instance = format!("publisher-{now_ms}-{}", std::process::id());
+    let mut publisher = Coordinator::new(storage.clone(), instance, grace_ms, format, tables);
+    publisher.tidy(now_ms)?;
+    publisher.catalog()
 }
 
 /// Checkpoints of one instance.
 pub struct Coordinator {
     store: CheckpointStore,
     writer: ParquetWriter,
+    publisher: Publisher,
+    /// What the last committed manifest says is complete, per table.
+    complete_through: BTreeMap<String, i64>,
     instance: String,
     /// Number of the last committed checkpoint.
     seq: u64,
@@ -86,11 +188,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Checkpoints of `instance` (unique to the process) on `storage`; unreferenced objects
-    /// younger than `grace_ms` are left to their writer.
-    pub fn new(storage: Storage, instance: String, grace_ms: i64) -> Self {
+    /// Checkpoints of `instance` (unique to the process) on `storage`, publishing `tables` in
+    /// `format`; unreferenced objects younger than `grace_ms` are left to their writer.
+    pub fn new(storage: Storage, instance: String, grace_ms: i64, format: TableFormat, tables: Vec<TableSpec>) -> Self {
         Coordinator {
-            writer: ParquetWriter::new(storage.clone(), instance.clone()),
+            writer: ParquetWriter::new(storage.clone(), instance.clone(), format),
+            publisher: Publisher::new(format, &storage, tables),
+            complete_through: BTreeMap::new(),
             store: CheckpointStore::new(storage, grace_ms),
             instance,
             seq: 0,
@@ -122,12 +226,18 @@ impl Coordinator {
     }
 
     /// Steps 1 and 2 of a checkpoint: stages the pending rows, writes the state of every task
-    /// that changed and commits the manifest listing `tasks` and the files. `tasks` are every
-    /// task the instance owns. On failure nothing of it counts.
+    /// that changed and commits the manifest listing `tasks`, the files and, per table, the
+    /// partition time before which the instance adds no more rows (`complete_through`).
+    /// `tasks` are every task the instance owns. On failure nothing of it counts.
     ///
     /// # Errors
     /// [`CheckpointFailure`]; rows whose files were not staged stay pending.
-    pub fn commit(&mut self, tasks: Vec<TaskEntry<'_>>, now_ms: i64) -> Result<Commit, CheckpointFailure> {
+    pub fn commit(
+        &mut self,
+        tasks: Vec<TaskEntry<'_>>,
+        complete_through: BTreeMap<String, i64>,
+        now_ms: i64,
+    ) -> Result<Commit, CheckpointFailure> {
         let seq = self.seq + 1;
         let outcome = self.writer.stage_all(&mut self.pending, seq);
         self.staged.extend(outcome.staged);
@@ -160,8 +270,10 @@ impl Coordinator {
             written_at_ms: now_ms,
             tasks: listed,
             files: self.unpublished.iter().chain(&self.staged).cloned().collect(),
+            complete_through,
         };
         self.store.commit(&manifest)?;
+        self.complete_through = manifest.complete_through;
         self.committed.extend(manifest.tasks);
         self.seq = seq;
         self.unpublished.append(&mut self.staged);
@@ -172,15 +284,16 @@ impl Coordinator {
     /// again by the next checkpoint and published then.
     pub fn publish(&mut self) -> Publication {
         let files = std::mem::take(&mut self.unpublished);
-        let failed = self.store.publish(files.clone());
-        let published = files.into_iter().filter(|f| !failed.iter().any(|(g, _)| g == f)).collect();
+        let manifest = (self.store_instance(), self.seq);
+        let (published, failed, error) =
+            self.publisher.publish(&self.store, files, (&manifest.0, manifest.1), &self.complete_through);
         let count = failed.len();
-        let mut errors = Vec::with_capacity(count);
-        for (file, error) in failed {
-            self.unpublished.push(file);
-            errors.push(error);
-        }
-        Publication { published, failed: count, error: errors.into_iter().next() }
+        self.unpublished.extend(failed);
+        Publication { published, failed: count, error }
+    }
+
+    fn store_instance(&self) -> String {
+        self.instance.clone()
     }
 
     /// Forgets everything not committed: pending rows and staged files. The last checkpoint is
@@ -217,8 +330,24 @@ impl Coordinator {
     ///
     /// # Errors
     /// When the storage fails; the next call goes on.
-    pub fn tidy(&self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
-        self.store.tidy(now_ms)
+    pub fn tidy(&mut self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
+        let (store, publisher, instance) = (&self.store, &mut self.publisher, &self.instance);
+        store.tidy(now_ms, &mut |manifest| {
+            // This instance's own files are published, in order, by `publish`.
+            if manifest.instance == *instance {
+                return Ok(0);
+            }
+            if let Publisher::Rename = publisher {
+                return republish_by_rename(store.storage(), manifest);
+            }
+            let files = manifest.files.clone();
+            let (published, _, error) =
+                publisher.publish(store, files, (&manifest.instance, manifest.seq), &manifest.complete_through);
+            match error {
+                Some(error) => Err(CheckpointError::Publish(error.to_string())),
+                None => Ok(published.len()),
+            }
+        })
     }
 }
 
@@ -256,53 +385,66 @@ mod tests {
         }
     }
 
-    fn tables(storage: &Storage) -> Vec<String> {
+    fn files(storage: &Storage) -> Vec<String> {
         storage.list("dead_letters").expect("list").into_iter().map(|e| e.key).collect()
+    }
+
+    fn tables() -> Vec<TableSpec> {
+        crate::operators::builtin().tables()
     }
 
     #[test]
     fn files_become_visible_after_the_commit_and_a_crash_before_publishing_is_repaired() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut first = Coordinator::new(storage(&dir), "1-1".into(), 0);
+        let mut first = Coordinator::new(storage(&dir), "1-1".into(), 0, TableFormat::Parquet, tables());
         first.pending().push(dead_letter(7));
-        let commit = first.commit(vec![entry("commerce-0", 8, Some(b"state"))], NOW).expect("commits");
+        let commit = first.commit(vec![entry("commerce-0", 8, Some(b"state"))], BTreeMap::new(), NOW).expect("commits");
         assert_eq!(commit, Commit::Committed { seq: 1, written: vec![("commerce-0".to_owned(), 5)] });
-        assert!(tables(&storage(&dir)).is_empty(), "committed, not yet published");
+        assert!(files(&storage(&dir)).is_empty(), "committed, not yet published");
         assert_eq!(first.buffered_rows(), 0);
         // The process dies here. Whoever reads the store next publishes what the manifest lists.
         drop(first);
-        let second = Coordinator::new(storage(&dir), "2-2".into(), 0);
+        let mut second = Coordinator::new(storage(&dir), "2-2".into(), 0, TableFormat::Parquet, tables());
         assert_eq!(second.tidy(NOW).expect("tidy").republished, 1);
-        assert_eq!(tables(&storage(&dir)).len(), 1);
+        assert_eq!(files(&storage(&dir)).len(), 1);
         assert!(storage(&dir).list(STAGING).expect("list").is_empty());
 
-        let mut third = Coordinator::new(storage(&dir), "3-3".into(), 0);
+        let mut third = Coordinator::new(storage(&dir), "3-3".into(), 0, TableFormat::Parquet, tables());
         third.pending().push(dead_letter(9));
-        third.commit(vec![entry("commerce-1", 1, Some(b"s"))], NOW).expect("commits");
+        third.commit(vec![entry("commerce-1", 1, Some(b"s"))], BTreeMap::new(), NOW).expect("commits");
         let publication = third.publish();
         assert_eq!((publication.published.len(), publication.failed), (1, 0));
-        assert_eq!(tables(&storage(&dir)).len(), 2);
+        assert_eq!(files(&storage(&dir)).len(), 2);
         assert!(third.publish().published.is_empty(), "published once");
     }
 
     #[test]
     fn a_restart_finds_each_tasks_newest_state_and_offsets() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut run = Coordinator::new(storage(&dir), "1-1".into(), 0);
-        run.commit(vec![entry("clickstream-0", 10, Some(b"one")), entry("commerce-0", 5, Some(b"a"))], NOW)
-            .expect("first");
+        let mut run = Coordinator::new(storage(&dir), "1-1".into(), 0, TableFormat::Parquet, tables());
+        run.commit(
+            vec![entry("clickstream-0", 10, Some(b"one")), entry("commerce-0", 5, Some(b"a"))],
+            BTreeMap::new(),
+            NOW,
+        )
+        .expect("first");
         // Only the clickstream task changed: the commerce task's state is listed again.
-        let second = run.commit(vec![entry("clickstream-0", 20, Some(b"two")), entry("commerce-0", 6, None)], NOW + 1);
+        let second = run.commit(
+            vec![entry("clickstream-0", 20, Some(b"two")), entry("commerce-0", 6, None)],
+            BTreeMap::new(),
+            NOW + 1,
+        );
         assert_eq!(
             second.expect("second"),
             Commit::Committed { seq: 2, written: vec![("clickstream-0".to_owned(), 3)] }
         );
         assert_eq!(
-            run.commit(vec![entry("clickstream-0", 20, None), entry("commerce-0", 6, None)], NOW + 2).expect("third"),
+            run.commit(vec![entry("clickstream-0", 20, None), entry("commerce-0", 6, None)], BTreeMap::new(), NOW + 2)
+                .expect("third"),
             Commit::Unchanged
         );
 
-        let mut restarted = Coordinator::new(storage(&dir), "2-2".into(), 0);
+        let mut restarted = Coordinator::new(storage(&dir), "2-2".into(), 0, TableFormat::Parquet, tables());
         let catalog = restarted.catalog().expect("catalog");
         let clicks = catalog.latest("clickstream-0").expect("checkpointed");
         let commerce = catalog.latest("commerce-0").expect("checkpointed");
@@ -312,7 +454,9 @@ mod tests {
         assert_eq!(restarted.load(commerce).expect("state").as_ref(), b"a");
         // The restored tasks' epochs carry on from there.
         restarted.adopt("clickstream-0", clicks);
-        let next = restarted.commit(vec![entry("clickstream-0", 30, Some(b"three"))], NOW + 3).expect("commits");
+        let next = restarted
+            .commit(vec![entry("clickstream-0", 30, Some(b"three"))], BTreeMap::new(), NOW + 3)
+            .expect("commits");
         assert_eq!(next, Commit::Committed { seq: 1, written: vec![("clickstream-0".to_owned(), 5)] });
         assert_eq!(restarted.catalog().expect("catalog").latest("clickstream-0").map(|c| c.epoch), Some(3));
     }
@@ -320,19 +464,23 @@ mod tests {
     #[test]
     fn a_roll_back_forgets_what_was_not_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut run = Coordinator::new(storage(&dir), "1-1".into(), 0);
+        let mut run = Coordinator::new(storage(&dir), "1-1".into(), 0, TableFormat::Parquet, tables());
         run.pending().push(dead_letter(1));
-        run.commit(vec![entry("commerce-0", 2, Some(b"kept"))], NOW).expect("commits");
+        run.commit(vec![entry("commerce-0", 2, Some(b"kept"))], BTreeMap::new(), NOW).expect("commits");
         run.publish();
         // A checkpoint that stages its rows but cannot list a task fails before its manifest.
         run.pending().push(dead_letter(2));
-        let failed = run.commit(vec![entry("commerce-1", 3, None)], NOW + 1).expect_err("no state to list");
+        let failed =
+            run.commit(vec![entry("commerce-1", 3, None)], BTreeMap::new(), NOW + 1).expect_err("no state to list");
         assert!(matches!(failed, CheckpointFailure::NoState(ref task) if task == "commerce-1"), "{failed}");
         run.roll_back();
         assert_eq!(run.buffered_rows(), 0);
-        assert_eq!(run.commit(vec![entry("commerce-0", 2, None)], NOW + 2).expect("commits"), Commit::Unchanged);
+        assert_eq!(
+            run.commit(vec![entry("commerce-0", 2, None)], BTreeMap::new(), NOW + 2).expect("commits"),
+            Commit::Unchanged
+        );
         assert_eq!(run.publish().published.len(), 0, "the rolled-back file is never published");
-        assert_eq!(tables(&storage(&dir)).len(), 1);
+        assert_eq!(files(&storage(&dir)).len(), 1);
         let latest = run.catalog().expect("catalog").latest("commerce-0").cloned().expect("committed");
         assert_eq!((latest.epoch, run.load(&latest).expect("state").as_ref()), (1, &b"kept"[..]));
         // The staged file no manifest lists goes once it is older than the grace period.

@@ -27,5 +27,7 @@
 mod coordinator;
 mod store;
 
-pub use coordinator::{CheckpointFailure, Commit, Coordinator, Publication, StateBytes, TaskEntry};
+pub use coordinator::{
+    CheckpointFailure, Commit, Coordinator, Publication, PublishError, StateBytes, TaskEntry, publish_committed,
+};
 pub use store::{CHECKPOINTS, Catalog, CheckpointError, CheckpointStore, Manifest, TaskCheckpoint, TidyReport};

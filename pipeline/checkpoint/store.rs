@@ -37,6 +37,10 @@ pub struct Manifest {
     pub tasks: BTreeMap<String, TaskCheckpoint>,
     /// Files this checkpoint commits that were not yet seen published.
     pub files: Vec<StagedFile>,
+    /// Per table, the partition time before which the instance's partitions will add no more
+    /// rows: every hour ending at or before it is complete, as far as this instance goes.
+    #[serde(default)]
+    pub complete_through: BTreeMap<String, i64>,
 }
 
 impl Manifest {
@@ -63,6 +67,9 @@ pub enum CheckpointError {
     /// Operator state that cannot be encoded or decoded.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Publishing a committed checkpoint's files failed; retried later.
+    #[error("publishing committed files: {0}")]
+    Publish(String),
 }
 
 /// Every committed manifest, as read at one moment.
@@ -91,6 +98,28 @@ impl Catalog {
             }
         }
         best
+    }
+
+    /// The time before which every hour of `table` is complete across the whole group: the
+    /// lowest that the manifests holding each task's newest checkpoint record. `None` while a
+    /// task's newest manifest records none (or there is no checkpoint).
+    pub fn complete_through(&self, table: &str) -> Option<i64> {
+        let mut owners: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        for (at, manifest) in self.manifests.iter().enumerate() {
+            for (task, checkpoint) in &manifest.tasks {
+                let owner = owners.entry(task.as_str()).or_insert((checkpoint.epoch, at));
+                if checkpoint.epoch >= owner.0 {
+                    *owner = (checkpoint.epoch, at);
+                }
+            }
+        }
+        let indices: BTreeSet<usize> = owners.values().map(|(_, at)| *at).collect();
+        let mut through: Option<i64> = None;
+        for at in indices {
+            let mine = *self.manifests[at].complete_through.get(table)?;
+            through = Some(through.map_or(mine, |t| t.min(mine)));
+        }
+        through
     }
 
     /// Indices of manifests nothing depends on any more: for every task they list, a later
@@ -211,53 +240,78 @@ impl CheckpointStore {
         Ok(entries.len())
     }
 
-    /// Repairs and cleans the store: publishes every file a committed manifest lists and that
-    /// is still staged (its writer died between commit and publication), then removes
-    /// superseded manifests, state no manifest refers to, and staged files no manifest lists
-    /// (checkpoints that never committed), the last two only once older than the grace period.
+    /// Repairs and cleans the store: `republish` is handed every committed manifest that
+    /// lists files, to publish those its writer stopped before publishing; then superseded
+    /// manifests go, the state of every task's older epochs goes, and state and staged files no
+    /// manifest lists (checkpoints that never committed) go once older than the grace period.
     ///
     /// # Errors
-    /// When the storage fails; what was done so far stays done, and the next call goes on.
-    pub fn tidy(&self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
+    /// When the storage fails or `republish` does; what was done so far stays done, and the
+    /// next call goes on.
+    pub fn tidy(
+        &self,
+        now_ms: i64,
+        republish: &mut dyn FnMut(&Manifest) -> Result<usize, CheckpointError>,
+    ) -> Result<TidyReport, CheckpointError> {
         let mut report = TidyReport::default();
         let catalog = self.catalog()?;
-        let staged: BTreeMap<String, i64> = self
-            .storage
-            .list(STAGING)?
-            .into_iter()
-            .filter(|e| !e.key.starts_with(COMPACTION_STAGING))
-            .map(|e| (e.key, e.modified_ms))
-            .collect();
-        for file in catalog.manifests.iter().flat_map(|m| &m.files) {
-            if staged.contains_key(&file.staged) {
-                publish(&self.storage, file)?;
-                report.republished += 1;
-            }
+        for manifest in catalog.manifests.iter().filter(|m| !m.files.is_empty()) {
+            report.republished += republish(manifest)?;
         }
         let superseded: BTreeSet<usize> = catalog.superseded().into_iter().collect();
         for &i in &superseded {
             self.storage.delete(&catalog.manifests[i].key())?;
             report.manifests_removed += 1;
         }
-        let kept = catalog.manifests.iter().enumerate().filter(|(i, _)| !superseded.contains(i)).map(|(_, m)| m);
-        let referenced: BTreeSet<&str> = kept.flat_map(|m| m.tasks.values().map(|t| t.state.as_str())).collect();
+        let kept: Vec<&Manifest> =
+            catalog.manifests.iter().enumerate().filter(|(i, _)| !superseded.contains(i)).map(|(_, m)| m).collect();
+        let referenced: BTreeSet<&str> = kept.iter().flat_map(|m| m.tasks.values().map(|t| t.state.as_str())).collect();
         let old = |modified_ms: i64| now_ms - modified_ms > self.grace_ms;
         for entry in self.storage.list(STATES)? {
-            if !referenced.contains(entry.key.as_str()) && old(entry.modified_ms) {
+            // An epoch older than the task's newest committed one is never restored again; a
+            // newer one may be a live instance's checkpoint in the making.
+            let older = state_epoch(&entry.key)
+                .is_some_and(|(task, epoch)| catalog.latest(task).is_some_and(|latest| epoch < latest.epoch));
+            if !referenced.contains(entry.key.as_str()) && (older || old(entry.modified_ms)) {
                 self.storage.delete(&entry.key)?;
                 report.states_removed += 1;
             }
         }
         let listed: BTreeSet<&str> =
             catalog.manifests.iter().flat_map(|m| &m.files).map(|f| f.staged.as_str()).collect();
-        for (key, modified_ms) in &staged {
-            if !listed.contains(key.as_str()) && old(*modified_ms) {
-                self.storage.delete(key)?;
+        for entry in self.storage.list(STAGING)? {
+            if !entry.key.starts_with(COMPACTION_STAGING)
+                && !listed.contains(entry.key.as_str())
+                && old(entry.modified_ms)
+            {
+                self.storage.delete(&entry.key)?;
                 report.staged_discarded += 1;
             }
         }
+        self.storage.remove_empty_directories(STAGING)?;
         Ok(report)
     }
+}
+
+/// The task and epoch of a state key, `_checkpoints/state/TASK/EPOCH.cbor`.
+fn state_epoch(key: &str) -> Option<(&str, u64)> {
+    let (task, file) = key.strip_prefix(STATES)?.trim_start_matches('/').split_once('/')?;
+    Some((task, file.strip_suffix(".cbor")?.parse().ok()?))
+}
+
+/// Publishes committed files by rename (plain Parquet tables): those still staged.
+///
+/// # Errors
+/// When the storage fails.
+pub fn republish_by_rename(storage: &Storage, manifest: &Manifest) -> Result<usize, CheckpointError> {
+    let mut published = 0;
+    for file in &manifest.files {
+        if storage.exists(&file.staged)? {
+            publish(storage, file)?;
+            published += 1;
+        }
+    }
+    Ok(published)
 }
 
 #[cfg(test)]
@@ -280,6 +334,7 @@ mod tests {
             written_at_ms: at,
             tasks: tasks.iter().map(|(name, epoch)| ((*name).to_owned(), task(*epoch))).collect(),
             files: Vec::new(),
+            complete_through: BTreeMap::new(),
         }
     }
 
@@ -321,6 +376,8 @@ mod tests {
             key: format!("funnel/dt=2026-11-11/hour=00/part-{n}.parquet"),
             bytes: 3,
             rows: 1,
+            hour_ms: 0,
+            checkpoint: 1,
         };
         for n in 0..3 {
             storage.put(&file(n).staged, b"abc".to_vec()).expect("put");
@@ -335,13 +392,16 @@ mod tests {
         store.commit(&committed).expect("commit");
         storage.rename(&file(0).staged, &file(0).key).expect("published");
 
-        let report = store.tidy(i64::MAX / 2).expect("tidy");
+        let report = store.tidy(i64::MAX / 2, &mut |m| republish_by_rename(&storage, m)).expect("tidy");
         assert_eq!(report, TidyReport { republished: 1, manifests_removed: 0, states_removed: 1, staged_discarded: 1 });
         assert!(storage.exists(&file(1).key).expect("head"));
         assert!(!storage.exists(&file(2).key).expect("head"), "an uncommitted file is never published");
         assert_eq!(storage.list(STAGING).expect("list").len(), 1, "only the compaction record remains");
         assert_eq!(store.load_state(&committed.tasks["commerce-0"]).expect("state").as_ref(), [1, 2, 3]);
-        assert_eq!(store.tidy(i64::MAX / 2).expect("again"), TidyReport::default());
+        assert_eq!(
+            store.tidy(i64::MAX / 2, &mut |m| republish_by_rename(&storage, m)).expect("again"),
+            TidyReport::default()
+        );
     }
 
     #[test]
@@ -352,7 +412,7 @@ mod tests {
         storage.put(&format!("{STAGING}/2-2/000000000005/orders-x.parquet"), b"x".to_vec()).expect("put");
         store.put_state("clickstream-1", 5, vec![0]).expect("state");
         let now = crate::time::system_time_ms(std::time::SystemTime::now());
-        assert_eq!(store.tidy(now).expect("tidy"), TidyReport::default());
+        assert_eq!(store.tidy(now, &mut |m| republish_by_rename(&storage, m)).expect("tidy"), TidyReport::default());
         assert_eq!(store.discard_all().expect("discard"), 1, "the one state object");
         assert!(storage.list(CHECKPOINTS).expect("list").is_empty());
     }

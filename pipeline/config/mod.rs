@@ -8,6 +8,7 @@ mod settings;
 pub use settings::{CheckpointSettings, ClientProperties, Settings, TopicNames};
 
 use crate::codec::WireFormat;
+use crate::sink::TableFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -344,11 +345,15 @@ pub struct RawOutput {
     /// credentials from the `AWS_*` environment variables).
     #[serde(default = "default_output_dir")]
     pub dir: String,
+    /// `delta` (Delta Lake tables: each checkpoint's files appear in one commit per table) or
+    /// `parquet` (plain Hive-partitioned Parquet, for readers that glob files).
+    #[serde(default)]
+    pub format: TableFormat,
 }
 
 impl Default for RawOutput {
     fn default() -> Self {
-        RawOutput { dir: default_output_dir() }
+        RawOutput { dir: default_output_dir(), format: TableFormat::default() }
     }
 }
 

@@ -7,6 +7,7 @@ use super::{
 use crate::codec::{ValidationRules, WireFormat};
 use crate::event::Stream;
 use crate::operators::{FULFILLMENT, ORDERS, SESSIONS, TRAFFIC};
+use crate::sink::TableFormat;
 use crate::sink::storage::Location;
 use crate::time::{FamilyLateness, Retention, TimeSettings, system_time_ms};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +40,8 @@ pub struct Settings {
     pub time: TimeSettings,
     /// Root of the Parquet tables.
     pub output: Location,
+    /// How the tables are laid out.
+    pub output_format: TableFormat,
     /// Checkpoint interval, shutdown deadline, backpressure.
     pub checkpoint: CheckpointSettings,
     /// Metrics endpoint address.
@@ -82,6 +85,7 @@ impl TryFrom<RawConfig> for Settings {
             validation,
             time,
             output,
+            output_format: raw.output.format,
             checkpoint,
             metrics_addr,
             max_values_per_label,

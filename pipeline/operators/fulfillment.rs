@@ -12,8 +12,8 @@ use super::latency::{LatencySketch, latency_columns};
 use super::lifecycle::{Backlog, JoinSample, NO_SYMBOL, Symbols};
 use crate::event::ShipmentStatus;
 use crate::labels::{value_or_total, window_label};
-use crate::table::TableRow;
-use crate::table::columns::{count, int32, int64, optional_int64, text, utc_millis};
+use crate::table::columns::{count, flags, int32, int64, optional_int64, text, utc_millis};
+use crate::table::{Progress, TableRow, windows_complete_through};
 use crate::time::{ClosedWindow, Late, TumblingWindows};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
@@ -110,6 +110,9 @@ pub struct FulfillmentRow {
     pub counts: FulfillmentCounts,
     /// Backlog at the window's end (on `carrier = all` rows only).
     pub backlog: Option<Backlog>,
+    /// Closed early by the end of a bounded input (a drain), before the watermark passed its
+    /// end: its figures may be short of what the window would have held.
+    pub partial: bool,
 }
 
 impl TableRow for FulfillmentRow {
@@ -117,6 +120,10 @@ impl TableRow for FulfillmentRow {
     const PARTITION_BY: &'static str = "window_start";
     fn partition_time(&self) -> i64 {
         self.window_start
+    }
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        let lateness = progress.time.lateness.of(super::FULFILLMENT);
+        progress.low_watermark.map(|w| windows_complete_through(w, &progress.time.window_sizes_ms, lateness))
     }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         let counted = |f: fn(&FulfillmentRow) -> u64| int64(rows.iter().map(move |r| count(f(r))));
@@ -153,6 +160,7 @@ impl TableRow for FulfillmentRow {
         .collect();
         columns.extend(latency_columns(rows, "paid_to_pickup", |r| &r.counts.paid_to_pickup));
         columns.extend(latency_columns(rows, "pickup_to_delivery", |r| &r.counts.pickup_to_delivery));
+        columns.push(("partial".into(), flags(rows.iter().map(|r| r.partial))));
         RecordBatch::try_from_iter(columns)
     }
 }
@@ -179,8 +187,8 @@ pub struct FulfillmentOperator {
     windows: TumblingWindows<WindowState>,
 }
 
-/// A window closed by the watermark, before backlog and names are attached.
-pub struct ClosedFulfillment(ClosedWindow<WindowState>);
+/// A closed window, before backlog and names are attached; with whether it closed early.
+pub struct ClosedFulfillment(ClosedWindow<WindowState>, bool);
 
 impl ClosedFulfillment {
     /// The window's end, UTC ms: the backlog is evaluated there.
@@ -244,12 +252,12 @@ impl FulfillmentOperator {
 
     /// Closes windows the watermark has passed; attach backlog and names with [`Self::rows`].
     pub fn advance_to(&mut self, watermark: i64) -> Vec<ClosedFulfillment> {
-        self.windows.advance(watermark).into_iter().map(ClosedFulfillment).collect()
+        self.windows.advance(watermark).into_iter().map(|w| ClosedFulfillment(w, false)).collect()
     }
 
     /// Closes every window (end of a bounded input).
     pub fn close_all(&mut self) -> Vec<ClosedFulfillment> {
-        self.windows.close_all().into_iter().map(ClosedFulfillment).collect()
+        self.windows.close_all().into_iter().map(|w| ClosedFulfillment(w, true)).collect()
     }
 
     /// Rows of a closed window: one per group, plus a `carrier = all` row for every warehouse
@@ -260,7 +268,7 @@ impl FulfillmentOperator {
         backlog: &BTreeMap<u16, Backlog>,
         symbols: &Symbols,
     ) -> Vec<FulfillmentRow> {
-        let ClosedWindow { start, size_ms, mut state } = closed.0;
+        let (ClosedWindow { start, size_ms, mut state }, partial) = (closed.0, closed.1);
         let mut total = Backlog::default();
         for (warehouse, b) in backlog {
             total.add(b);
@@ -280,6 +288,7 @@ impl FulfillmentOperator {
                 backlog: (carrier == NO_SYMBOL).then(|| {
                     if warehouse == NO_SYMBOL { total } else { backlog.get(&warehouse).copied().unwrap_or_default() }
                 }),
+                partial,
             })
             .collect()
     }

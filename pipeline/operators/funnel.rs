@@ -6,8 +6,8 @@
 use super::Step;
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::labels::{channel_label, device_label, window_label};
-use crate::table::TableRow;
-use crate::table::columns::{count, int32, int64, text, utc_millis};
+use crate::table::columns::{count, flags, int32, int64, text, utc_millis};
+use crate::table::{Progress, TableRow, windows_complete_through};
 use crate::time::{Late, TumblingWindows};
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
@@ -31,6 +31,9 @@ pub struct FunnelRow {
     pub device: Option<Device>,
     /// The counts.
     pub counts: FunnelCounts,
+    /// Closed early by the end of a bounded input (a drain), before the watermark passed its
+    /// end: its figures may be short of what the window would have held.
+    pub partial: bool,
 }
 
 impl FunnelRow {
@@ -45,6 +48,10 @@ impl TableRow for FunnelRow {
     const PARTITION_BY: &'static str = "window_start";
     fn partition_time(&self) -> i64 {
         self.window_start
+    }
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        let lateness = progress.time.lateness.of(super::TRAFFIC);
+        progress.low_watermark.map(|w| windows_complete_through(w, &progress.time.window_sizes_ms, lateness))
     }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         let step = |step: Step| int64(rows.iter().map(move |r| count(r.counts.visitors_at(step))));
@@ -62,6 +69,7 @@ impl TableRow for FunnelRow {
             ("add_to_cart_visitors", step(Step::AddToCart)),
             ("begin_checkout_visitors", step(Step::BeginCheckout)),
             ("purchasing_visitors", step(Step::Purchase)),
+            ("partial", flags(rows.iter().map(|r| r.partial))),
         ])
     }
 }
@@ -290,7 +298,7 @@ impl FunnelOperator {
         if closed.iter().any(|w| w.size_ms == self.windows.longest_ms()) {
             self.forget_closed(visitors);
         }
-        self.rows(closed)
+        self.rows(closed, false)
     }
 
     /// Drops the touches of closed windows; visitors left with none go.
@@ -302,10 +310,10 @@ impl FunnelOperator {
     /// whoever keeps them drops them with its own state.
     pub fn close_all(&mut self) -> Vec<FunnelRow> {
         let closed = self.windows.close_all();
-        self.rows(closed)
+        self.rows(closed, true)
     }
 
-    fn rows(&self, closed: Vec<crate::time::ClosedWindow<WindowCounts>>) -> Vec<FunnelRow> {
+    fn rows(&self, closed: Vec<crate::time::ClosedWindow<WindowCounts>>, partial: bool) -> Vec<FunnelRow> {
         let mut rows: Vec<FunnelRow> = closed
             .into_iter()
             .flat_map(|window| {
@@ -313,7 +321,7 @@ impl FunnelOperator {
                 window.state.0.into_iter().enumerate().filter(|(_, counts)| counts.visitors > 0).map(
                     move |(cell, counts)| {
                         let (channel, device) = WindowCounts::group(cell);
-                        FunnelRow { window_ms, window_start, partition, channel, device, counts }
+                        FunnelRow { window_ms, window_start, partition, channel, device, counts, partial }
                     },
                 )
             })
@@ -464,6 +472,7 @@ mod tests {
                 channel,
                 device,
                 counts,
+                partial: false,
             })
             .collect();
         rows.sort();
@@ -501,7 +510,9 @@ mod tests {
                 watermark = watermark.max(e.event_time - 100_000);
                 rows.extend(op.advance_to(watermark, &mut visitors));
             }
-            rows.extend(op.close_all());
+            let closed_early = op.close_all();
+            proptest::prop_assert!(closed_early.iter().all(|r| r.partial), "windows a drain closes are partial");
+            rows.extend(closed_early.into_iter().map(|r| FunnelRow { partial: false, ..r }));
             rows.sort();
             proptest::prop_assert_eq!(rows, recount(&on_time, &sizes));
             op.forget_closed(&mut visitors);

@@ -6,8 +6,8 @@
 use super::latency::{LatencySketch, latency_columns};
 use crate::event::{Channel, OrderEvent, OrderEventType};
 use crate::labels::{channel_label, window_label};
-use crate::table::TableRow;
-use crate::table::columns::{count, int32, int64, text, utc_millis};
+use crate::table::columns::{count, flags, int32, int64, text, utc_millis};
+use crate::table::{Progress, TableRow, windows_complete_through};
 use crate::time::{ClosedWindow, Late, TumblingWindows};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
@@ -96,6 +96,9 @@ pub struct OrdersRow {
     pub currency: String,
     /// The figures.
     pub counts: OrderCounts,
+    /// Closed early by the end of a bounded input (a drain), before the watermark passed its
+    /// end: its figures may be short of what the window would have held.
+    pub partial: bool,
 }
 
 impl TableRow for OrdersRow {
@@ -103,6 +106,10 @@ impl TableRow for OrdersRow {
     const PARTITION_BY: &'static str = "window_start";
     fn partition_time(&self) -> i64 {
         self.window_start
+    }
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        let lateness = progress.time.lateness.of(super::ORDERS);
+        progress.low_watermark.map(|w| windows_complete_through(w, &progress.time.window_sizes_ms, lateness))
     }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<(String, ArrayRef)> = [
@@ -125,6 +132,7 @@ impl TableRow for OrdersRow {
         .map(|(name, column)| (name.to_owned(), column))
         .collect();
         columns.extend(latency_columns(rows, "created_to_paid", |r| &r.counts.created_to_paid));
+        columns.push(("partial".into(), flags(rows.iter().map(|r| r.partial))));
         RecordBatch::try_from_iter(columns)
     }
 }
@@ -185,16 +193,16 @@ impl OrdersOperator {
     /// Closes windows the watermark has passed.
     pub fn advance_to(&mut self, watermark: i64) -> Vec<OrdersRow> {
         let closed = self.windows.advance(watermark);
-        self.rows(closed)
+        self.rows(closed, false)
     }
 
     /// Closes every window (end of a bounded input).
     pub fn close_all(&mut self) -> Vec<OrdersRow> {
         let closed = self.windows.close_all();
-        self.rows(closed)
+        self.rows(closed, true)
     }
 
-    fn rows(&self, closed: Vec<ClosedWindow<WindowState>>) -> Vec<OrdersRow> {
+    fn rows(&self, closed: Vec<ClosedWindow<WindowState>>, partial: bool) -> Vec<OrdersRow> {
         closed
             .into_iter()
             .flat_map(|window| {
@@ -205,6 +213,7 @@ impl OrdersOperator {
                     channel,
                     currency: currency.into(),
                     counts,
+                    partial,
                 })
             })
             .collect()

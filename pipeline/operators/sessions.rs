@@ -8,8 +8,8 @@ use super::Step;
 use super::funnel::{Touches, VisitorTouches};
 use crate::event::{Channel, ClickEvent, ClickEventType, Device};
 use crate::labels::window_label;
-use crate::table::TableRow;
 use crate::table::columns::{flags, int32, int64, optional_text, text, utc_millis};
+use crate::table::{Progress, TableRow, floor_hour};
 use crate::time::{KeyEntry, KeySessions, Lane, Late, LatenessGate, Merge, Session, SessionWindows, window_start};
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
@@ -52,6 +52,9 @@ pub struct SessionRow {
     pub reached: [bool; Step::COUNT],
     /// How many steps the session reached in funnel order (closed funnel), 0–4.
     pub funnel_depth_in_order: u8,
+    /// Closed early by the end of a bounded input (a drain), before its inactivity gap passed:
+    /// more events may have belonged to it.
+    pub partial: bool,
 }
 
 impl TableRow for SessionRow {
@@ -59,6 +62,15 @@ impl TableRow for SessionRow {
     const PARTITION_BY: &'static str = "session_start";
     fn partition_time(&self) -> i64 {
         self.session_start
+    }
+    /// A session closes an inactivity gap after its last event, once the watermark less the
+    /// lateness has passed that, and lasts at most the length guard: sessions starting before
+    /// that much ahead of the closing point are all closed.
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        let time = progress.time;
+        let lateness = time.lateness.of(super::SESSIONS);
+        let closing = |w: i64| window_start(w - lateness, time.base_window_ms()) - time.session_gap_ms;
+        progress.low_watermark.map(|w| floor_hour(closing(w) - time.session_max_length_ms))
     }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         let reached = |step: Step| flags(rows.iter().map(move |r| r.reached[step as usize]));
@@ -83,6 +95,7 @@ impl TableRow for SessionRow {
             ("reached_begin_checkout", reached(Step::BeginCheckout)),
             ("reached_purchase", reached(Step::Purchase)),
             ("funnel_depth_in_order", int32(rows.iter().map(|r| i32::from(r.funnel_depth_in_order)))),
+            ("partial", flags(rows.iter().map(|r| r.partial))),
         ])
     }
 }
@@ -274,13 +287,13 @@ impl SessionOperator {
     /// Closes sessions no on-time event can reach any more.
     pub fn advance_to(&mut self, watermark: i64) -> Vec<SessionRow> {
         let closed = self.sessions.advance(watermark);
-        self.rows(closed)
+        self.rows(closed, false)
     }
 
     /// Closes every session (end of a bounded input).
     pub fn close_all(&mut self) -> Vec<SessionRow> {
         let closed = self.sessions.close_all();
-        self.rows(closed)
+        self.rows(closed, true)
     }
 
     /// Open sessions.
@@ -298,7 +311,7 @@ impl SessionOperator {
         self.sessions.companions_held()
     }
 
-    fn rows(&self, closed: Vec<(SmolStr, Session<SessionFacts, ClientSession>)>) -> Vec<SessionRow> {
+    fn rows(&self, closed: Vec<(SmolStr, Session<SessionFacts, ClientSession>)>, partial: bool) -> Vec<SessionRow> {
         closed
             .into_iter()
             .filter_map(|(visitor, session)| {
@@ -325,6 +338,7 @@ impl SessionOperator {
                     page_views: facts.page_views,
                     reached,
                     funnel_depth_in_order: depth,
+                    partial,
                 })
             })
             .collect()

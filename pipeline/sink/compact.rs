@@ -1,15 +1,25 @@
-//! `storepulse compact`: merges the files of each closed hour partition into one and marks the
-//! partition with `_SUCCESS`, which readers can wait for.
+//! `storepulse compact`: merges the files of each complete hour partition into one and marks
+//! the hours complete. An hour is complete when the pipeline's low watermark (and the table's
+//! allowed lateness) has passed it, as its checkpoints record (never by the wall clock, except
+//! for the wall-clock-partitioned `dead_letters`); the caller passes that time per table.
 //!
 //! A merge never changes query results: the merged file holds exactly the rows of its inputs.
-//! Its steps are ordered so that a crash at any point is repaired by the next run: the merged
-//! file is staged and a manifest naming it and its inputs is written; the file is renamed into
-//! the partition; the inputs are deleted; the manifest is deleted; `_SUCCESS` is written. A
-//! leftover manifest means the crash came between; the next run finishes or undoes that merge
-//! before anything else.
+//!
+//! **Delta tables**: the merge is one commit removing the inputs and adding the merged file, so
+//! a reader sees one or the other; the table's `storepulse.complete` transaction records how far
+//! hours are complete; removed files are deleted by a vacuum once older than the retention.
+//!
+//! **Plain Parquet**: the steps are ordered so that a crash at any point is repaired by the
+//! next run: the merged file is staged and a manifest naming it and its inputs is written; the
+//! file is renamed into the partition; the inputs are deleted; the manifest is deleted;
+//! `_SUCCESS` is written. A leftover manifest means the crash came between; the next run
+//! finishes or undoes that merge before anything else. Readers listing files while this runs
+//! may see a partition twice or miss a file: query plain tables only where `_SUCCESS` is.
 
-use crate::sink::parquet::{encode, hour_partition};
+use crate::sink::delta::{DeltaError, DeltaLake, LiveFile};
+use crate::sink::parquet::{StagedFile, encode, hour_partition};
 use crate::sink::storage::{Storage, StorageError};
+use crate::table::TableSpec;
 use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
@@ -26,6 +36,9 @@ pub enum CompactError {
     /// Reading, writing or deleting failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A Delta table's log could not be read or written.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
     /// A file could not be decoded or the merged file encoded.
     #[error("Parquet in {partition}: {message}")]
     Parquet {
@@ -45,12 +58,14 @@ pub struct CompactReport {
     pub files_before: usize,
     /// Rows in the merged files.
     pub rows: u64,
-    /// Partitions newly marked `_SUCCESS` (merged or already a single file).
+    /// Partitions newly marked complete (merged or already a single file).
     pub marked: usize,
-    /// Partitions skipped because their hour is not closed yet.
+    /// Partitions skipped because their hour is not complete yet.
     pub open: usize,
-    /// Interrupted merges of an earlier run that were finished or undone.
+    /// Interrupted merges of an earlier run that were finished or undone (plain Parquet).
     pub recovered: usize,
+    /// Files deleted by vacuums (Delta: removed longer ago than the retention, or never added).
+    pub vacuumed: usize,
 }
 
 /// The record of a merge in flight, kept under `_staging/compaction/`.
@@ -63,41 +78,115 @@ struct Manifest {
 
 const MANIFESTS: &str = "_staging/compaction";
 
-/// Compacts every hour partition of `tables` whose hour ends at or before `closed_before_ms`.
+/// Compacts every complete hour partition of `tables`: those ending at or before the table's
+/// time in `complete_through` (a table without one has none complete). Delta tables are then
+/// vacuumed of files removed longer than `retention` ago.
 ///
 /// # Errors
 /// [`CompactError`] on the first failure; partitions done before it stay done, and a merge
 /// interrupted by it is repaired by the next run.
-pub fn compact(storage: &Storage, tables: &[&str], closed_before_ms: i64) -> Result<CompactReport, CompactError> {
+pub fn compact(
+    storage: &Storage,
+    tables: &[TableSpec],
+    complete_through: &BTreeMap<String, i64>,
+    retention: std::time::Duration,
+) -> Result<CompactReport, CompactError> {
     let mut report = CompactReport { recovered: recover(storage)?, ..CompactReport::default() };
-    let stamp = crate::time::system_time_ms(std::time::SystemTime::now());
+    let mut lake = DeltaLake::new(storage.clone());
     for table in tables {
-        let mut partitions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for entry in storage.list(table)? {
-            if let Some((dir, _)) = entry.key.rsplit_once('/') {
-                partitions.entry(dir.to_owned()).or_default().push(entry.key);
-            }
-        }
-        for (dir, keys) in partitions {
-            let Some(hour) = partition_hour(&dir) else { continue };
-            if hour + HOUR_MS > closed_before_ms {
-                report.open += 1;
-                continue;
-            }
-            let marked = keys.iter().any(|key| key.ends_with(&format!("/{SUCCESS}")));
-            let files: Vec<String> = keys.into_iter().filter(|key| key.ends_with(".parquet")).collect();
-            if files.len() > 1 {
-                report.files_before += files.len();
-                report.rows += merge(storage, &dir, files, stamp)?;
-                report.merged += 1;
-            } else if marked {
-                continue;
-            }
-            storage.put(&format!("{dir}/{SUCCESS}"), Vec::new())?;
-            report.marked += 1;
+        let complete = complete_through.get(table.name).copied().unwrap_or(i64::MIN);
+        if lake.exists(table.name)? {
+            compact_delta(&mut lake, table, complete, retention, &mut report)?;
+        } else {
+            compact_plain(storage, table.name, complete, &mut report)?;
         }
     }
     Ok(report)
+}
+
+/// Merges each complete hour of a Delta table in a commit of its own and records how far
+/// hours are complete.
+fn compact_delta(
+    lake: &mut DeltaLake,
+    table: &TableSpec,
+    complete: i64,
+    retention: std::time::Duration,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
+    let marked_before = lake.complete_through(table)?.unwrap_or(i64::MIN);
+    let stamp = crate::time::system_time_ms(std::time::SystemTime::now());
+    for (hour, files) in lake.live_files(table)? {
+        if hour + HOUR_MS > complete {
+            report.open += 1;
+            continue;
+        }
+        if files.len() > 1 {
+            report.files_before += files.len();
+            let merged = merge_live(lake.storage(), table.name, hour, &files, stamp)?;
+            report.rows += merged.rows;
+            lake.replace(table, &files, &merged, complete)?;
+            report.merged += 1;
+        }
+        report.marked += usize::from(hour + HOUR_MS > marked_before);
+    }
+    if complete > marked_before && complete > i64::MIN {
+        lake.mark_complete(table, complete)?;
+    }
+    report.vacuumed += lake.vacuum(table, retention)?;
+    Ok(())
+}
+
+/// Writes the rows of `files` (one hour of a Delta table) as one file in their partition; no
+/// reader sees it until a commit adds it.
+fn merge_live(
+    storage: &Storage,
+    table: &str,
+    hour: i64,
+    files: &[LiveFile],
+    stamp: i64,
+) -> Result<StagedFile, CompactError> {
+    let dir = format!("{table}/{}", hour_partition(hour));
+    let keys: Vec<String> = files.iter().map(|f| format!("{table}/{}", f.path)).collect();
+    let (data, rows) = merged(storage, &dir, &keys)?;
+    let key = format!("{dir}/part-compacted-{stamp}.parquet");
+    let bytes = data.len() as u64;
+    storage.put(&key, data)?;
+    Ok(StagedFile { table: table.to_owned(), staged: key.clone(), key, bytes, rows, hour_ms: hour, checkpoint: 0 })
+}
+
+/// Merges each complete hour of a plain Parquet table and marks it `_SUCCESS`.
+fn compact_plain(
+    storage: &Storage,
+    table: &str,
+    complete: i64,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
+    let stamp = crate::time::system_time_ms(std::time::SystemTime::now());
+    let mut partitions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in storage.list(table)? {
+        if let Some((dir, _)) = entry.key.rsplit_once('/') {
+            partitions.entry(dir.to_owned()).or_default().push(entry.key);
+        }
+    }
+    for (dir, keys) in partitions {
+        let Some(hour) = partition_hour(&dir) else { continue };
+        if hour + HOUR_MS > complete {
+            report.open += 1;
+            continue;
+        }
+        let marked = keys.iter().any(|key| key.ends_with(&format!("/{SUCCESS}")));
+        let files: Vec<String> = keys.into_iter().filter(|key| key.ends_with(".parquet")).collect();
+        if files.len() > 1 {
+            report.files_before += files.len();
+            report.rows += merge(storage, &dir, files, stamp)?;
+            report.merged += 1;
+        } else if marked {
+            continue;
+        }
+        storage.put(&format!("{dir}/{SUCCESS}"), Vec::new())?;
+        report.marked += 1;
+    }
+    Ok(())
 }
 
 /// The hour start of a `table/dt=YYYY-MM-DD/hour=HH` directory, or `None` for anything else.
@@ -112,10 +201,11 @@ fn partition_hour(dir: &str) -> Option<i64> {
     (dir.ends_with(&hour_partition(start))).then_some(start)
 }
 
-fn merge(storage: &Storage, dir: &str, inputs: Vec<String>, stamp: i64) -> Result<u64, CompactError> {
+/// The rows of `inputs` (files of partition `dir`) as one Parquet file, and how many.
+fn merged(storage: &Storage, dir: &str, inputs: &[String]) -> Result<(Vec<u8>, u64), CompactError> {
     let parquet_error = |message: String| CompactError::Parquet { partition: dir.to_owned(), message };
     let mut batches: Vec<RecordBatch> = Vec::new();
-    for key in &inputs {
+    for key in inputs {
         let reader = ParquetRecordBatchReaderBuilder::try_new(storage.get(key)?)
             .and_then(|builder| builder.build())
             .map_err(|e| parquet_error(format!("{key}: {e}")))?;
@@ -134,6 +224,12 @@ fn merge(storage: &Storage, dir: &str, inputs: Vec<String>, stamp: i64) -> Resul
     }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let data = encode(&batches).map_err(|e| parquet_error(e.to_string()))?;
+    Ok((data, rows as u64))
+}
+
+fn merge(storage: &Storage, dir: &str, inputs: Vec<String>, stamp: i64) -> Result<u64, CompactError> {
+    let parquet_error = |message: String| CompactError::Parquet { partition: dir.to_owned(), message };
+    let (data, rows) = merged(storage, dir, &inputs)?;
     let name = format!("part-compacted-{stamp}.parquet");
     let manifest = Manifest {
         staged: format!("{MANIFESTS}/{}-{name}", dir.replace('/', "-")),
@@ -145,7 +241,7 @@ fn merge(storage: &Storage, dir: &str, inputs: Vec<String>, stamp: i64) -> Resul
     let json = serde_json::to_vec(&manifest).map_err(|e| parquet_error(e.to_string()))?;
     storage.put(&manifest_key, json)?;
     finish(storage, &manifest_key, &manifest)?;
-    Ok(rows as u64)
+    Ok(rows)
 }
 
 /// Publishes a staged merge (if not yet) and removes its inputs and manifest.
@@ -191,11 +287,18 @@ fn recover(storage: &Storage) -> Result<usize, CompactError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::TableFormat;
     use crate::sink::parquet::ParquetWriter;
     use crate::sink::storage::Location;
     use crate::table::{DeadLetterRow, Rows};
 
-    const TABLES: [&str; 1] = ["dead_letters"];
+    const TABLES: [TableSpec; 1] = [TableSpec::of::<DeadLetterRow>()];
+
+    fn complete(through: i64) -> BTreeMap<String, i64> {
+        BTreeMap::from([("dead_letters".to_owned(), through)])
+    }
+
+    const RETENTION: std::time::Duration = std::time::Duration::from_secs(3_600);
 
     fn write(writer: &mut ParquetWriter, row: DeadLetterRow) {
         let mut rows = Rows::default();
@@ -240,7 +343,8 @@ mod tests {
     fn merges_closed_hours_into_one_file_with_the_same_rows_and_marks_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let location = Location::Local(dir.path().to_path_buf());
-        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into());
+        let mut writer =
+            ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into(), TableFormat::Parquet);
         for offset in 0..5 {
             write(&mut writer, dead_letter(H0 + offset * 1000, offset));
         }
@@ -250,7 +354,7 @@ mod tests {
         assert_eq!(storage.list(hour0).expect("list").len(), 5);
 
         // Only hour 00 is closed.
-        let report = compact(&storage, &TABLES, H0 + HOUR_MS).expect("compact");
+        let report = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
         assert_eq!((report.merged, report.files_before, report.rows, report.marked, report.open), (1, 5, 5, 1, 1));
         let keys: Vec<_> = storage.list(hour0).expect("list").into_iter().map(|e| e.key).collect();
         assert_eq!(keys.len(), 2, "one file and the marker: {keys:?}");
@@ -259,7 +363,7 @@ mod tests {
         assert!(!storage.exists("dead_letters/dt=2025-11-11/hour=01/_SUCCESS").expect("head"));
 
         // A second run has nothing left to do.
-        let again = compact(&storage, &TABLES, H0 + HOUR_MS).expect("compact");
+        let again = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
         assert_eq!((again.merged, again.marked), (0, 0));
     }
 
@@ -267,7 +371,8 @@ mod tests {
     fn an_interrupted_merge_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let location = Location::Local(dir.path().to_path_buf());
-        let mut writer = ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into());
+        let mut writer =
+            ParquetWriter::new(Storage::open(&location).expect("storage"), "1-1".into(), TableFormat::Parquet);
         for offset in 0..3 {
             write(&mut writer, dead_letter(H0, offset));
         }
@@ -288,7 +393,7 @@ mod tests {
         // A staged merge without manifest: never visible, must go.
         storage.put(&format!("{MANIFESTS}/orphan.parquet"), vec![1, 2, 3]).expect("put");
 
-        let report = compact(&storage, &TABLES, H0 + HOUR_MS).expect("compact");
+        let report = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
         assert_eq!(report.recovered, 1);
         assert!(storage.list(MANIFESTS).expect("list").is_empty());
         assert_eq!(offsets(&storage, hour0), [0], "inputs named by the manifest are gone, its output stays");

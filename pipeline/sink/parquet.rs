@@ -3,6 +3,7 @@
 //! written whole under `_staging/` and renamed into its partition only after the checkpoint that
 //! lists it is committed, so a reader never sees a partial or uncommitted file.
 
+use crate::sink::TableFormat;
 use crate::sink::storage::{Storage, StorageError};
 use crate::table::{RowBuffer, Rows};
 use arrow_array::RecordBatch;
@@ -101,12 +102,15 @@ fn encode_each(batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>)
     writer.into_inner()
 }
 
-/// Writes Parquet files to a [`Storage`]: staged first, published by [`publish`].
+/// Writes Parquet files to a [`Storage`]. For plain Parquet tables a file is staged under
+/// `_staging/` and published by [`publish`]; for Delta tables it is written in its partition
+/// at once (no reader sees it until a commit adds it) with timestamps in microseconds.
 pub struct ParquetWriter {
     storage: Storage,
     /// Distinguishes files of this process from those of earlier runs and other instances.
     instance: String,
     seq: u64,
+    format: TableFormat,
 }
 
 /// A file written whole under `_staging/` and the partition key it is published to. Checkpoint
@@ -123,6 +127,12 @@ pub struct StagedFile {
     pub bytes: u64,
     /// Rows written.
     pub rows: u64,
+    /// Start of its hour partition, UTC ms.
+    #[serde(default)]
+    pub hour_ms: i64,
+    /// The checkpoint it was written for: a Delta table adds it in that checkpoint's commit.
+    #[serde(default)]
+    pub checkpoint: u64,
 }
 
 /// The files a flush staged, and the first failure, if any. Rows of failed hours are left in
@@ -138,8 +148,8 @@ pub struct StageOutcome {
 impl ParquetWriter {
     /// A writer staging into `storage` whose file names carry `instance`, unique to this
     /// process.
-    pub fn new(storage: Storage, instance: String) -> Self {
-        ParquetWriter { storage, instance, seq: 0 }
+    pub fn new(storage: Storage, instance: String, format: TableFormat) -> Self {
+        ParquetWriter { storage, instance, seq: 0, format }
     }
 
     /// Where files go.
@@ -209,15 +219,38 @@ impl ParquetWriter {
         batches: impl Iterator<Item = Result<RecordBatch, ParquetError>>,
         checkpoint: u64,
     ) -> Result<StagedFile, SinkError> {
-        let data = encode_each(batches).map_err(|e| SinkError::Encode { table, message: e.to_string() })?;
+        let data = match self.format {
+            TableFormat::Parquet => encode_each(batches),
+            TableFormat::Delta => encode_each(batches.map(|b| b.and_then(|b| to_microseconds(&b)))),
+        }
+        .map_err(|e| SinkError::Encode { table, message: e.to_string() })?;
         let bytes = data.len() as u64;
         self.seq += 1;
         let name = format!("part-{}-{:06}.parquet", self.instance, self.seq);
-        let staged = format!("{STAGING}/{}/{checkpoint:012}/{table}-{name}", self.instance);
         let key = format!("{table}/{}/{name}", hour_partition(hour));
+        let staged = match self.format {
+            TableFormat::Parquet => format!("{STAGING}/{}/{checkpoint:012}/{table}-{name}", self.instance),
+            TableFormat::Delta => key.clone(),
+        };
         self.storage.put(&staged, data)?;
-        Ok(StagedFile { table: table.to_owned(), staged, key, bytes, rows })
+        Ok(StagedFile { table: table.to_owned(), staged, key, bytes, rows, hour_ms: hour, checkpoint })
     }
+}
+
+/// `batch` with millisecond timestamps as microseconds, Delta's precision.
+///
+/// # Errors
+/// Arrow errors, which mean a bug.
+pub fn to_microseconds(batch: &RecordBatch) -> Result<RecordBatch, ParquetError> {
+    let schema = super::delta::delta_schema(batch.schema().as_ref());
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow_cast::cast(column, field.data_type()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ParquetError::General(e.to_string()))?;
+    RecordBatch::try_new(schema, columns).map_err(|e| ParquetError::General(e.to_string()))
 }
 
 /// Makes a staged file visible at its partition key. Idempotent: when the staged file is gone,
@@ -247,7 +280,7 @@ mod tests {
     fn writes_a_readable_file_and_leaves_no_staging_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
-        let mut writer = ParquetWriter::new(storage, "1-1".into());
+        let mut writer = ParquetWriter::new(storage, "1-1".into(), TableFormat::Parquet);
         let row = |window_start| FunnelRow {
             window_ms: 60_000,
             window_start,
@@ -255,6 +288,7 @@ mod tests {
             channel: Some(Channel::Social),
             device: None,
             counts: FunnelCounts { events: 9, visitors: 7, page_views: 4, step_visitors: [5, 4, 3, 2] },
+            partial: false,
         };
         // 2026-11-11 00:59 and 01:00 (UTC), and 00:30 again: two hour partitions.
         let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
@@ -282,7 +316,7 @@ mod tests {
     fn rows_of_many_chunks_and_two_hours_keep_their_order_in_one_row_group_per_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
-        let mut writer = ParquetWriter::new(storage, "1-1".into());
+        let mut writer = ParquetWriter::new(storage, "1-1".into(), TableFormat::Parquet);
         let (h0, h1) = (1_762_819_200_000, 1_762_822_800_000);
         let n = 2 * ENCODE_CHUNK_ROWS + 5;
         // Hours interleaved; the partition column numbers the rows in arrival order.
@@ -294,6 +328,7 @@ mod tests {
                 channel: None,
                 device: None,
                 counts: FunnelCounts::default(),
+                partial: false,
             })
             .collect();
         let outcome = writer.stage(&mut rows, 1);
@@ -336,6 +371,7 @@ mod tests {
                 page_views: 2,
                 reached: [true, false, false, false],
                 funnel_depth_in_order: 1,
+                partial: false,
             })
             .collect();
         let batches =
@@ -357,8 +393,11 @@ mod tests {
     fn a_failed_write_keeps_the_rows() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("lake");
-        let mut writer =
-            ParquetWriter::new(Storage::open(&Location::Local(root.clone())).expect("storage"), "1-1".into());
+        let mut writer = ParquetWriter::new(
+            Storage::open(&Location::Local(root.clone())).expect("storage"),
+            "1-1".into(),
+            TableFormat::Parquet,
+        );
         // A file where the staging directory should be: every put fails.
         std::fs::write(root.join(STAGING), b"not a directory").expect("blocker");
         let mut rows = vec![DeadLetterRow {

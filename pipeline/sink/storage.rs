@@ -96,6 +96,10 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     root: StorePath,
     location: Location,
+    /// The location as a URL (absolute), for Delta tables beneath it.
+    url: url::Url,
+    /// The store rooted where `url`'s path starts: `/` locally, the bucket on S3.
+    url_store: Arc<dyn ObjectStore>,
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
@@ -112,17 +116,25 @@ impl Storage {
             location: location.to_string(),
             message,
         };
-        let (store, root): (Arc<dyn ObjectStore>, StorePath) = match location {
+        type Opened = (Arc<dyn ObjectStore>, StorePath, url::Url, Arc<dyn ObjectStore>);
+        let (store, root, url, url_store): Opened = match location {
             Location::Local(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
                 let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| fail(e.to_string()))?;
-                (Arc::new(store), StorePath::default())
+                let absolute = std::fs::canonicalize(dir).map_err(|e| fail(e.to_string()))?;
+                let url = url::Url::from_directory_path(&absolute).map_err(|()| fail("not an absolute path".into()))?;
+                (Arc::new(store), StorePath::default(), url, Arc::new(LocalFileSystem::new()))
             }
             Location::S3 { bucket, prefix } => {
-                let store =
-                    AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| fail(e.to_string()))?;
+                // Conditional put (`If-None-Match: *`) is object_store's default for S3; Delta
+                // commits rely on it (AWS_CONDITIONAL_PUT=disabled would make them fail).
+                let store: Arc<dyn ObjectStore> = Arc::new(
+                    AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| fail(e.to_string()))?,
+                );
                 let root = StorePath::parse(prefix).map_err(|e| fail(e.to_string()))?;
-                (Arc::new(store), root)
+                let directory = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+                let url = url::Url::parse(&format!("s3://{bucket}/{directory}")).map_err(|e| fail(e.to_string()))?;
+                (Arc::clone(&store), root, url, store)
             }
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,7 +142,19 @@ impl Storage {
             .thread_name("storage")
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        Ok(Storage { store, root, location: location.clone(), runtime: Arc::new(runtime) })
+        Ok(Storage { store, root, location: location.clone(), url, url_store, runtime: Arc::new(runtime) })
+    }
+
+    /// The URL of `key` (a directory, ending in `/`) and a store rooted where URL paths start,
+    /// for libraries that address objects by URL (the Delta log).
+    pub fn url_of(&self, key: &str) -> Result<(url::Url, Arc<dyn ObjectStore>), StorageError> {
+        let url = self.url.join(&format!("{}/", key.trim_matches('/'))).map_err(|e| self.error("url", key, e))?;
+        Ok((url, Arc::clone(&self.url_store)))
+    }
+
+    /// Runs `future` on this storage's runtime, blocking until it completes.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// The root this storage writes under.
@@ -219,6 +243,29 @@ impl Storage {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error("head", key, e)),
+        }
+    }
+
+    /// Removes the empty directories under `prefix` on a local disk, where a rename leaves
+    /// its source directory behind (object stores have no directories).
+    ///
+    /// # Errors
+    /// When a directory cannot be read.
+    pub fn remove_empty_directories(&self, prefix: &str) -> Result<(), StorageError> {
+        let Location::Local(root) = &self.location else { return Ok(()) };
+        fn prune(dir: &std::path::Path) -> std::io::Result<bool> {
+            let mut empty = true;
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                empty &= path.is_dir() && prune(&path)? && std::fs::remove_dir(&path).is_ok();
+            }
+            Ok(empty)
+        }
+        let dir = root.join(prefix);
+        match prune(&dir) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.error("prune", prefix, e)),
         }
     }
 

@@ -33,6 +33,50 @@ pub trait TableRow: Send + Sized + 'static {
     /// # Errors
     /// Arrow errors, which mean a bug in the conversion.
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError>;
+
+    /// The partition time before which the table gets no more rows once the pipeline has got
+    /// this far: every hour partition ending at or before it is complete. By default rows are
+    /// partitioned by a watermark they were made at (`None` before there is one).
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        progress.low_watermark.map(|w| floor_hour(w))
+    }
+}
+
+/// How far the pipeline has got, for deciding which hours of a table are complete.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The lowest watermark over the instance's partitions (idle, caught-up ones skipped).
+    pub low_watermark: Option<i64>,
+    /// The wall clock, UTC ms.
+    pub now_ms: i64,
+    /// Window sizes, lateness and sessions.
+    pub time: &'a crate::time::TimeSettings,
+}
+
+/// The start of the UTC hour holding `ms`.
+pub fn floor_hour(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// The end of the last complete hour of a table of windows of `sizes_ms` kept open `lateness_ms`
+/// past their end, at watermark `watermark`: every window starting in an hour ending at or
+/// before it has closed.
+pub fn windows_complete_through(watermark: i64, sizes_ms: &[i64], lateness_ms: i64) -> i64 {
+    let closed = |end: i64| {
+        sizes_ms.iter().all(|&size| {
+            // The last window of this size starting before `end`.
+            let last_start = (end - 1).div_euclid(size) * size;
+            last_start + size + lateness_ms <= watermark
+        })
+    };
+    let mut end = floor_hour(watermark - lateness_ms);
+    // Windows of a day hold back the hours of their day: a few dozen steps at most.
+    while !closed(end) && end > i64::MIN / 2 {
+        end -= HOUR_MS;
+    }
+    end
 }
 
 /// What the pipeline knows of a table without holding any of its rows.
@@ -43,12 +87,23 @@ pub struct TableSpec {
     /// What picks its hour partition ([`TableRow::PARTITION_BY`]).
     pub partition_by: &'static str,
     schema: fn() -> Result<SchemaRef, ArrowError>,
+    complete_through: fn(&Progress<'_>) -> Option<i64>,
 }
 
 impl TableSpec {
     /// The table of rows of type `R`.
     pub const fn of<R: TableRow>() -> Self {
-        TableSpec { name: R::TABLE, partition_by: R::PARTITION_BY, schema: schema_of::<R> }
+        TableSpec {
+            name: R::TABLE,
+            partition_by: R::PARTITION_BY,
+            schema: schema_of::<R>,
+            complete_through: R::complete_through,
+        }
+    }
+
+    /// See [`TableRow::complete_through`].
+    pub fn complete_through(&self, progress: &Progress<'_>) -> Option<i64> {
+        (self.complete_through)(progress)
     }
 
     /// Its Arrow schema, as every file of the table has it.
@@ -161,6 +216,10 @@ impl TableRow for DeadLetterRow {
     fn partition_time(&self) -> i64 {
         self.rejected_at
     }
+    /// Partitioned by the wall clock: an hour is complete once it has passed.
+    fn complete_through(progress: &Progress<'_>) -> Option<i64> {
+        Some(floor_hour(progress.now_ms))
+    }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         RecordBatch::try_from_iter([
             ("rejected_at", utc_millis(rows.iter().map(|r| r.rejected_at))),
@@ -178,6 +237,21 @@ impl TableRow for DeadLetterRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_hour_of_windows_is_complete_once_its_last_window_of_every_size_closed() {
+        const MIN: i64 = 60_000;
+        let h = |hours: i64| hours * HOUR_MS;
+        // 1 m and 1 h windows, 30 s lateness: hour 0 is complete once the watermark reaches
+        // its end plus the lateness.
+        assert_eq!(windows_complete_through(h(1) + 30_000 - 1, &[MIN, h(1)], 30_000), 0);
+        assert_eq!(windows_complete_through(h(1) + 30_000, &[MIN, h(1)], 30_000), h(1));
+        // A day window holds every hour of its day back until the day has closed.
+        let day = h(24);
+        assert_eq!(windows_complete_through(h(30), &[MIN, day], 0), day);
+        assert_eq!(windows_complete_through(h(47), &[MIN, day], 0), day);
+        assert_eq!(windows_complete_through(h(48), &[MIN, day], 0), h(48));
+    }
 
     #[test]
     fn a_tables_schema_is_its_conversion_of_no_rows_with_every_column_nullable() {

@@ -340,6 +340,7 @@ mod tests {
             page_views: 1,
             reached: [true, false, false, false],
             funnel_depth_in_order: 1,
+            partial: false,
         };
         let bought = SessionRow {
             session_end: 30_000,

@@ -133,6 +133,7 @@ mod tests {
             channel: None,
             device: None,
             counts: FunnelCounts { visitors, step_visitors: [0, 0, 0, 1], ..Default::default() },
+            partial: false,
         };
         board.add_funnel(&[row(0, 0, 5), row(0, 1, 7), row(60_000, 0, 1)]);
         let released = board.release_through(60_000);

@@ -3,7 +3,7 @@
 //! wiring only.
 
 use crate::bench::{self, BenchOptions};
-use crate::checkpoint::publish_committed;
+use crate::checkpoint::{CHECKPOINTS, publish_committed};
 use crate::codec::WireFormat;
 use crate::config::{RawConfig, Settings, TopicNames};
 use crate::event::{Channel, Stream};
@@ -13,6 +13,7 @@ use crate::runtime::{Control, RunReport};
 use crate::service::{self, StartOptions};
 use crate::sink::TableFormat;
 use crate::sink::compact::compact;
+use crate::sink::parquet::STAGING;
 use crate::sink::storage::{Location, Storage};
 use crate::table::TableSpec;
 use crate::time::system_time_ms;
@@ -477,8 +478,8 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
         .with_context(|| format!("publishing committed checkpoints under {}", args.out))?;
     let complete: BTreeMap<String, i64> =
         tables.iter().filter_map(|t| Some((t.name.to_owned(), catalog.complete_through(t.name)?))).collect();
-    let report =
-        compact(&storage, &tables, &complete, args.retention).with_context(|| format!("compacting {}", args.out))?;
+    let report = compact(&storage, &tables, &complete, (args.retention, args.debris_grace))
+        .with_context(|| format!("compacting {}", args.out))?;
     let through: Vec<String> = complete.iter().map(|(table, ms)| format!("{table} {}", format_ms(*ms))).collect();
     println!(
         "compacted {} ({format}): {} partitions merged ({} files into {}, {} rows), {} hours newly complete, {} not complete yet; complete through: {}{}{}",
@@ -552,6 +553,16 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
              run's. Pass --fresh to empty it first, or choose another --out",
             settings.output,
             earlier.len()
+        );
+    }
+    // What --fresh empties is a lake's, never a directory given by mistake.
+    let lake_roots: Vec<&str> =
+        crate::operators::builtin().tables().iter().map(|t| t.name).chain([CHECKPOINTS, STAGING]).collect();
+    if let Some(foreign) = earlier.iter().find(|e| !lake_roots.contains(&e.key.split('/').next().unwrap_or_default())) {
+        bail!(
+            "--out {} holds {}, which storepulse did not write; refusing to empty it. Choose another --out",
+            settings.output,
+            foreign.key
         );
     }
     if !earlier.is_empty() {

@@ -26,6 +26,7 @@
 //! | benchmark | [`bench`] | `storepulse bench`: throughput, CPU per event, latency, memory |
 //! | allocator | [`allocator`] | how long freed memory is kept before the OS gets it back |
 //! | command line | [`cli`] | `run`, `demo`, `generate`, `compact`, `bench`, `broker` |
+//! | crash points | [`crash`] | where the end-to-end tests make the process die |
 //!
 //! Errors are typed per boundary below the command line; `anyhow` is used only by the
 //! commands ([`cli`], [`bench`]) and `main`.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod event;
 pub mod generate;
 pub mod labels;

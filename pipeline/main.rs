@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn")),
+                // Dependencies (librdkafka, delta-rs's kernel) log routine work at info.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,storepulse=info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -9,7 +9,7 @@
 #![deny(clippy::too_many_lines)]
 
 use crate::assignment::{Assignment, Retry};
-use crate::checkpoint::{CheckpointFailure, Commit, Coordinator, TidyReport};
+use crate::checkpoint::{CheckpointFailure, Commit, Coordinator};
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::Settings;
 use crate::event::{Event, Stream};
@@ -443,12 +443,8 @@ impl Pipeline {
         let progress = Progress { low_watermark: self.low_watermark, now_ms, time: &self.settings.time };
         let complete = self.tables.iter().filter_map(|t| Some((t.name.to_owned(), t.complete_through(&progress)?)));
         let entries = self.owned.checkpoint_entries(&self.checkpoints);
-        let committed = self.checkpoints.commit(entries, complete.collect(), now_ms);
-        let committed = match committed {
-            Ok(Commit::Committed { seq, written }) => {
-                self.owned.committed(&written);
-                seq
-            }
+        match self.checkpoints.commit(entries, complete.collect(), now_ms) {
+            Ok(Commit::Committed { written, .. }) => self.owned.committed(&written),
             // Nothing changed since the last commit: everything is checkpointed, which is
             // what the age alert watches, so an idle pipeline does not page.
             Ok(Commit::Unchanged) => return self.checkpointed(None),
@@ -463,14 +459,14 @@ impl Pipeline {
             }
         };
         self.outcomes.report.checkpoints += 1;
+        crate::crash::point("checkpoint-committed");
         self.publish();
         if let Err(error) = source.commit(&self.owned.positions()) {
             // The checkpoint holds the offsets; Kafka's copy only feeds lag monitoring.
             tracing::warn!(%error, "committing offsets to Kafka failed; retried at the next checkpoint");
         }
-        if committed % 10 == 1 {
-            self.tidy();
-        }
+        // Superseded state goes at once, so the store holds about one checkpoint's worth.
+        self.tidy();
         self.checkpointed(Some(started))
     }
 
@@ -583,10 +579,10 @@ impl Pipeline {
     /// what no checkpoint needs any more. Failures are retried at the next call.
     fn tidy(&mut self) {
         match self.checkpoints.tidy(system_time_ms(SystemTime::now())) {
-            Ok(report) if report != TidyReport::default() => {
-                tracing::info!(?report, "checkpoint store tidied");
-            }
-            Ok(_) => {}
+            // Publishing another writer's files is a repair worth a line; routine removal of
+            // superseded state is not.
+            Ok(report) if report.republished > 0 => tracing::info!(?report, "checkpoint store repaired"),
+            Ok(report) => tracing::debug!(?report, "checkpoint store tidied"),
             Err(error) => tracing::warn!(%error, "tidying the checkpoint store failed; retried later"),
         }
     }

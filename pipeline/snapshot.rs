@@ -2,8 +2,8 @@
 //!
 //! A snapshot opens with a header, `SPST` and the format's version, so that a release meeting a
 //! snapshot of a newer format refuses it by name rather than misreading it (new fields would
-//! otherwise default silently). Format 3, written now, is a list of named sections, each the
-//! CBOR of one part of the task (its clocks, then one section per operator), so that a
+//! otherwise default silently). Formats 3 and 4 (written now) are a list of named sections,
+//! each the CBOR of one part of the task (its clocks, then one section per operator), so that a
 //! family added later brings a section of its own and every section is written straight into
 //! the one buffer. Formats 1 and 2, and the headerless snapshots before them, were one CBOR
 //! value of the whole task; [`read`] hands those back as [`Snapshot::Whole`] for the operators
@@ -17,7 +17,11 @@ const MAGIC: &[u8; 4] = b"SPST";
 
 /// The state format this release writes. Raise it when a change to the state would be misread
 /// by the previous release, and keep reading the older versions.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
+
+/// The first format of named sections; format 4 packs the dedupe fingerprints, which format 3
+/// held as an array (read by the same code).
+const FIRST_SECTIONS_VERSION: u8 = 3;
 
 /// The last format that was one CBOR value of the whole task.
 const LAST_WHOLE_VERSION: u8 = 2;
@@ -113,7 +117,7 @@ impl SnapshotWriter {
 /// A snapshot as read: its sections, or the whole task of an earlier format.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Snapshot<'a> {
-    /// Format 3: sections by name, in the order written.
+    /// Formats 3 and 4: sections by name, in the order written.
     Sections(Vec<(&'a str, &'a [u8])>),
     /// Formats 1 and 2, and headerless snapshots: the CBOR of the whole task.
     Whole(&'a [u8]),
@@ -129,7 +133,7 @@ pub fn read(bytes: &[u8]) -> Result<Snapshot<'_>, SnapshotError> {
     let Some(after_magic) = bytes.strip_prefix(MAGIC) else { return Ok(Snapshot::Whole(bytes)) };
     match after_magic {
         [1..=LAST_WHOLE_VERSION, cbor @ ..] => Ok(Snapshot::Whole(cbor)),
-        [VERSION, sections @ ..] => read_sections(sections).map(Snapshot::Sections),
+        [FIRST_SECTIONS_VERSION..=VERSION, sections @ ..] => read_sections(sections).map(Snapshot::Sections),
         [version, ..] => Err(SnapshotError(format!(
             "written in state format {version}, but this release reads format {VERSION} and older; \
              run a release that knows format {version}"
@@ -170,7 +174,7 @@ mod tests {
             writer.cbor_section("clocks", &state()).expect("encodes");
             writer.section("empty", |_| Ok(())).expect("an empty body");
             let bytes = writer.finish();
-            assert_eq!(&bytes[..5], b"SPST\x03");
+            assert_eq!(&bytes[..5], b"SPST\x04");
             let Snapshot::Sections(sections) = read(&bytes).expect("reads") else { panic!("sections") };
             assert_eq!(sections.iter().map(|(name, _)| *name).collect::<Vec<_>>(), ["clocks", "empty"]);
             assert_eq!(read_cbor::<BTreeMap<String, u32>>(sections[0].1).expect("decodes"), state());
@@ -187,9 +191,14 @@ mod tests {
             assert_eq!(read(&bytes).expect("an earlier format"), Snapshot::Whole(&cbor));
         }
         assert_eq!(read(&cbor).expect("a headerless snapshot"), Snapshot::Whole(&cbor));
+        let mut three = SnapshotWriter::new(0);
+        three.cbor_section("clocks", &state()).expect("encodes");
+        let mut bytes = three.finish();
+        bytes[MAGIC.len()] = FIRST_SECTIONS_VERSION;
+        assert!(matches!(read(&bytes), Ok(Snapshot::Sections(s)) if s.len() == 1), "format 3 reads as sections");
         let newer = [&MAGIC[..], &[VERSION + 1]].concat();
         let error = read(&newer).expect_err("a format from the future").to_string();
-        assert!(error.contains("state format 4") && error.contains("reads format 3"), "{error}");
+        assert!(error.contains("state format 5") && error.contains("reads format 4"), "{error}");
         assert!(read(b"SPST").is_err(), "a header and nothing else");
         let mut cut = SnapshotWriter::new(0);
         cut.cbor_section("clocks", &state()).expect("encodes");

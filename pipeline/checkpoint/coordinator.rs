@@ -4,7 +4,7 @@
 //! committed; a restore finds each task's newest checkpoint in any instance's manifests.
 
 use super::store::{
-    Catalog, CheckpointError, CheckpointStore, Manifest, TaskCheckpoint, TidyReport, republish_by_rename,
+    Catalog, CheckpointError, CheckpointStore, Manifest, Republish, TaskCheckpoint, TidyReport, republish_by_rename,
 };
 use crate::sink::TableFormat;
 use crate::sink::delta::{DeltaError, DeltaLake};
@@ -88,14 +88,14 @@ enum Publisher {
     /// Renamed from `_staging/` into their partitions (plain Parquet).
     Rename,
     /// Added to their tables' Delta logs.
-    Delta { lake: DeltaLake, tables: Vec<TableSpec> },
+    Delta { lake: Box<DeltaLake>, tables: Vec<TableSpec> },
 }
 
 impl Publisher {
     fn new(format: TableFormat, storage: &Storage, tables: Vec<TableSpec>) -> Self {
         match format {
             TableFormat::Parquet => Publisher::Rename,
-            TableFormat::Delta => Publisher::Delta { lake: DeltaLake::new(storage.clone()), tables },
+            TableFormat::Delta => Publisher::Delta { lake: Box::new(DeltaLake::new(storage.clone())), tables },
         }
     }
 
@@ -136,7 +136,10 @@ impl Publisher {
                 None => Err(DeltaError::Schema { table: table.into(), message: "not a registered table".into() }),
             };
             match result {
-                Ok(_) => published.extend(group),
+                Ok(_) => {
+                    published.extend(group);
+                    crate::crash::point("delta-table-committed");
+                }
                 Err(error) => {
                     failed_tables.push(table);
                     failed.extend(group);
@@ -163,8 +166,9 @@ pub fn publish_committed(
 ) -> Result<Catalog, CheckpointError> {
     let instance = format!("publisher-{now_ms}-{}", std::process::id());
     let mut publisher = Coordinator::new(storage.clone(), instance, grace_ms, format, tables);
-    publisher.tidy(now_ms)?;
-    publisher.catalog()
+    // Completeness is read from the catalog whose files were all published: a manifest
+    // committed since may not be visible yet.
+    Ok(publisher.tidy_in(now_ms, Republish::All)?.1)
 }
 
 /// Checkpoints of one instance.
@@ -331,8 +335,14 @@ impl Coordinator {
     /// # Errors
     /// When the storage fails; the next call goes on.
     pub fn tidy(&mut self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
+        Ok(self.tidy_in(now_ms, Republish::Stale)?.0)
+    }
+
+    /// [`Coordinator::tidy`] publishing the files of the manifests in `scope`; returns the
+    /// catalog it acted on.
+    fn tidy_in(&mut self, now_ms: i64, scope: Republish) -> Result<(TidyReport, Catalog), CheckpointError> {
         let (store, publisher, instance) = (&self.store, &mut self.publisher, &self.instance);
-        store.tidy(now_ms, &mut |manifest| {
+        store.tidy(now_ms, scope, &mut |manifest| {
             // This instance's own files are published, in order, by `publish`.
             if manifest.instance == *instance {
                 return Ok(0);
@@ -354,6 +364,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::delta::DeltaLake;
     use crate::sink::parquet::STAGING;
     use crate::sink::storage::Location;
     use crate::table::DeadLetterRow;
@@ -402,10 +413,11 @@ mod tests {
         assert_eq!(commit, Commit::Committed { seq: 1, written: vec![("commerce-0".to_owned(), 5)] });
         assert!(files(&storage(&dir)).is_empty(), "committed, not yet published");
         assert_eq!(first.buffered_rows(), 0);
-        // The process dies here. Whoever reads the store next publishes what the manifest lists.
+        // The process dies here. Whoever tidies the store past the grace period publishes what
+        // the manifest lists.
         drop(first);
         let mut second = Coordinator::new(storage(&dir), "2-2".into(), 0, TableFormat::Parquet, tables());
-        assert_eq!(second.tidy(NOW).expect("tidy").republished, 1);
+        assert_eq!(second.tidy(NOW + 1).expect("tidy").republished, 1);
         assert_eq!(files(&storage(&dir)).len(), 1);
         assert!(storage(&dir).list(STAGING).expect("list").is_empty());
 
@@ -416,6 +428,42 @@ mod tests {
         assert_eq!((publication.published.len(), publication.failed), (1, 0));
         assert_eq!(files(&storage(&dir)).len(), 2);
         assert!(third.publish().published.is_empty(), "published once");
+    }
+
+    fn delta_files(storage: &Storage) -> Vec<String> {
+        let spec = tables().into_iter().find(|t| t.name == "dead_letters").expect("registered");
+        let mut lake = DeltaLake::new(storage.clone());
+        lake.live_files(&spec).expect("log").into_values().flatten().map(|f| f.path).collect()
+    }
+
+    #[test]
+    fn a_delta_commit_is_added_once_whoever_repeats_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let complete = || BTreeMap::from([("dead_letters".to_owned(), 5)]);
+        let mut first = Coordinator::new(storage(&dir), "1-1".into(), 60_000, TableFormat::Delta, tables());
+        first.pending().push(dead_letter(7));
+        first.commit(vec![entry("commerce-0", 8, Some(b"state"))], complete(), NOW).expect("commits");
+        // The process dies before publishing.
+        drop(first);
+        let mut second = Coordinator::new(storage(&dir), "2-2".into(), 60_000, TableFormat::Delta, tables());
+        assert_eq!(second.tidy(NOW + 1).expect("tidy").republished, 0, "a live writer publishes its own");
+        assert!(delta_files(&storage(&dir)).is_empty());
+        assert_eq!(second.tidy(NOW + 60_001).expect("tidy").republished, 1, "past the grace period");
+        assert_eq!(delta_files(&storage(&dir)).len(), 1);
+        // `compact`, or a third instance, repeats the commit: the table holds its transaction.
+        let catalog =
+            publish_committed(&storage(&dir), TableFormat::Delta, tables(), 60_000, NOW + 2).expect("publishes");
+        assert_eq!(delta_files(&storage(&dir)).len(), 1);
+        assert_eq!(catalog.complete_through("dead_letters"), Some(5));
+
+        // A writer that publishes its own commit, then is superseded, is not added twice either.
+        let mut third = Coordinator::new(storage(&dir), "3-3".into(), 60_000, TableFormat::Delta, tables());
+        third.pending().push(dead_letter(9));
+        third.commit(vec![entry("commerce-1", 1, Some(b"s"))], complete(), NOW).expect("commits");
+        assert_eq!(third.publish().published.len(), 1);
+        third.commit(vec![entry("commerce-1", 2, Some(b"t"))], complete(), NOW + 1).expect("commits");
+        assert_eq!(second.tidy(NOW + 2).expect("tidy").manifests_removed, 1);
+        assert_eq!(delta_files(&storage(&dir)).len(), 2);
     }
 
     #[test]

@@ -240,8 +240,8 @@ impl CheckpointStore {
         Ok(entries.len())
     }
 
-    /// Repairs and cleans the store: `republish` is handed every committed manifest that
-    /// lists files, to publish those its writer stopped before publishing; then superseded
+    /// Repairs and cleans the store: `republish` is handed the committed manifests in `scope`
+    /// that list files, to publish those their writer stopped before publishing; then superseded
     /// manifests go, the state of every task's older epochs goes, and state and staged files no
     /// manifest lists (checkpoints that never committed) go once older than the grace period.
     ///
@@ -251,14 +251,23 @@ impl CheckpointStore {
     pub fn tidy(
         &self,
         now_ms: i64,
+        scope: Republish,
         republish: &mut dyn FnMut(&Manifest) -> Result<usize, CheckpointError>,
-    ) -> Result<TidyReport, CheckpointError> {
+    ) -> Result<(TidyReport, Catalog), CheckpointError> {
         let mut report = TidyReport::default();
         let catalog = self.catalog()?;
-        for manifest in catalog.manifests.iter().filter(|m| !m.files.is_empty()) {
-            report.republished += republish(manifest)?;
-        }
         let superseded: BTreeSet<usize> = catalog.superseded().into_iter().collect();
+        let old = |modified_ms: i64| now_ms - modified_ms > self.grace_ms;
+        for (i, manifest) in catalog.manifests.iter().enumerate() {
+            let due = match scope {
+                Republish::All => true,
+                // A live writer publishes its manifest's files right after committing it.
+                Republish::Stale => superseded.contains(&i) || old(manifest.written_at_ms),
+            };
+            if due && !manifest.files.is_empty() {
+                report.republished += republish(manifest)?;
+            }
+        }
         for &i in &superseded {
             self.storage.delete(&catalog.manifests[i].key())?;
             report.manifests_removed += 1;
@@ -266,7 +275,6 @@ impl CheckpointStore {
         let kept: Vec<&Manifest> =
             catalog.manifests.iter().enumerate().filter(|(i, _)| !superseded.contains(i)).map(|(_, m)| m).collect();
         let referenced: BTreeSet<&str> = kept.iter().flat_map(|m| m.tasks.values().map(|t| t.state.as_str())).collect();
-        let old = |modified_ms: i64| now_ms - modified_ms > self.grace_ms;
         for entry in self.storage.list(STATES)? {
             // An epoch older than the task's newest committed one is never restored again; a
             // newer one may be a live instance's checkpoint in the making.
@@ -289,8 +297,19 @@ impl CheckpointStore {
             }
         }
         self.storage.remove_empty_directories(STAGING)?;
-        Ok(report)
+        Ok((report, catalog))
     }
+}
+
+/// Which committed manifests [`CheckpointStore::tidy`] publishes the files of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Republish {
+    /// Those about to be removed, and those their writer left unpublished past the grace
+    /// period: a running instance's routine repair.
+    Stale,
+    /// Every one: afterwards everything the catalog commits is visible, so its completeness
+    /// can be marked.
+    All,
 }
 
 /// The task and epoch of a state key, `_checkpoints/state/TASK/EPOCH.cbor`.
@@ -350,6 +369,23 @@ mod tests {
     }
 
     #[test]
+    fn the_group_is_complete_through_the_lowest_time_of_each_tasks_newest_manifest() {
+        let complete = |mut m: Manifest, through: &[(&str, i64)]| {
+            m.complete_through = through.iter().map(|(t, ms)| ((*t).to_owned(), *ms)).collect();
+            m
+        };
+        let catalog = Catalog::new(vec![
+            // a's old checkpoint of commerce-0 no longer counts: b holds a newer one.
+            complete(manifest("a", 1, 100, &[("commerce-0", 3)]), &[("orders", 1_000)]),
+            complete(manifest("a", 2, 150, &[("clickstream-0", 9)]), &[("orders", 7_000), ("funnel", 5_000)]),
+            complete(manifest("b", 1, 200, &[("commerce-0", 4)]), &[("orders", 4_000)]),
+        ]);
+        assert_eq!(catalog.complete_through("orders"), Some(4_000));
+        assert_eq!(catalog.complete_through("funnel"), None, "b records none for the funnel");
+        assert_eq!(Catalog::default().complete_through("orders"), None);
+    }
+
+    #[test]
     fn a_manifest_is_superseded_only_when_every_task_it_lists_is_newer_elsewhere() {
         let catalog = Catalog::new(vec![
             // a released commerce-0 to b, which has checkpointed it since; a still owns clickstream-0.
@@ -392,14 +428,15 @@ mod tests {
         store.commit(&committed).expect("commit");
         storage.rename(&file(0).staged, &file(0).key).expect("published");
 
-        let report = store.tidy(i64::MAX / 2, &mut |m| republish_by_rename(&storage, m)).expect("tidy");
+        let report =
+            store.tidy(i64::MAX / 2, Republish::Stale, &mut |m| republish_by_rename(&storage, m)).expect("tidy").0;
         assert_eq!(report, TidyReport { republished: 1, manifests_removed: 0, states_removed: 1, staged_discarded: 1 });
         assert!(storage.exists(&file(1).key).expect("head"));
         assert!(!storage.exists(&file(2).key).expect("head"), "an uncommitted file is never published");
         assert_eq!(storage.list(STAGING).expect("list").len(), 1, "only the compaction record remains");
         assert_eq!(store.load_state(&committed.tasks["commerce-0"]).expect("state").as_ref(), [1, 2, 3]);
         assert_eq!(
-            store.tidy(i64::MAX / 2, &mut |m| republish_by_rename(&storage, m)).expect("again"),
+            store.tidy(i64::MAX / 2, Republish::Stale, &mut |m| republish_by_rename(&storage, m)).expect("again").0,
             TidyReport::default()
         );
     }
@@ -412,7 +449,10 @@ mod tests {
         storage.put(&format!("{STAGING}/2-2/000000000005/orders-x.parquet"), b"x".to_vec()).expect("put");
         store.put_state("clickstream-1", 5, vec![0]).expect("state");
         let now = crate::time::system_time_ms(std::time::SystemTime::now());
-        assert_eq!(store.tidy(now, &mut |m| republish_by_rename(&storage, m)).expect("tidy"), TidyReport::default());
+        assert_eq!(
+            store.tidy(now, Republish::Stale, &mut |m| republish_by_rename(&storage, m)).expect("tidy").0,
+            TidyReport::default()
+        );
         assert_eq!(store.discard_all().expect("discard"), 1, "the one state object");
         assert!(storage.list(CHECKPOINTS).expect("list").is_empty());
     }

@@ -80,7 +80,8 @@ const MANIFESTS: &str = "_staging/compaction";
 
 /// Compacts every complete hour partition of `tables`: those ending at or before the table's
 /// time in `complete_through` (a table without one has none complete). Delta tables are then
-/// vacuumed of files removed longer than `retention` ago.
+/// vacuumed: of files removed longer than `retention` ago, and of files never committed that
+/// are older than that and than `debris_grace`.
 ///
 /// # Errors
 /// [`CompactError`] on the first failure; partitions done before it stay done, and a merge
@@ -89,14 +90,14 @@ pub fn compact(
     storage: &Storage,
     tables: &[TableSpec],
     complete_through: &BTreeMap<String, i64>,
-    retention: std::time::Duration,
+    (retention, debris_grace): (std::time::Duration, std::time::Duration),
 ) -> Result<CompactReport, CompactError> {
     let mut report = CompactReport { recovered: recover(storage)?, ..CompactReport::default() };
     let mut lake = DeltaLake::new(storage.clone());
     for table in tables {
         let complete = complete_through.get(table.name).copied().unwrap_or(i64::MIN);
         if lake.exists(table.name)? {
-            compact_delta(&mut lake, table, complete, retention, &mut report)?;
+            compact_delta(&mut lake, table, complete, (retention, debris_grace), &mut report)?;
         } else {
             compact_plain(storage, table.name, complete, &mut report)?;
         }
@@ -110,7 +111,7 @@ fn compact_delta(
     lake: &mut DeltaLake,
     table: &TableSpec,
     complete: i64,
-    retention: std::time::Duration,
+    (retention, debris_grace): (std::time::Duration, std::time::Duration),
     report: &mut CompactReport,
 ) -> Result<(), CompactError> {
     let marked_before = lake.complete_through(table)?.unwrap_or(i64::MIN);
@@ -124,7 +125,9 @@ fn compact_delta(
             report.files_before += files.len();
             let merged = merge_live(lake.storage(), table.name, hour, &files, stamp)?;
             report.rows += merged.rows;
+            crate::crash::point("compact-merged");
             lake.replace(table, &files, &merged, complete)?;
+            crate::crash::point("compact-replaced");
             report.merged += 1;
         }
         report.marked += usize::from(hour + HOUR_MS > marked_before);
@@ -132,7 +135,7 @@ fn compact_delta(
     if complete > marked_before && complete > i64::MIN {
         lake.mark_complete(table, complete)?;
     }
-    report.vacuumed += lake.vacuum(table, retention)?;
+    report.vacuumed += lake.vacuum(table, retention, debris_grace)?;
     Ok(())
 }
 
@@ -298,7 +301,8 @@ mod tests {
         BTreeMap::from([("dead_letters".to_owned(), through)])
     }
 
-    const RETENTION: std::time::Duration = std::time::Duration::from_secs(3_600);
+    const RETENTION: (std::time::Duration, std::time::Duration) =
+        (std::time::Duration::from_secs(3_600), std::time::Duration::from_secs(900));
 
     fn write(writer: &mut ParquetWriter, row: DeadLetterRow) {
         let mut rows = Rows::default();
@@ -365,6 +369,40 @@ mod tests {
         // A second run has nothing left to do.
         let again = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
         assert_eq!((again.merged, again.marked), (0, 0));
+    }
+
+    #[test]
+    fn a_delta_table_merges_complete_hours_in_one_commit_and_records_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let mut writer = ParquetWriter::new(storage.clone(), "1-1".into(), TableFormat::Delta);
+        let mut lake = DeltaLake::new(storage.clone());
+        for (checkpoint, (at, offset)) in [(H0, 0), (H0 + 1, 1), (H0 + 2, 2), (H0 + HOUR_MS, 3)].into_iter().enumerate()
+        {
+            let mut rows = Rows::default();
+            rows.push(dead_letter(at, offset));
+            let files = writer.stage_all(&mut rows, checkpoint as u64 + 1).staged;
+            lake.append(&TABLES[0], &files, "1-1", checkpoint as i64 + 1, None).expect("append");
+        }
+        let before = lake.live_files(&TABLES[0]).expect("log");
+        assert_eq!(before.values().map(Vec::len).collect::<Vec<_>>(), [3, 1]);
+
+        let report = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
+        assert_eq!((report.merged, report.files_before, report.rows, report.marked, report.open), (1, 3, 3, 1, 1));
+        let after = lake.live_files(&TABLES[0]).expect("log");
+        assert_eq!(after.values().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(lake.complete_through(&TABLES[0]).expect("log"), Some(H0 + HOUR_MS));
+        let merged = storage.get(&format!("dead_letters/{}", after[&H0][0].path)).expect("get");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(merged).expect("parquet").build().expect("reader");
+        assert_eq!(reader.map(|batch| batch.expect("batch").num_rows()).sum::<usize>(), 3);
+        assert_eq!(report.vacuumed, 0, "the merged inputs stay for the retention period");
+        assert_eq!(storage.list("dead_letters/dt=2025-11-11/hour=00").expect("list").len(), 4);
+        assert!(!storage.exists("dead_letters/dt=2025-11-11/hour=00/_SUCCESS").expect("head"), "no marker files");
+
+        let again = compact(&storage, &TABLES, &complete(H0 + HOUR_MS), RETENTION).expect("compact");
+        assert_eq!((again.merged, again.marked), (0, 0));
+        let now = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        assert_eq!(compact(&storage, &TABLES, &complete(H0 + HOUR_MS), now).expect("compact").vacuumed, 3);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::operations::vacuum::{VacuumBuilder, VacuumMode};
 use deltalake_core::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Once};
 use url::Url;
 
@@ -55,8 +55,8 @@ pub enum DeltaError {
     Table {
         /// The table.
         table: String,
-        /// What delta-rs said.
-        source: DeltaTableError,
+        /// What delta-rs said (boxed: it is large, and errors travel by value).
+        source: Box<DeltaTableError>,
     },
     /// The table's schema is not one storepulse can write (a bug).
     #[error("Delta table {table}: schema: {message}")]
@@ -117,7 +117,7 @@ impl DeltaLake {
     }
 
     fn fail(table: &str) -> impl Fn(DeltaTableError) -> DeltaError + '_ {
-        move |source| DeltaError::Table { table: table.to_owned(), source }
+        move |source| DeltaError::Table { table: table.to_owned(), source: Box::new(source) }
     }
 
     /// `table` at its newest version, created (empty, with `spec`'s schema) if missing.
@@ -132,9 +132,13 @@ impl DeltaLake {
                 .map_err(Self::fail(name))?;
             self.tables.insert(name.to_owned(), table);
         }
+        // Loading a missing table fails loudly inside delta-rs; a look at the log says first.
+        let missing = self.tables.get(name).is_some_and(|t| t.version().is_none()) && !self.exists(name)?;
         let storage = self.storage.clone();
         let table = self.tables.get_mut(name).unwrap_or_else(|| unreachable!("inserted above"));
-        match storage.block_on(table.load()) {
+        let loaded =
+            if missing { Err(DeltaTableError::NotATable(name.into())) } else { storage.block_on(table.load()) };
+        match loaded {
             Ok(()) => {}
             Err(DeltaTableError::NotATable(_)) => {
                 let columns =
@@ -151,7 +155,7 @@ impl DeltaLake {
                 *table = created.map_err(Self::fail(name))?;
                 storage.block_on(table.load()).map_err(Self::fail(name))?;
             }
-            Err(source) => return Err(DeltaError::Table { table: name.into(), source }),
+            Err(source) => return Err(Self::fail(name)(source)),
         }
         Ok(table)
     }
@@ -286,23 +290,35 @@ impl DeltaLake {
         self.app_version(spec, COMPLETE_APP_ID)
     }
 
-    /// Deletes data files no version newer than `retention` ago refers to: removed files and
-    /// files no commit ever added (written by a checkpoint or merge that never committed).
+    /// Deletes the data files removed longer than `retention` ago (a reader of an older
+    /// version may still need them until then), and files no commit ever added once older than
+    /// `retention` and `grace` both (a checkpoint or merge that never committed; a live writer
+    /// commits what it writes within `grace`).
     ///
     /// # Errors
     /// When the log or the storage fails.
-    pub fn vacuum(&mut self, spec: &TableSpec, retention: std::time::Duration) -> Result<usize, DeltaError> {
-        let storage = self.storage.clone();
-        let table = self.table(spec)?.clone();
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let vacuum: VacuumBuilder = table
-            .vacuum()
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .with_mode(VacuumMode::Full);
-        let (vacuumed, metrics) = storage.block_on(vacuum.into_future()).map_err(Self::fail(spec.name))?;
-        self.tables.insert(spec.name.to_owned(), vacuumed);
-        Ok(metrics.files_deleted.len())
+    pub fn vacuum(
+        &mut self,
+        spec: &TableSpec,
+        retention: std::time::Duration,
+        grace: std::time::Duration,
+    ) -> Result<usize, DeltaError> {
+        // delta-rs counts a removed file again at every vacuum while the log remembers it.
+        let data_files = |storage: &Storage| -> Result<BTreeSet<String>, DeltaError> {
+            let entries = storage.list(spec.name)?;
+            Ok(entries.into_iter().map(|e| e.key).filter(|key| !key.contains("/_delta_log/")).collect())
+        };
+        let before = data_files(&self.storage)?;
+        for (mode, keep) in [(VacuumMode::Lite, retention), (VacuumMode::Full, retention.max(grace))] {
+            let storage = self.storage.clone();
+            let table = self.table(spec)?.clone();
+            let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let vacuum: VacuumBuilder =
+                table.vacuum().with_retention_period(keep).with_enforce_retention_duration(false).with_mode(mode);
+            let (vacuumed, _) = storage.block_on(vacuum.into_future()).map_err(Self::fail(spec.name))?;
+            self.tables.insert(spec.name.to_owned(), vacuumed);
+        }
+        Ok(before.difference(&data_files(&self.storage)?).count())
     }
 }
 
@@ -432,4 +448,76 @@ fn register_s3_log_store() {
             logstore_factories().insert(s3, Arc::new(ConditionalPutLogStores));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::storage::Location;
+
+    const HOUR: i64 = 1_762_819_200_000;
+
+    fn dead_letters() -> TableSpec {
+        crate::operators::builtin().tables().into_iter().find(|t| t.name == "dead_letters").expect("registered")
+    }
+
+    fn file(storage: &Storage, name: &str, checkpoint: u64) -> StagedFile {
+        let key = format!("dead_letters/dt=2025-11-11/hour=00/{name}.parquet");
+        storage.put(&key, b"rows".to_vec()).expect("put");
+        StagedFile {
+            table: "dead_letters".into(),
+            staged: key.clone(),
+            key,
+            bytes: 4,
+            rows: 1,
+            hour_ms: HOUR,
+            checkpoint,
+        }
+    }
+
+    #[test]
+    fn partition_values_round_trip_through_the_hour() {
+        let values = partition_values(HOUR + 13 * 3_600_000);
+        assert_eq!(values["dt"].as_deref(), Some("2025-11-11"));
+        assert_eq!(values["hour"].as_deref(), Some("13"));
+        assert_eq!(partition_hour(&values), Some(HOUR + 13 * 3_600_000));
+    }
+
+    #[test]
+    fn a_repeated_append_is_skipped_and_a_replace_swaps_files_in_one_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(&Location::Local(dir.path().to_path_buf())).expect("storage");
+        let spec = dead_letters();
+        let (first, second, merged) = (file(&storage, "a", 1), file(&storage, "b", 2), file(&storage, "merged", 0));
+        let mut lake = DeltaLake::new(storage.clone());
+
+        assert_eq!(
+            lake.append(&spec, std::slice::from_ref(&first), "1-1", 1, None).expect("append"),
+            Appended::Committed(1)
+        );
+        assert_eq!(lake.append(&spec, &[first], "1-1", 1, None).expect("replay"), Appended::AlreadyCommitted);
+        assert_eq!(lake.append(&spec, &[second], "1-1", 2, None).expect("append"), Appended::Committed(2));
+        let live = lake.live_files(&spec).expect("log").remove(&HOUR).expect("the hour");
+        assert_eq!(live.len(), 2);
+
+        assert_eq!(lake.replace(&spec, &live, &merged, HOUR + 3_600_000).expect("replace"), 3);
+        let after: Vec<String> = lake.live_files(&spec).expect("log").into_values().flatten().map(|f| f.path).collect();
+        assert_eq!(after, ["dt=2025-11-11/hour=00/merged.parquet"]);
+        assert_eq!(lake.complete_through(&spec).expect("log"), Some(HOUR + 3_600_000));
+        assert!(!lake.mark_complete(&spec, HOUR).expect("log"), "completeness never goes back");
+        assert!(lake.mark_complete(&spec, HOUR + 7_200_000).expect("commit"));
+        assert_eq!(lake.complete_through(&spec).expect("log"), Some(HOUR + 7_200_000));
+
+        // A file no commit added (a checkpoint that never committed) goes after the grace period.
+        let debris = file(&storage, "debris", 3);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let grace = std::time::Duration::from_secs(60);
+        assert_eq!(lake.vacuum(&spec, std::time::Duration::ZERO, grace).expect("vacuum"), 2, "the removed files");
+        assert!(storage.exists(&debris.key).expect("exists"), "left to its writer for the grace period");
+        assert_eq!(lake.vacuum(&spec, std::time::Duration::ZERO, std::time::Duration::ZERO).expect("vacuum"), 1);
+        assert!(!storage.exists(&debris.key).expect("exists"));
+        assert!(storage.exists(&merged.key).expect("exists"));
+        let mut reread = DeltaLake::new(storage);
+        assert_eq!(reread.live_files(&spec).expect("log").values().flatten().count(), 1);
+    }
 }

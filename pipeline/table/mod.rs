@@ -38,7 +38,7 @@ pub trait TableRow: Send + Sized + 'static {
     /// this far: every hour partition ending at or before it is complete. By default rows are
     /// partitioned by a watermark they were made at (`None` before there is one).
     fn complete_through(progress: &Progress<'_>) -> Option<i64> {
-        progress.low_watermark.map(|w| floor_hour(w))
+        progress.low_watermark.map(floor_hour)
     }
 }
 

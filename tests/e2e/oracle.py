@@ -7,14 +7,33 @@ the tests check separately that storepulse dead-lettered, suppressed or reported
 import pathlib
 
 import duckdb
+from deltalake import DeltaTable
 
 WINDOWS = {"1m": 60_000, "1h": 3_600_000}
 SESSION_GAP_MS = 30 * 60_000
 ENGAGED_AFTER_MS = 10_000
 
 
-def table(out: pathlib.Path, name: str) -> str:
-    """A DuckDB table expression over every hour partition of one storepulse table."""
+def is_delta(out: pathlib.Path, name: str) -> bool:
+    return (out / name / "_delta_log").is_dir()
+
+
+def data_files(out: pathlib.Path, name: str, version: int | None = None) -> list[pathlib.Path]:
+    """The files a reader sees: a Delta table's live files (newest version, or `version`) as
+    the deltalake package reads its log, or every file of a plain Parquet table."""
+    if is_delta(out, name):
+        uris = DeltaTable(out / name, version=version).file_uris()
+        return sorted(pathlib.Path(uri.removeprefix("file://")) for uri in uris)
+    return sorted((out / name).glob("*/*/*.parquet"))
+
+
+def table(out: pathlib.Path, name: str, version: int | None = None) -> str:
+    """A DuckDB table expression over every hour partition of one storepulse table: DuckDB
+    reads the files, the deltalake package says which (DuckDB's own Delta extension is a
+    download away)."""
+    if is_delta(out, name):
+        files = ", ".join(f"'{path}'" for path in data_files(out, name, version))
+        return f"read_parquet([{files}], hive_partitioning = true)"
     return f"read_parquet('{out}/{name}/*/*/*.parquet', hive_partitioning = true)"
 
 
@@ -364,8 +383,7 @@ def injected_late(con) -> set[tuple]:
 
 def late_from_parquet(con, out: pathlib.Path, family: str) -> list[tuple]:
     """(stream, event_id) of late_events rows of one family (a list: duplicates would show)."""
-    files = list(out.glob("late_events/**/*.parquet"))
-    if not files:
+    if not data_files(out, "late_events"):
         return []
     return con.sql(
         f"SELECT stream, event_id FROM {table(out, 'late_events')} WHERE family = '{family}' ORDER BY ALL"
@@ -377,10 +395,6 @@ def rows(result) -> list[tuple]:
 
 
 TABLES = ["funnel", "sessions", "orders", "fulfillment", "order_facts", "orphan_shipments", "late_events", "dead_letters"]
-
-
-def data_files(out: pathlib.Path, name: str) -> list[pathlib.Path]:
-    return sorted((out / name).glob("*/*/*.parquet"))
 
 
 def snapshot(out: pathlib.Path) -> dict[str, list[tuple]]:

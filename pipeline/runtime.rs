@@ -9,7 +9,7 @@
 #![deny(clippy::too_many_lines)]
 
 use crate::assignment::{Assignment, Retry};
-use crate::checkpoint::{CheckpointFailure, Commit, Coordinator};
+use crate::checkpoint::{CheckpointFailure, Commit, Coordinator, Republish};
 use crate::codec::{DecodeError, Decoder, WriterSchemaSource};
 use crate::config::Settings;
 use crate::event::{Event, Stream};
@@ -170,7 +170,7 @@ impl Pipeline {
     /// does not commit.
     pub fn run(mut self, source: &mut KafkaSource, control: &ControlHandle) -> Result<RunReport, RuntimeError> {
         source.defer_rebalances();
-        self.tidy();
+        self.tidy(Republish::Stale);
         let now = Instant::now();
         let mut timers = Timers {
             started: now,
@@ -466,7 +466,7 @@ impl Pipeline {
             tracing::warn!(%error, "committing offsets to Kafka failed; retried at the next checkpoint");
         }
         // Superseded state goes at once, so the store holds about one checkpoint's worth.
-        self.tidy();
+        self.tidy(Republish::Stale);
         self.checkpointed(Some(started))
     }
 
@@ -570,15 +570,20 @@ impl Pipeline {
         self.metrics.checkpoint_restore_duration.observe(started.elapsed().as_secs_f64());
         if restored > 0 {
             tracing::info!(tasks = restored, took = ?started.elapsed(), "restored partition state from checkpoints");
-            self.tidy();
+            self.tidy(Republish::All);
         }
         start
     }
 
     /// Publishes files of checkpoints whose writer stopped before publishing them, and removes
     /// what no checkpoint needs any more. Failures are retried at the next call.
-    fn tidy(&mut self) {
-        match self.checkpoints.tidy(system_time_ms(SystemTime::now())) {
+    fn tidy(&mut self, scope: Republish) {
+        let now_ms = system_time_ms(SystemTime::now());
+        let tidied = match scope {
+            Republish::Stale => self.checkpoints.tidy(now_ms),
+            Republish::All => self.checkpoints.repair(now_ms),
+        };
+        match tidied {
             // Publishing another writer's files is a repair worth a line; routine removal of
             // superseded state is not.
             Ok(report) if report.republished > 0 => tracing::info!(?report, "checkpoint store repaired"),

@@ -338,6 +338,16 @@ impl Coordinator {
         Ok(self.tidy_in(now_ms, Republish::Stale)?.0)
     }
 
+    /// [`Coordinator::tidy`] that publishes every committed manifest's files, young ones too:
+    /// after a restore, whose tasks' previous owner may have died between its commit and its
+    /// publication.
+    ///
+    /// # Errors
+    /// When the storage fails; the next call goes on.
+    pub fn repair(&mut self, now_ms: i64) -> Result<TidyReport, CheckpointError> {
+        Ok(self.tidy_in(now_ms, Republish::All)?.0)
+    }
+
     /// [`Coordinator::tidy`] publishing the files of the manifests in `scope`; returns the
     /// catalog it acted on.
     fn tidy_in(&mut self, now_ms: i64, scope: Republish) -> Result<(TidyReport, Catalog), CheckpointError> {

@@ -1,18 +1,23 @@
 //! Checkpoints: the one atomic commit point of exactly-once output.
 //!
 //! A checkpoint of an instance is a manifest, written in one `put`, that lists for each task it
-//! owns the state snapshot and the source offsets it covers, and the Parquet files staged since
-//! the previous checkpoint. Nothing else is ever the commit point:
+//! owns the state snapshot and the source offsets it covers, the Parquet files written since
+//! the previous checkpoint, and per table the time through which its hours are complete.
+//! Nothing else is ever the commit point:
 //!
-//! 1. buffered rows are staged under `_staging/` and each changed task's state is written under
-//!    `_checkpoints/state/TASK/EPOCH.cbor` (see [`crate::snapshot`]; invisible to readers,
-//!    harmless if a crash follows);
+//! 1. buffered rows are written as Parquet files no reader sees yet (Delta: in their partition,
+//!    not in the log; plain Parquet: under `_staging/`) and each changed task's state under
+//!    `_checkpoints/state/TASK/EPOCH.cbor` (see [`crate::snapshot`]); harmless if a crash
+//!    follows;
 //! 2. the manifest is written under `_checkpoints/manifests/`: from here on the checkpoint
 //!    exists, whatever happens next;
-//! 3. the staged files are published (renamed into their partitions), idempotently; a crash
-//!    here is repaired by whoever reads the manifest next ([`CheckpointStore::tidy`]);
+//! 3. the files are published, idempotently: one Delta commit per table carrying the
+//!    transaction (instance, checkpoint), which a repeat finds and skips (plain Parquet: a
+//!    rename into the partition); a crash here is repaired by the restarted instance, another
+//!    one, or `storepulse compact` ([`CheckpointStore::tidy`]);
 //! 4. the offsets are committed to Kafka (by the runtime), for lag monitoring only: on restart
-//!    a task resumes from its checkpoint's offsets, not from Kafka's.
+//!    a task resumes from its checkpoint's offsets, not from Kafka's; then superseded manifests
+//!    and state go.
 //!
 //! A task's epoch grows by one at each checkpoint of it, whichever instance owns it, so the
 //! newest checkpoint of a task is the one with the highest epoch in any manifest: that is how
@@ -30,4 +35,6 @@ mod store;
 pub use coordinator::{
     CheckpointFailure, Commit, Coordinator, Publication, PublishError, StateBytes, TaskEntry, publish_committed,
 };
-pub use store::{CHECKPOINTS, Catalog, CheckpointError, CheckpointStore, Manifest, TaskCheckpoint, TidyReport};
+pub use store::{
+    CHECKPOINTS, Catalog, CheckpointError, CheckpointStore, Manifest, Republish, TaskCheckpoint, TidyReport,
+};

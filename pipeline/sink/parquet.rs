@@ -1,7 +1,8 @@
-//! Parquet tables in Hive-style hour partitions, `TABLE/dt=YYYY-MM-DD/hour=HH/part-….parquet`.
-//! A checkpoint writes one zstd-compressed file per table and hour it has rows for. Each file is
-//! written whole under `_staging/` and renamed into its partition only after the checkpoint that
-//! lists it is committed, so a reader never sees a partial or uncommitted file.
+//! Parquet files in Hive-style hour partitions, `TABLE/dt=YYYY-MM-DD/hour=HH/part-….parquet`.
+//! A checkpoint writes one zstd-compressed file per table and hour it has rows for, whole, and
+//! it becomes visible only after the checkpoint that lists it is committed: a Delta commit adds
+//! it ([`super::delta`]), or, for plain Parquet, it waits under `_staging/` and is renamed into
+//! its partition. A reader never sees a partial or uncommitted file.
 
 use crate::sink::TableFormat;
 use crate::sink::storage::{Storage, StorageError};
@@ -113,13 +114,14 @@ pub struct ParquetWriter {
     format: TableFormat,
 }
 
-/// A file written whole under `_staging/` and the partition key it is published to. Checkpoint
-/// manifests list these: publishing is a rename, repeated safely after a crash.
+/// A file written whole and the partition key it is published at. Checkpoint manifests list
+/// these: publishing (a Delta commit, or a rename from `_staging/`) is repeated safely after a
+/// crash.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StagedFile {
     /// Table name.
     pub table: String,
-    /// Where the file waits, under `_staging/`.
+    /// Where the file waits: under `_staging/` (plain Parquet), or `key` itself (Delta).
     pub staged: String,
     /// Where readers find it once published.
     pub key: String,

@@ -38,7 +38,7 @@ if ! "$tools/bin/tansu" --version 2>/dev/null | grep -q "$tansu_version"; then
   cargo install tansu --version "$tansu_version" --locked --features dynostore,libsql --root "$tools"
 fi
 
-step "Python tools (DuckDB, pyarrow, fastavro, confluent-kafka, moto, pytest)"
+step "Python tools (DuckDB, pyarrow, deltalake, polars, fastavro, confluent-kafka, moto, pytest)"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then

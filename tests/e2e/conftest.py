@@ -1,5 +1,5 @@
-"""Fixtures for end-to-end tests: a real tansu broker per test, the storepulse binary, and
-helpers to run it and read its Parquet output with DuckDB (an independent reader)."""
+"""Fixtures for end-to-end tests: a real tansu broker per test, a moto S3 server, the
+storepulse binary, and helpers to run it (its tables are read back in oracle.py)."""
 
 import os
 import pathlib
@@ -104,7 +104,8 @@ def storepulse(*args, timeout: float = 300, check: bool = True, env: dict | None
     return result
 
 
-def write_config(path: pathlib.Path, broker: Broker, out: pathlib.Path, group: str, extra: str = "", topics=TOPICS) -> pathlib.Path:
+def write_config(path: pathlib.Path, broker: Broker, out: pathlib.Path | str, group: str, extra: str = "", topics=TOPICS,
+                 table_format: str = "delta") -> pathlib.Path:
     path.write_text(
         f"""
 [kafka]
@@ -118,6 +119,7 @@ logistics = "{topics[2]}"
 
 [output]
 dir = "{out}"
+format = "{table_format}"
 
 [checkpoint]
 interval_secs = 5

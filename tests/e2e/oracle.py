@@ -4,6 +4,8 @@ the definitions in ARCHITECTURE.md, and the same metrics read back from storepul
 Events the generator injected as malformed, duplicate (the second copy) or late are excluded:
 the tests check separately that storepulse dead-lettered, suppressed or reported exactly those."""
 
+import datetime
+import json
 import pathlib
 
 import duckdb
@@ -408,3 +410,48 @@ def snapshot(out: pathlib.Path) -> dict[str, list[tuple]]:
         exclude = "EXCLUDE (rejected_at, dt, hour)" if name == "dead_letters" else ""
         result[name] = con.sql(f"SELECT * {exclude} FROM {table(out, name)} ORDER BY ALL").fetchall()
     return result
+
+
+def delta_log(table_dir: pathlib.Path) -> list[dict]:
+    """A Delta table's commits as its JSON log says, replayed without the deltalake package:
+    per version, the files live after it ({path: rows}), the files it added with new data
+    (path, hour partition), and the table's complete-through time after it (UTC ms, or None)."""
+    live: dict[str, int] = {}
+    complete = None
+    versions = []
+    for path in sorted((table_dir / "_delta_log").glob("*.json")):
+        added = []
+        for line in path.read_text().splitlines():
+            action = json.loads(line)
+            if add := action.get("add"):
+                live[add["path"]] = json.loads(add["stats"])["numRecords"]
+                if add["dataChange"]:
+                    values = add["partitionValues"]
+                    added.append((add["path"], (values["dt"], int(values["hour"]))))
+            elif remove := action.get("remove"):
+                live.pop(remove["path"], None)
+            elif (txn := action.get("txn")) and txn["appId"] == COMPLETE_APP_ID:
+                complete = txn["version"]
+        versions.append({"version": int(path.stem), "live": dict(live), "added": added, "complete_through": complete})
+    return versions
+
+
+# The transaction whose version says how far a storepulse Delta table's hours are complete.
+COMPLETE_APP_ID = "storepulse.complete"
+
+
+def hour_end_ms(partition: tuple[str, int]) -> int:
+    """End of a (dt, hour) partition, UTC ms."""
+    day = datetime.datetime.strptime(partition[0], "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc)
+    return int(day.timestamp() * 1000) + (partition[1] + 1) * 3_600_000
+
+
+def duplicate_rows(out: pathlib.Path, name: str, version: int | None = None) -> int:
+    """Rows of a table (at `version`) that repeat another row exactly; dead letters by their
+    source position (their rejection time is the wall clock of whoever wrote them)."""
+    if not data_files(out, name, version):
+        return 0
+    key = "topic, source_partition, source_offset" if name == "dead_letters" else "* EXCLUDE (dt, hour)"
+    return duckdb.connect().execute(
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT {key}, count(*) AS n FROM {table(out, name, version)} GROUP BY ALL)"
+    ).fetchone()[0]

@@ -352,9 +352,9 @@ def test_a_storage_outage_pauses_consumption_and_loses_nothing(broker, tmp_path)
     expected, total = reference(broker, tmp_path)
     out = tmp_path / "through-outage"
     out.mkdir()
-    # A file where the staging directory belongs: every Parquet write fails (ENOTDIR, even for
-    # root) until it is removed, as with an unwritable volume or a failing object store.
-    blocker = out / "_staging"
+    # A file where the funnel table's directory belongs: every funnel write fails (ENOTDIR, even
+    # for root) until it is removed, as with an unwritable volume or a failing object store.
+    blocker = out / "funnel"
     blocker.write_text("storage outage")
     path = config(tmp_path, broker, out, "storage-outage", interval=1)
     path.write_text(path.read_text().replace("[checkpoint]\n", "[checkpoint]\nmax_buffered_rows = 200\n"))

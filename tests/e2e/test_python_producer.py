@@ -10,7 +10,7 @@ import duckdb
 import fastavro
 from confluent_kafka import Producer
 from conftest import ROOT, storepulse, write_config
-from oracle import funnel_from_events, funnel_from_parquet, load_events, rows, sales_from_parquet
+from oracle import data_files, funnel_from_events, funnel_from_parquet, load_events, rows, sales_from_parquet
 
 PY_TOPICS = ("py.clickstream", "py.orders", "py.logistics")
 PY_SCHEMA_IDS = {"clickstream": 41, "orders": 42, "logistics": 43}
@@ -58,4 +58,4 @@ def test_external_confluent_producer_decodes_to_the_same_numbers(broker, tmp_pat
     funnel = funnel_from_parquet(con, py_out)
     assert funnel and funnel == funnel_from_parquet(con, own_out) == rows(funnel_from_events(con))
     assert sales_from_parquet(con, py_out) == sales_from_parquet(con, own_out)
-    assert not list(py_out.glob("dead_letters/*.parquet")), "an external producer's valid events are not rejected"
+    assert not data_files(py_out, "dead_letters"), "an external producer's valid events are not rejected"

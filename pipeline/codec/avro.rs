@@ -80,6 +80,9 @@ pub enum WriterSchemaSource {
 /// How a writer schema reads as a stream's reader schema.
 #[derive(Debug, Clone)]
 struct Verdict {
+    /// Why its record is not the topic's, if it is not: resolution ignores record names, so
+    /// another stream's events would otherwise decode as this one's.
+    foreign_record: Option<String>,
     /// Why it may not resolve, if the checker objects.
     incompatibility: Option<String>,
     /// Same Parsing Canonical Form as the bundled schema: datums decode directly.
@@ -89,6 +92,9 @@ struct Verdict {
 /// Parsed writer schemas and per-stream compatibility verdicts.
 #[derive(Default)]
 pub struct SchemaCache {
+    /// Per stream, writer record full names accepted besides the reader schema's own name
+    /// and aliases.
+    accepted_names: [Vec<String>; 3],
     schemas: HashMap<u32, Arc<Schema>>,
     verdicts: HashMap<(u32, Stream), Verdict>,
     unknown: HashMap<u32, Instant>,
@@ -113,6 +119,13 @@ impl WriterSchemaSource {
         WriterSchemaSource::Local { dir: dir.map(Path::to_path_buf), cache: SchemaCache::default() }
     }
 
+    /// Also accepts writer records named `names` (full names) for `stream`.
+    #[must_use]
+    pub fn accepting(mut self, stream: Stream, names: &[String]) -> Self {
+        self.cache_mut().accepted_names[stream.index()] = names.to_vec();
+        self
+    }
+
     /// The writer schema with `id`, and why it may not resolve against the reader schema of
     /// `stream`. The verdict only explains a failed resolution: apache-avro's checker is
     /// stricter than the Avro spec (it refuses new enum symbols that the reader's enum default
@@ -120,9 +133,11 @@ impl WriterSchemaSource {
     fn resolve(&mut self, id: u32, stream: Stream) -> Result<(Arc<Schema>, Verdict), DecodeError> {
         let schema = self.fetch(id)?;
         let cache = self.cache_mut();
+        let accepted = &cache.accepted_names[stream.index()];
         let verdict = cache.verdicts.entry((id, stream)).or_insert_with(|| {
             let reader = reader_schema(stream);
             Verdict {
+                foreign_record: foreign_record(&schema, reader, accepted, stream),
                 incompatibility: SchemaCompatibility::can_read(&schema, reader).err().map(|e| e.to_string()),
                 direct: schema.canonical_form() == reader.canonical_form(),
             }
@@ -172,6 +187,26 @@ impl WriterSchemaSource {
         cache.schemas.insert(id, Arc::clone(&schema));
         Ok(schema)
     }
+}
+
+/// Why `writer` is not a record of the topic whose reader schema is `reader`, unless its full
+/// name is the reader's, one of the reader's aliases, or in `accepted`.
+fn foreign_record(writer: &Schema, reader: &Schema, accepted: &[String], stream: Stream) -> Option<String> {
+    let stream = stream.as_str();
+    let expected = reader.name().map_or_else(String::new, |name| name.fullname(None));
+    let Some(name) = writer.name() else {
+        return Some(format!("writer schema is not a record; the {stream} topic carries {expected}"));
+    };
+    let written = name.fullname(None);
+    let alias_of_reader =
+        reader.aliases().is_some_and(|aliases| aliases.iter().any(|a| a.fullname(reader.namespace()) == written));
+    if written == expected || alias_of_reader || accepted.contains(&written) {
+        return None;
+    }
+    Some(format!(
+        "writer record {written} is not {expected}, the {stream} topic's record \
+         (codec.accepted_record_names.{stream} can accept it)"
+    ))
 }
 
 fn load_local(dir: Option<&Path>, id: u32) -> Option<String> {
@@ -278,6 +313,9 @@ pub(super) fn decode_confluent(
         return Ok(());
     }
     let (writer, verdict) = schemas.resolve(id, stream)?;
+    if let Some(message) = verdict.foreign_record {
+        return Err(DecodeError::IncompatibleWriterSchema { id, stream: stream.as_str(), message });
+    }
     if verdict.direct && avro_direct::decode_into(stream, datum, event, spare) {
         return Ok(());
     }

@@ -13,7 +13,7 @@ pub use avro::{
     BUNDLED_SCHEMA_IDS, WriterSchemaSource, bundled_writer_schema_id, encode_avro_datum, encode_confluent,
     reader_schema, reader_schema_text, register_schema,
 };
-pub use validate::ValidationRules;
+pub use validate::{DEFAULT_MAX_AMOUNT_MINOR, DEFAULT_MAX_LINE_QUANTITY, DEFAULT_MAX_ORDER_LINES, ValidationRules};
 
 use crate::event::{Event, Stream};
 use avro_direct::SpareStrings;
@@ -110,6 +110,19 @@ pub enum DecodeError {
         /// The value.
         value: i64,
     },
+    /// A money amount, quantity or line count above its plausibility bound: valid in form, but
+    /// a producer's bug or an attack, and enough to swamp a window's sum.
+    #[error("`{field}` is {value}, above the plausible maximum {max} (validation.{key})")]
+    Implausible {
+        /// Field name.
+        field: &'static str,
+        /// The value.
+        value: i64,
+        /// The bound.
+        max: i64,
+        /// The setting that holds the bound, under `[validation]`.
+        key: &'static str,
+    },
     /// The currency is not three upper-case ASCII letters.
     #[error("currency {0:?} is not an ISO 4217 code (three upper-case letters)")]
     BadCurrency(String),
@@ -134,6 +147,7 @@ impl DecodeError {
         "missing_id",
         "event_time_out_of_bounds",
         "negative_money",
+        "implausible_value",
         "bad_currency",
     ];
 
@@ -156,6 +170,7 @@ impl DecodeError {
             DecodeError::MissingId(_) => "missing_id",
             DecodeError::EventTimeOutOfBounds { .. } => "event_time_out_of_bounds",
             DecodeError::NegativeMoney { .. } => "negative_money",
+            DecodeError::Implausible { .. } => "implausible_value",
             DecodeError::BadCurrency(_) => "bad_currency",
         }
     }

@@ -1,5 +1,5 @@
-//! Validation of decoded events: ids present, event time in bounds, money non-negative,
-//! currency shaped like ISO 4217.
+//! Validation of decoded events: ids present, event time in bounds, money non-negative and
+//! plausible, quantities and line counts plausible, currency shaped like ISO 4217.
 
 use super::DecodeError;
 use crate::event::Event;
@@ -11,6 +11,12 @@ pub struct ValidationRules {
     pub min_event_time_ms: i64,
     /// How far ahead of the wall clock an event time may be, in ms.
     pub max_future_skew_ms: i64,
+    /// Largest money amount of any field, in minor units.
+    pub max_amount_minor: i64,
+    /// Largest quantity of one order line.
+    pub max_line_quantity: i64,
+    /// Most lines in one order.
+    pub max_order_lines: usize,
 }
 
 impl Default for ValidationRules {
@@ -19,7 +25,26 @@ impl Default for ValidationRules {
             // 2000-01-01T00:00:00Z: anything older is a broken client clock or a unit mix-up.
             min_event_time_ms: 946_684_800_000,
             max_future_skew_ms: 24 * 3600 * 1000,
+            // Ten billion in major units: above any real order, and a window needs nine
+            // million such orders before its sum leaves 64 bits.
+            max_amount_minor: DEFAULT_MAX_AMOUNT_MINOR,
+            max_line_quantity: DEFAULT_MAX_LINE_QUANTITY,
+            max_order_lines: DEFAULT_MAX_ORDER_LINES,
         }
+    }
+}
+
+/// Default of [`ValidationRules::max_amount_minor`].
+pub const DEFAULT_MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// Default of [`ValidationRules::max_line_quantity`].
+pub const DEFAULT_MAX_LINE_QUANTITY: i64 = 100_000;
+/// Default of [`ValidationRules::max_order_lines`].
+pub const DEFAULT_MAX_ORDER_LINES: usize = 1_000;
+
+impl ValidationRules {
+    /// Rules that accept any event time, for decoding recorded or test data.
+    pub fn any_time() -> Self {
+        ValidationRules { min_event_time_ms: 0, max_future_skew_ms: i64::MAX / 2, ..ValidationRules::default() }
     }
 }
 
@@ -41,11 +66,22 @@ impl ValidationRules {
         let non_negative = |field: &'static str, value: i64| {
             if value < 0 { Err(DecodeError::NegativeMoney { field, value }) } else { Ok(()) }
         };
+        let at_most = |field: &'static str, value: i64, max: i64, key: &'static str| {
+            if value > max { Err(DecodeError::Implausible { field, value, max, key }) } else { Ok(()) }
+        };
+        let money = |field: &'static str, value: i64| {
+            non_negative(field, value)?;
+            at_most(field, value, self.max_amount_minor, "max_amount_minor")
+        };
         match event {
             Event::Click(e) => {
                 require("visitor_id", &e.visitor_id)?;
                 if let Some(price) = e.price_minor {
-                    non_negative("price_minor", price)?;
+                    money("price_minor", price)?;
+                }
+                if let Some(quantity) = e.quantity {
+                    non_negative("quantity", i64::from(quantity))?;
+                    at_most("quantity", i64::from(quantity), self.max_line_quantity, "max_line_quantity")?;
                 }
                 if let Some(currency) = &e.currency {
                     check_currency(currency)?;
@@ -54,16 +90,20 @@ impl ValidationRules {
             Event::Order(e) => {
                 require("order_id", &e.order_id)?;
                 check_currency(&e.currency)?;
-                non_negative("items_subtotal_minor", e.items_subtotal_minor)?;
-                non_negative("discount_minor", e.discount_minor)?;
-                non_negative("shipping_minor", e.shipping_minor)?;
-                non_negative("paid_amount_minor", e.paid_amount_minor)?;
+                money("items_subtotal_minor", e.items_subtotal_minor)?;
+                money("discount_minor", e.discount_minor)?;
+                money("shipping_minor", e.shipping_minor)?;
+                money("paid_amount_minor", e.paid_amount_minor)?;
                 if let Some(refund) = e.refund_amount_minor {
-                    non_negative("refund_amount_minor", refund)?;
+                    money("refund_amount_minor", refund)?;
                 }
+                let lines = i64::try_from(e.items.len()).unwrap_or(i64::MAX);
+                let max_lines = i64::try_from(self.max_order_lines).unwrap_or(i64::MAX);
+                at_most("items (lines)", lines, max_lines, "max_order_lines")?;
                 for item in &e.items {
-                    non_negative("items.unit_price_minor", item.unit_price_minor)?;
+                    money("items.unit_price_minor", item.unit_price_minor)?;
                     non_negative("items.quantity", i64::from(item.quantity))?;
+                    at_most("items.quantity", i64::from(item.quantity), self.max_line_quantity, "max_line_quantity")?;
                 }
             }
             Event::Shipment(e) => {
@@ -139,6 +179,27 @@ mod tests {
         let mut o = order();
         o.order_id = " ".into();
         assert_eq!(ValidationRules::default().validate(&Event::Order(o), NOW), Err(DecodeError::MissingId("order_id")));
+    }
+
+    #[test]
+    fn rejects_implausible_amounts_quantities_and_line_counts() {
+        let rules = ValidationRules::default();
+        let reason = |o: OrderEvent| rules.validate(&Event::Order(o), NOW).map_err(|e| e.reason());
+        let mut o = order();
+        o.paid_amount_minor = 4_000_000_000_000_000_000;
+        assert_eq!(reason(o), Err("implausible_value"));
+        let mut o = order();
+        o.paid_amount_minor = rules.max_amount_minor;
+        assert_eq!(reason(o), Ok(()), "the bound itself is plausible");
+        let line =
+            crate::event::OrderItem { sku: "s".into(), category_id: None, unit_price_minor: 100, quantity: i32::MAX };
+        let mut o = order();
+        o.items = vec![line.clone(); 3];
+        assert_eq!(reason(o), Err("implausible_value"));
+        let mut o = order();
+        o.items = vec![crate::event::OrderItem { quantity: 2, ..line }; rules.max_order_lines + 1];
+        let error = rules.validate(&Event::Order(o), NOW).expect_err("too many lines");
+        assert!(error.to_string().contains("validation.max_order_lines"), "{error}");
     }
 
     #[test]

@@ -160,12 +160,35 @@ pub struct RawCodec {
     /// Directory of writer schemas named `<id>.avsc` or `<id>-<name>.avsc`, used without a registry.
     #[serde(default)]
     pub writer_schemas_dir: Option<PathBuf>,
+    /// Per topic, writer record full names accepted besides the bundled schema's own.
+    #[serde(default)]
+    pub accepted_record_names: RawRecordNames,
 }
 
 impl Default for RawCodec {
     fn default() -> Self {
-        RawCodec { format: default_format(), schema_registry_url: None, writer_schemas_dir: None }
+        RawCodec {
+            format: default_format(),
+            schema_registry_url: None,
+            writer_schemas_dir: None,
+            accepted_record_names: RawRecordNames::default(),
+        }
     }
+}
+
+/// `[codec.accepted_record_names]`: Avro full names, per topic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecordNames {
+    /// Accepted on the clickstream topic.
+    #[serde(default)]
+    pub clickstream: Vec<String>,
+    /// Accepted on the orders topic.
+    #[serde(default)]
+    pub orders: Vec<String>,
+    /// Accepted on the logistics topic.
+    #[serde(default)]
+    pub logistics: Vec<String>,
 }
 
 fn default_format() -> WireFormat {
@@ -182,12 +205,37 @@ pub struct RawValidation {
     /// How far ahead of the wall clock an event time may be, seconds.
     #[serde(default = "default_max_future_skew_secs")]
     pub max_future_skew_secs: u64,
+    /// Largest money amount of any field, minor units.
+    #[serde(default = "default_max_amount_minor")]
+    pub max_amount_minor: i64,
+    /// Largest quantity of one order line.
+    #[serde(default = "default_max_line_quantity")]
+    pub max_line_quantity: i64,
+    /// Most lines in one order.
+    #[serde(default = "default_max_order_lines")]
+    pub max_order_lines: usize,
 }
 
 impl Default for RawValidation {
     fn default() -> Self {
-        RawValidation { min_event_time: default_min_event_time(), max_future_skew_secs: default_max_future_skew_secs() }
+        RawValidation {
+            min_event_time: default_min_event_time(),
+            max_future_skew_secs: default_max_future_skew_secs(),
+            max_amount_minor: default_max_amount_minor(),
+            max_line_quantity: default_max_line_quantity(),
+            max_order_lines: default_max_order_lines(),
+        }
     }
+}
+
+fn default_max_amount_minor() -> i64 {
+    crate::codec::DEFAULT_MAX_AMOUNT_MINOR
+}
+fn default_max_line_quantity() -> i64 {
+    crate::codec::DEFAULT_MAX_LINE_QUANTITY
+}
+fn default_max_order_lines() -> usize {
+    crate::codec::DEFAULT_MAX_ORDER_LINES
 }
 
 fn default_min_event_time() -> String {
@@ -349,12 +397,24 @@ pub struct RawOutput {
     /// `parquet` (plain Hive-partitioned Parquet, for readers that glob files).
     #[serde(default)]
     pub format: TableFormat,
+    /// Bytes of a rejected message's value kept in the `dead_letters` table; its full length
+    /// and SHA-256 are kept beside them (the dead-letter topic gets it whole).
+    #[serde(default = "default_dead_letter_payload_bytes")]
+    pub dead_letter_payload_bytes: usize,
 }
 
 impl Default for RawOutput {
     fn default() -> Self {
-        RawOutput { dir: default_output_dir(), format: TableFormat::default() }
+        RawOutput {
+            dir: default_output_dir(),
+            format: TableFormat::default(),
+            dead_letter_payload_bytes: default_dead_letter_payload_bytes(),
+        }
     }
+}
+
+fn default_dead_letter_payload_bytes() -> usize {
+    65_536
 }
 
 fn default_output_dir() -> String {
@@ -377,6 +437,10 @@ pub struct RawCheckpoint {
     /// storage applies backpressure instead of growing memory).
     #[serde(default = "default_max_buffered_rows")]
     pub max_buffered_rows: usize,
+    /// Bytes of rejected messages (kept payloads, keys, details) waiting for the next
+    /// checkpoint beyond which consumption pauses: other rows are small and counted by rows.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
     /// Seconds before staged files and state that no checkpoint lists (left by a crash) are
     /// removed; must exceed the time one checkpoint takes.
     #[serde(default = "default_debris_grace_secs")]
@@ -389,6 +453,7 @@ impl Default for RawCheckpoint {
             interval_secs: default_checkpoint_interval_secs(),
             shutdown_deadline_secs: default_shutdown_deadline_secs(),
             max_buffered_rows: default_max_buffered_rows(),
+            max_buffered_bytes: default_max_buffered_bytes(),
             debris_grace_secs: default_debris_grace_secs(),
         }
     }
@@ -402,6 +467,9 @@ fn default_shutdown_deadline_secs() -> u64 {
 }
 fn default_max_buffered_rows() -> usize {
     1_000_000
+}
+fn default_max_buffered_bytes() -> usize {
+    64 << 20
 }
 fn default_debris_grace_secs() -> u64 {
     900
@@ -493,6 +561,20 @@ mod tests {
             [lateness("traffic"), lateness("sessions"), lateness("orders"), lateness("fulfillment")],
             [5_000, 5_000, 60_000, 5_000]
         );
+    }
+
+    #[test]
+    fn hostile_input_bounds_are_checked_and_named() {
+        let s = parse("[codec.accepted_record_names]\nclickstream = [\"com.legacy.Click\"]\n").expect("valid");
+        assert_eq!(s.accepted_record_names[0], vec!["com.legacy.Click".to_owned()]);
+        let err = parse("[codec.accepted_record_names]\norders = [\"not a name\"]\n").expect_err("bad name");
+        assert!(err.to_string().contains("codec.accepted_record_names.orders"), "{err}");
+        let err = parse("[validation]\nmax_line_quantity = 10000000\nmax_order_lines = 1000\n").expect_err("wraps");
+        assert!(err.to_string().contains("validation.max_order_lines"), "{err}");
+        let err = parse("[validation]\nmax_amount_minor = 0\n").expect_err("zero");
+        assert!(err.to_string().contains("validation.max_amount_minor"), "{err}");
+        let err = parse("[checkpoint]\nmax_buffered_bytes = 1000\n").expect_err("too small");
+        assert!(err.to_string().contains("checkpoint.max_buffered_bytes"), "{err}");
     }
 
     #[test]

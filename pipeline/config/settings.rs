@@ -34,6 +34,9 @@ pub struct Settings {
     pub schema_registry_url: Option<String>,
     /// Writer schema directory, if any.
     pub writer_schemas_dir: Option<PathBuf>,
+    /// Per stream (indexed as [`Stream::ALL`]), writer record names accepted besides the
+    /// bundled schema's.
+    pub accepted_record_names: [Vec<String>; 3],
     /// Event validation bounds.
     pub validation: ValidationRules,
     /// Window, watermark and lateness settings.
@@ -42,6 +45,8 @@ pub struct Settings {
     pub output: Location,
     /// How the tables are laid out.
     pub output_format: TableFormat,
+    /// Bytes of a rejected message's value kept in the `dead_letters` table.
+    pub dead_letter_payload_bytes: usize,
     /// Checkpoint interval, shutdown deadline, backpressure.
     pub checkpoint: CheckpointSettings,
     /// Metrics endpoint address.
@@ -67,7 +72,7 @@ impl TryFrom<RawConfig> for Settings {
         // Sections in file order, so that the first error reported is the first in the file.
         let (brokers, group_id, kafka_client) = kafka(raw.kafka)?;
         let (topics, dead_letter_topic) = topics(raw.topics)?;
-        codec(&raw.codec)?;
+        let accepted_record_names = codec(&raw.codec)?;
         let validation = validation(&raw.validation)?;
         let time = time(&raw.time, &raw.orders)?;
         let output = Location::parse(&raw.output.dir).map_err(|e| invalid("output.dir", e))?;
@@ -82,10 +87,12 @@ impl TryFrom<RawConfig> for Settings {
             format: raw.codec.format,
             schema_registry_url: raw.codec.schema_registry_url,
             writer_schemas_dir: raw.codec.writer_schemas_dir,
+            accepted_record_names,
             validation,
             time,
             output,
             output_format: raw.output.format,
+            dead_letter_payload_bytes: raw.output.dead_letter_payload_bytes,
             checkpoint,
             metrics_addr,
             max_values_per_label,
@@ -138,8 +145,8 @@ fn topics(raw: RawTopics) -> Result<(TopicNames, Option<String>), ConfigError> {
     Ok((topics, raw.dead_letter.filter(|t| !t.trim().is_empty())))
 }
 
-/// `[codec]`: where writer schemas come from.
-fn codec(raw: &RawCodec) -> Result<(), ConfigError> {
+/// `[codec]`: where writer schemas come from, and the record names each topic accepts.
+fn codec(raw: &RawCodec) -> Result<[Vec<String>; 3], ConfigError> {
     if let Some(url) = &raw.schema_registry_url
         && !url.starts_with("http://")
     {
@@ -150,16 +157,44 @@ fn codec(raw: &RawCodec) -> Result<(), ConfigError> {
     {
         return Err(invalid("codec.writer_schemas_dir", format!("{} is not a directory", dir.display())));
     }
-    Ok(())
+    let names = &raw.accepted_record_names;
+    let accepted = [&names.clickstream, &names.orders, &names.logistics];
+    for (stream, names) in Stream::ALL.iter().zip(accepted) {
+        if let Some(bad) = names.iter().find(|name| apache_avro::schema::Name::new(name).is_err() || name.is_empty()) {
+            let key = format!("codec.accepted_record_names.{}", stream.as_str());
+            return Err(invalid(key, format!("{bad:?} is not an Avro full name")));
+        }
+    }
+    Ok(accepted.map(Clone::clone))
 }
 
 /// `[validation]`: the bounds every event must satisfy.
 fn validation(raw: &RawValidation) -> Result<ValidationRules, ConfigError> {
     let min_event_time = humantime::parse_rfc3339_weak(&raw.min_event_time)
         .map_err(|e| invalid("validation.min_event_time", format!("not an RFC 3339 time: {e}")))?;
+    if raw.max_amount_minor < 1 {
+        return Err(invalid("validation.max_amount_minor", "must be at least 1"));
+    }
+    if raw.max_line_quantity < 1 {
+        return Err(invalid("validation.max_line_quantity", "must be at least 1"));
+    }
+    if raw.max_order_lines == 0 {
+        return Err(invalid("validation.max_order_lines", "must be at least 1"));
+    }
+    // An order's units are kept in 32 bits: the bounds must not let them wrap.
+    let max_units = u64::try_from(raw.max_line_quantity).unwrap_or(u64::MAX).saturating_mul(raw.max_order_lines as u64);
+    if max_units > u64::from(u32::MAX) {
+        return Err(invalid(
+            "validation.max_order_lines",
+            format!("times validation.max_line_quantity allows {max_units} units per order, above {}", u32::MAX),
+        ));
+    }
     Ok(ValidationRules {
         min_event_time_ms: system_time_ms(min_event_time),
         max_future_skew_ms: secs_to_ms("validation.max_future_skew_secs", raw.max_future_skew_secs)?,
+        max_amount_minor: raw.max_amount_minor,
+        max_line_quantity: raw.max_line_quantity,
+        max_order_lines: raw.max_order_lines,
     })
 }
 
@@ -261,6 +296,8 @@ pub struct CheckpointSettings {
     pub shutdown_deadline: Duration,
     /// Buffered rows beyond which consumption pauses.
     pub max_buffered_rows: usize,
+    /// Buffered bytes of rejected messages beyond which consumption pauses.
+    pub max_buffered_bytes: usize,
     /// Age after which unreferenced checkpoint debris is removed, milliseconds.
     pub debris_grace_ms: i64,
 }
@@ -276,6 +313,9 @@ fn checkpoint(c: &RawCheckpoint) -> Result<CheckpointSettings, ConfigError> {
     if c.max_buffered_rows == 0 {
         return Err(invalid("checkpoint.max_buffered_rows", "must be at least 1"));
     }
+    if c.max_buffered_bytes < 1 << 20 {
+        return Err(invalid("checkpoint.max_buffered_bytes", "must be at least 1048576 (1 MiB)"));
+    }
     if c.debris_grace_secs < 2 * c.interval_secs {
         return Err(invalid("checkpoint.debris_grace_secs", "must be at least twice checkpoint.interval_secs"));
     }
@@ -283,6 +323,7 @@ fn checkpoint(c: &RawCheckpoint) -> Result<CheckpointSettings, ConfigError> {
         interval: Duration::from_secs(c.interval_secs),
         shutdown_deadline: Duration::from_secs(c.shutdown_deadline_secs),
         max_buffered_rows: c.max_buffered_rows,
+        max_buffered_bytes: c.max_buffered_bytes,
         debris_grace_ms: secs_to_ms("checkpoint.debris_grace_secs", c.debris_grace_secs)?,
     })
 }

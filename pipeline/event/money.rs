@@ -11,8 +11,8 @@ pub fn minor_unit_exponent(currency: &str) -> i32 {
 }
 
 /// An amount in minor units as currency units, for export (`1234` CNY fen is `12.34` yuan).
-pub fn minor_to_major(amount_minor: i64, currency: &str) -> f64 {
-    amount_minor as f64 / 10f64.powi(minor_unit_exponent(currency))
+pub fn minor_to_major(amount_minor: impl Into<i128>, currency: &str) -> f64 {
+    amount_minor.into() as f64 / 10f64.powi(minor_unit_exponent(currency))
 }
 
 #[cfg(test)]

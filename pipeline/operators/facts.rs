@@ -4,7 +4,9 @@
 use super::lifecycle::ClosedReason;
 use crate::event::{Channel, Device, PaymentMethod};
 use crate::table::TableRow;
-use crate::table::columns::{int32, int64, optional_flags, optional_text, optional_utc_millis, text, utc_millis};
+use crate::table::columns::{
+    int32, int64, optional_flags, optional_int64, optional_text, optional_utc_millis, text, utc_millis,
+};
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
 
@@ -26,7 +28,8 @@ pub struct OrderFact {
     pub discount_minor: i64,
     pub shipping_minor: i64,
     pub paid_amount_minor: i64,
-    pub refunded_amount_minor: i64,
+    /// Null when the order's refunds summed beyond 64 bits.
+    pub refunded_amount_minor: Option<i64>,
     pub units: u32,
     pub created_at: Option<i64>,
     pub paid_at: Option<i64>,
@@ -88,7 +91,7 @@ impl TableRow for OrderFact {
             ("discount_minor", int64(rows.iter().map(|r| r.discount_minor))),
             ("shipping_minor", int64(rows.iter().map(|r| r.shipping_minor))),
             ("paid_amount_minor", int64(rows.iter().map(|r| r.paid_amount_minor))),
-            ("refunded_amount_minor", int64(rows.iter().map(|r| r.refunded_amount_minor))),
+            ("refunded_amount_minor", optional_int64(rows.iter().map(|r| r.refunded_amount_minor))),
             ("units", int64(rows.iter().map(|r| i64::from(r.units)))),
             ("created_at", time(|r| r.created_at)),
             ("paid_at", time(|r| r.paid_at)),

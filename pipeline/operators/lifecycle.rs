@@ -12,7 +12,9 @@
 
 pub use super::facts::{OrderFact, OrphanShipment};
 use super::state_codec::{Reader, Writer, deserialize_bytes, serialize_bytes};
-use crate::event::{Channel, Device, OrderEvent, OrderEventType, PaymentMethod, ShipmentEvent, ShipmentStatus};
+use crate::event::{
+    Channel, Device, OrderEvent, OrderEventType, OrderItem, PaymentMethod, ShipmentEvent, ShipmentStatus,
+};
 use crate::time::Retention;
 use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -24,6 +26,15 @@ const NONE: i64 = i64::MIN;
 pub const NO_SYMBOL: u16 = u16::MAX;
 /// Separates order id and buyer id in [`OrderState::ids`].
 const ID_SEPARATOR: char = '\u{1f}';
+/// An order's refunds once their sum has left 64 bits (a sum of refunds is never negative).
+const REFUNDS_UNKNOWN: i64 = -1;
+
+/// An order's units: validation bounds its lines and quantities so that they fit 32 bits
+/// (`validation.max_order_lines` × `max_line_quantity`, checked at start-up).
+fn order_units(items: &[OrderItem]) -> u32 {
+    let units: u64 = items.iter().map(|item| u64::from(item.quantity.max(0).unsigned_abs())).sum();
+    u32::try_from(units).unwrap_or(u32::MAX)
+}
 
 fn opt(t: i64) -> Option<i64> {
     (t != NONE).then_some(t)
@@ -554,7 +565,7 @@ impl OrderBook {
         state.items_subtotal_minor = e.items_subtotal_minor;
         state.discount_minor = e.discount_minor;
         state.shipping_minor = e.shipping_minor;
-        state.units = e.items.iter().map(|i| i.quantity.max(0) as u32).sum();
+        state.units = order_units(&e.items);
         if e.paid_amount_minor > 0 {
             state.paid_amount_minor = e.paid_amount_minor;
         }
@@ -581,7 +592,11 @@ impl OrderBook {
             }
             OrderEventType::Cancelled => set_first(&mut state.cancelled_at, e.event_time),
             OrderEventType::Refunded => {
-                state.refunded_minor = state.refunded_minor.saturating_add(e.refund_amount_minor.unwrap_or(0));
+                let refund = e.refund_amount_minor.unwrap_or(0);
+                state.refunded_minor = match state.refunded_minor {
+                    known if known >= 0 => known.checked_add(refund).unwrap_or(REFUNDS_UNKNOWN),
+                    unknown => unknown,
+                };
                 state.last_refund_at = state.last_refund_at.max(e.event_time);
             }
             OrderEventType::Unknown => {}
@@ -750,7 +765,7 @@ impl OrderBook {
             discount_minor: s.discount_minor,
             shipping_minor: s.shipping_minor,
             paid_amount_minor: s.paid_amount_minor,
-            refunded_amount_minor: s.refunded_minor,
+            refunded_amount_minor: (s.refunded_minor >= 0).then_some(s.refunded_minor),
             units: s.units,
             created_at: opt(s.created_at),
             paid_at: opt(s.paid_at),

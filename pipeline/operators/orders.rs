@@ -6,7 +6,7 @@
 use super::latency::{LatencySketch, latency_columns};
 use crate::event::{Channel, OrderEvent, OrderEventType};
 use crate::labels::{channel_label, window_label};
-use crate::table::columns::{count, flags, int32, int64, text, utc_millis};
+use crate::table::columns::{count, flags, int32, int64, optional_int64, text, utc_millis};
 use crate::table::{Progress, TableRow, windows_complete_through};
 use crate::time::{ClosedWindow, Late, TumblingWindows};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -21,16 +21,16 @@ pub struct OrderCounts {
     pub created: u64,
     /// `paid` events.
     pub paid: u64,
-    /// Sum of `paid_amount_minor` of `paid` events.
-    pub paid_amount_minor: i64,
+    /// Sum of `paid_amount_minor` of `paid` events; 128 bits, so no window's sum can wrap.
+    pub paid_amount_minor: i128,
     /// Units (item quantities) of `paid` events.
     pub units: u64,
     /// `cancelled` events.
     pub cancellations: u64,
     /// `refunded` events.
     pub refunds: u64,
-    /// Sum of `refund_amount_minor` of `refunded` events.
-    pub refund_amount_minor: i64,
+    /// Sum of `refund_amount_minor` of `refunded` events, in 128 bits.
+    pub refund_amount_minor: i128,
     /// Created-to-paid durations of paid orders whose `created` event came first.
     pub created_to_paid: LatencySketch,
     /// Distinct buyers (user_id, else visitor_id, else the order) with a `paid` event.
@@ -47,11 +47,11 @@ impl OrderCounts {
     pub fn add(&mut self, other: &OrderCounts) {
         self.created += other.created;
         self.paid += other.paid;
-        self.paid_amount_minor = self.paid_amount_minor.saturating_add(other.paid_amount_minor);
+        self.paid_amount_minor += other.paid_amount_minor;
         self.units += other.units;
         self.cancellations += other.cancellations;
         self.refunds += other.refunds;
-        self.refund_amount_minor = self.refund_amount_minor.saturating_add(other.refund_amount_minor);
+        self.refund_amount_minor += other.refund_amount_minor;
         self.created_to_paid.merge(&other.created_to_paid);
         self.buyers.extend(other.buyers.iter().cloned());
     }
@@ -61,7 +61,7 @@ impl OrderCounts {
             OrderEventType::Created => self.created += 1,
             OrderEventType::Paid => {
                 self.paid += 1;
-                self.paid_amount_minor = self.paid_amount_minor.saturating_add(e.paid_amount_minor);
+                self.paid_amount_minor += i128::from(e.paid_amount_minor);
                 self.units += e.items.iter().map(|i| i.quantity.max(0) as u64).sum::<u64>();
                 let buyer = e.user_id.as_deref().or(e.visitor_id.as_deref()).unwrap_or(&e.order_id);
                 if !self.buyers.contains(buyer) {
@@ -74,11 +74,17 @@ impl OrderCounts {
             OrderEventType::Cancelled => self.cancellations += 1,
             OrderEventType::Refunded => {
                 self.refunds += 1;
-                self.refund_amount_minor = self.refund_amount_minor.saturating_add(e.refund_amount_minor.unwrap_or(0));
+                self.refund_amount_minor += i128::from(e.refund_amount_minor.unwrap_or(0));
             }
             OrderEventType::Unknown => {}
         }
     }
+}
+
+/// A window's sum as the table's 64-bit column: empty (null) rather than wrong if the sum
+/// left 64 bits, which takes nine million orders of the largest plausible amount.
+fn money_column(sum_minor: i128) -> Option<i64> {
+    i64::try_from(sum_minor).ok()
 }
 
 /// One closed window of one partition, channel (or all) and currency.
@@ -121,12 +127,12 @@ impl TableRow for OrdersRow {
             ("currency", text(rows.iter().map(|r| r.currency.as_str()))),
             ("orders_created", int64(rows.iter().map(|r| count(r.counts.created)))),
             ("orders_paid", int64(rows.iter().map(|r| count(r.counts.paid)))),
-            ("paid_amount_minor", int64(rows.iter().map(|r| r.counts.paid_amount_minor))),
+            ("paid_amount_minor", optional_int64(rows.iter().map(|r| money_column(r.counts.paid_amount_minor)))),
             ("paying_buyers", int64(rows.iter().map(|r| count(r.counts.paying_buyers())))),
             ("units", int64(rows.iter().map(|r| count(r.counts.units)))),
             ("cancellations", int64(rows.iter().map(|r| count(r.counts.cancellations)))),
             ("refunds", int64(rows.iter().map(|r| count(r.counts.refunds)))),
-            ("refund_amount_minor", int64(rows.iter().map(|r| r.counts.refund_amount_minor))),
+            ("refund_amount_minor", optional_int64(rows.iter().map(|r| money_column(r.counts.refund_amount_minor)))),
         ]
         .into_iter()
         .map(|(name, column)| (name.to_owned(), column))

@@ -542,7 +542,7 @@ mod tests {
         let fact = out.rows.of::<OrderFact>().iter().find(|f| f.order_id == "o1").expect("present in this scenario");
         assert_eq!(
             (fact.final_state, fact.refunded_amount_minor, fact.last_refund_at),
-            ("delivered", 2_500, Some(refunded))
+            ("delivered", Some(2_500), Some(refunded))
         );
         assert_eq!((fact.shipped_on_time, fact.delivered_on_time), (Some(true), Some(true)));
         assert_eq!(

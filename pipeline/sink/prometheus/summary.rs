@@ -34,7 +34,7 @@ impl WindowSummary {
     }
 
     /// Paid orders and paid amount per currency, all channels.
-    pub fn sales_by_currency(&self) -> BTreeMap<&str, (u64, i64)> {
+    pub fn sales_by_currency(&self) -> BTreeMap<&str, (u64, i128)> {
         self.orders
             .iter()
             .filter(|((channel, _), _)| channel.is_none())

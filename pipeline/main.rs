@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use storepulse::cli::{Cli, run};
 use storepulse::config::ConfigError;
+use storepulse::runtime::RuntimeError;
 
 // The pipeline allocates and frees a few short strings per event; mimalloc does that in about
 // half the CPU of glibc's allocator. Built with `override`, it also serves the C libraries'
@@ -26,6 +27,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
             eprintln!("storepulse: invalid configuration: {error}");
+            ExitCode::from(2)
+        }
+        // Topics that contradict the job's contract: a restart cannot help, so not 1.
+        Err(error) if matches!(error.downcast_ref::<RuntimeError>(), Some(RuntimeError::NotCoPartitioned(_))) => {
+            eprintln!("storepulse: refusing to run: {error}");
             ExitCode::from(2)
         }
         Err(error) => {

@@ -50,6 +50,9 @@ pub enum RuntimeError {
     /// An event reached a task that does not read its stream: a bug; nothing after it counts.
     #[error("bug: {0}")]
     Routing(#[from] ForeignStream),
+    /// The orders and logistics topics are not co-partitioned (at start, or since a change).
+    #[error(transparent)]
+    NotCoPartitioned(#[from] crate::source::NotCoPartitioned),
     /// The pipeline thread panicked or could not start.
     #[error("the pipeline thread {0}")]
     Thread(String),
@@ -73,8 +76,12 @@ struct Timers {
     last_status: (Instant, u64),
     last_broker_warning: Instant,
     last_message: Instant,
+    next_partition_check: Instant,
     clock: WallClock,
 }
+
+/// How often the topics' partition counts are checked again while running.
+const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A drain: asked for when, and the offsets it runs to once known.
 #[derive(Default)]
@@ -134,6 +141,10 @@ impl Pipeline {
             Some(url) => WriterSchemaSource::registry(url),
             None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
         };
+        let schemas = Stream::ALL
+            .iter()
+            .zip(&settings.accepted_record_names)
+            .fold(schemas, |schemas, (stream, names)| schemas.accepting(*stream, names));
         let dead_letter_topic = settings
             .dead_letter_topic
             .as_deref()
@@ -180,6 +191,7 @@ impl Pipeline {
             last_status: (now, 0),
             last_broker_warning: now,
             last_message: now,
+            next_partition_check: now + PARTITION_CHECK_INTERVAL,
             clock: WallClock::read(),
         };
         let mut drain = Drain::default();
@@ -203,6 +215,12 @@ impl Pipeline {
                 self.rebalance(source, rebalance, control);
             }
             self.on_timers(source, &mut timers, now);
+            if now >= timers.next_partition_check {
+                timers.next_partition_check = now + PARTITION_CHECK_INTERVAL;
+                // Partitions added to one topic only: stop before another checkpoint commits.
+                let topics = &self.settings.topics;
+                source.check_co_partitioned(&topics.orders, &topics.logistics, Duration::from_secs(5))?;
+            }
         }
         self.finish(source)
     }
@@ -367,7 +385,8 @@ impl Pipeline {
         if let Some(dlq) = &self.dead_letter_topic {
             dlq.send(&rejected, &self.metrics);
         }
-        self.checkpoints.pending().push(rejected.row(now_ms, error.to_string()));
+        let row = rejected.row(now_ms, error.to_string(), self.settings.dead_letter_payload_bytes);
+        self.checkpoints.pending().push(row);
     }
 
     /// Tables and counts the events the current one's task found late.
@@ -500,15 +519,22 @@ impl Pipeline {
     /// slow or down), resumes once a checkpoint took them.
     fn apply_backpressure(&mut self, source: &mut KafkaSource) {
         let buffered = self.checkpoints.buffered_rows();
+        let bytes = self.checkpoints.buffered_bytes();
         self.metrics.buffered_rows.set(buffered as i64);
-        let over = buffered >= self.settings.checkpoint.max_buffered_rows;
+        self.metrics.buffered_bytes.set(bytes as i64);
+        let limits = &self.settings.checkpoint;
+        let over = buffered >= limits.max_buffered_rows || bytes >= limits.max_buffered_bytes;
         if over != self.paused && source.set_paused(over, &self.owned.positions()).is_ok() {
             self.paused = over;
             self.metrics.consumption_paused.set(i64::from(over));
             if over {
-                tracing::warn!(buffered, "consumption paused: rows wait for a checkpoint the storage has not taken");
+                tracing::warn!(
+                    buffered,
+                    bytes,
+                    "consumption paused: rows wait for a checkpoint the storage has not taken"
+                );
             } else {
-                tracing::info!(buffered, "consumption resumed");
+                tracing::info!(buffered, bytes, "consumption resumed");
             }
         }
     }

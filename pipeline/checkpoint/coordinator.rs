@@ -11,7 +11,7 @@ use crate::sink::delta::{DeltaError, DeltaLake};
 use crate::sink::parquet::{ParquetWriter, SinkError, StagedFile};
 use crate::sink::storage::{Storage, StorageError};
 use crate::snapshot::SnapshotError;
-use crate::table::{Rows, TableSpec};
+use crate::table::{DeadLetterRow, Rows, TableSpec};
 use std::collections::BTreeMap;
 
 /// Makes a task's state bytes when called.
@@ -219,6 +219,11 @@ impl Coordinator {
         self.pending.len()
     }
 
+    /// Bytes of rejected messages that wait (the only rows whose size the input decides).
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending.of::<DeadLetterRow>().iter().map(DeadLetterRow::held_bytes).sum()
+    }
+
     /// Whether `task` has a committed state this instance knows of.
     pub fn has_state(&self, task: &str) -> bool {
         self.committed.contains_key(task)
@@ -393,6 +398,8 @@ mod tests {
             offset,
             key: None,
             payload: Vec::new(),
+            payload_length: 0,
+            payload_sha256: String::new(),
             reason: "malformed",
             detail: String::new(),
         }

@@ -318,6 +318,8 @@ mod tests {
             offset,
             key: None,
             payload: vec![b'{'],
+            payload_length: 0,
+            payload_sha256: String::new(),
             reason: "malformed",
             detail: "eof".into(),
         }

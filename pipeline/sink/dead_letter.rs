@@ -50,18 +50,30 @@ pub struct Rejected<'a> {
 }
 
 impl Rejected<'_> {
-    /// Its row of the `dead_letters` table: rejected at `rejected_at` (wall ms), with `detail`.
-    pub fn row(&self, rejected_at: i64, detail: String) -> DeadLetterRow {
+    /// Its row of the `dead_letters` table: rejected at `rejected_at` (wall ms), with `detail`,
+    /// keeping at most `keep_bytes` of the payload (with the whole one's length and hash), so
+    /// that junk cannot fill memory while it waits for a checkpoint.
+    pub fn row(&self, rejected_at: i64, detail: String, keep_bytes: usize) -> DeadLetterRow {
+        let digest = openssl::sha::sha256(self.payload);
         DeadLetterRow {
             rejected_at,
             topic: self.topic.to_owned(),
             partition: self.partition,
             offset: self.offset,
-            key: self.key.map(<[u8]>::to_vec),
-            payload: self.payload.to_vec(),
+            key: self.key.map(|key| key[..key.len().min(keep_bytes)].to_vec()),
+            payload: self.payload[..self.payload.len().min(keep_bytes)].to_vec(),
+            payload_length: self.payload.len(),
+            payload_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
             reason: self.reason,
             detail,
         }
+    }
+}
+
+impl DeadLetterRow {
+    /// Bytes it holds beyond its fixed size: what a flood of junk makes grow.
+    pub fn held_bytes(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + self.detail.len() + self.topic.len()
     }
 }
 
@@ -110,5 +122,30 @@ impl DeadLetterTopic {
         if let Err(error) = rdkafka::producer::Producer::flush(&self.producer, timeout) {
             tracing::warn!(topic = %self.topic, %error, "dead-letter topic flush incomplete");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_a_capped_payload_with_the_whole_ones_length_and_hash() {
+        let payload = vec![7u8; 900_000];
+        let rejected = Rejected {
+            topic: "orders",
+            partition: 1,
+            offset: 42,
+            key: Some(b"k"),
+            payload: &payload,
+            reason: "unframed_payload",
+        };
+        let row = rejected.row(0, "junk".into(), 65_536);
+        assert_eq!((row.payload.len(), row.payload_length), (65_536, 900_000));
+        // sha256sum of the whole payload, as `python3 -c "hashlib.sha256(bytes([7]) * 900000)"` gives it.
+        assert_eq!(row.payload_sha256, "8ada33f4b53b335a6b4caabb0339cef62b25865941a4a7f3d713494f66a4ea1a");
+        assert!(row.held_bytes() < 66_000, "what waits for a checkpoint is the kept part only");
+        let small = Rejected { payload: b"{", ..rejected };
+        assert_eq!(small.row(0, String::new(), 65_536).payload, b"{");
     }
 }

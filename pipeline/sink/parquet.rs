@@ -409,6 +409,8 @@ mod tests {
             offset: 7,
             key: None,
             payload: b"{".to_vec(),
+            payload_length: 0,
+            payload_sha256: String::new(),
             reason: "malformed",
             detail: "eof".into(),
         }];

@@ -34,6 +34,43 @@ use std::time::{Duration, Instant};
 /// A topic-partition.
 pub type TopicPartition = (String, i32);
 
+/// The orders and logistics topics have different partition counts: the shipments of order
+/// partition *p* would reach another task, and the facts joined from them would be wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "topics {orders:?} ({orders_partitions} partitions) and {logistics:?} ({logistics_partitions} partitions) \
+     must have equally many partitions: shipments are joined to their orders partition by partition"
+)]
+pub struct NotCoPartitioned {
+    /// The orders topic.
+    pub orders: String,
+    /// Its partitions.
+    pub orders_partitions: usize,
+    /// The logistics topic.
+    pub logistics: String,
+    /// Its partitions.
+    pub logistics_partitions: usize,
+}
+
+/// Whether topics `orders` and `logistics` with these partition counts (`None`: unknown yet)
+/// are co-partitioned as far as is known.
+pub fn co_partitioned(
+    (orders, orders_partitions): (&str, Option<usize>),
+    (logistics, logistics_partitions): (&str, Option<usize>),
+) -> Result<(), NotCoPartitioned> {
+    match (orders_partitions, logistics_partitions) {
+        (Some(orders_partitions), Some(logistics_partitions)) if orders_partitions != logistics_partitions => {
+            Err(NotCoPartitioned {
+                orders: orders.to_owned(),
+                orders_partitions,
+                logistics: logistics.to_owned(),
+                logistics_partitions,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Callbacks librdkafka runs on the polling thread: statistics, errors, rebalances.
 pub struct SourceContext {
     health: Arc<Health>,
@@ -270,6 +307,26 @@ impl KafkaSource {
         }
     }
 
+    /// Checks, from the broker's metadata, that `orders` and `logistics` have equally many
+    /// partitions. A topic the broker does not describe within `timeout` passes: the next
+    /// check asks again.
+    ///
+    /// # Errors
+    /// [`NotCoPartitioned`], naming both topics and their counts.
+    pub fn check_co_partitioned(
+        &self,
+        orders: &str,
+        logistics: &str,
+        timeout: Duration,
+    ) -> Result<(), NotCoPartitioned> {
+        let partitions = |topic: &str| {
+            let metadata = self.consumer.fetch_metadata(Some(topic), timeout).ok()?;
+            let described = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none())?;
+            Some(described.partitions().len()).filter(|n| *n > 0)
+        };
+        co_partitioned((orders, partitions(orders)), (logistics, partitions(logistics)))
+    }
+
     /// Partitions currently assigned to this instance.
     pub fn assignment(&self) -> BTreeSet<TopicPartition> {
         lock(&self.consumer.context().assignment).clone()
@@ -413,5 +470,18 @@ impl Drop for KafkaSource {
                 let _ = self.release(&partitions);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_co_partitioned_unless_both_counts_are_known_and_differ() {
+        assert_eq!(co_partitioned(("o", Some(4)), ("l", Some(4))), Ok(()));
+        assert_eq!(co_partitioned(("o", Some(4)), ("l", None)), Ok(()), "an unknown topic is asked again later");
+        let error = co_partitioned(("o", Some(4)), ("l", Some(2))).expect_err("4 and 2 partitions");
+        assert!(error.to_string().contains(r#"topics "o" (4 partitions) and "l" (2 partitions)"#), "{error}");
     }
 }

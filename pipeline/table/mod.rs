@@ -202,8 +202,12 @@ pub struct DeadLetterRow {
     pub offset: i64,
     /// Message key bytes, if any.
     pub key: Option<Vec<u8>>,
-    /// Message value bytes, as received.
+    /// Message value bytes as received, cut to the configured length.
     pub payload: Vec<u8>,
+    /// Length of the whole message value.
+    pub payload_length: usize,
+    /// SHA-256 of the whole message value, hex.
+    pub payload_sha256: String,
     /// Stable reason code (see `DecodeError::reason`).
     pub reason: &'static str,
     /// Human-readable detail.
@@ -228,6 +232,8 @@ impl TableRow for DeadLetterRow {
             ("source_offset", int64(rows.iter().map(|r| r.offset))),
             ("key", Arc::new(rows.iter().map(|r| r.key.as_deref()).collect::<BinaryArray>())),
             ("payload", Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.payload.as_slice())))),
+            ("payload_length", int64(rows.iter().map(|r| i64::try_from(r.payload_length).unwrap_or(i64::MAX)))),
+            ("payload_sha256", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.payload_sha256.as_str())))),
             ("reason", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason)))),
             ("detail", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.detail.as_str())))),
         ])

@@ -200,6 +200,8 @@ mod tests {
             offset: rejected_at,
             key: None,
             payload: Vec::new(),
+            payload_length: 0,
+            payload_sha256: String::new(),
             reason: "malformed",
             detail: String::new(),
         }

@@ -105,6 +105,7 @@ pub struct Metrics {
     pub checkpoint_restore_duration: Histogram,
     pub tasks_restored: IntCounter,
     pub buffered_rows: IntGauge,
+    pub buffered_bytes: IntGauge,
     pub consumption_paused: IntGauge,
     pub label_budget: LabelBudget,
     pub kafka_connected: IntGauge,
@@ -458,6 +459,10 @@ impl Metrics {
                 "storepulse_buffered_rows",
                 "Output rows waiting for the next checkpoint.",
             ))?,
+            buffered_bytes: IntGauge::with_opts(opts(
+                "storepulse_buffered_bytes",
+                "Bytes of rejected messages (kept payloads, keys, details) waiting for the next checkpoint.",
+            ))?,
             consumption_paused: IntGauge::with_opts(opts(
                 "storepulse_consumption_paused",
                 "1 while consumption is paused because too many rows wait for a checkpoint (storage slow or down).",
@@ -600,6 +605,7 @@ impl Metrics {
             Box::new(m.checkpoint_restore_duration.clone()),
             Box::new(m.tasks_restored.clone()),
             Box::new(m.buffered_rows.clone()),
+            Box::new(m.buffered_bytes.clone()),
             Box::new(m.consumption_paused.clone()),
             Box::new(m.label_budget.folded.clone()),
             Box::new(m.kafka_connected.clone()),

@@ -1,0 +1,143 @@
+"""Hostile input that passes decoding must not change a number: each attack is sent with the
+same good events as a clean run, through a real broker, and every table of the attacked run
+equals the clean run's (DuckDB `EXCEPT ALL` both ways) while each attack message is accounted
+for in `dead_letters` with its reason.
+
+Attacks: order events on the clickstream topic under the orders schema id (schema identity);
+orders with an absurd paid amount or line quantities that would wrap 32 bits (plausibility
+bounds); 900 KB junk messages (the dead letter keeps a capped payload, its length and hash)."""
+
+import copy
+import hashlib
+import io
+import json
+import random
+import shutil
+import struct
+
+import duckdb
+import fastavro
+from confluent_kafka import Producer
+from conftest import ROOT, storepulse, write_config
+from oracle import TABLES, data_files, table
+
+SCHEMA_IDS = {"clickstream": 41, "orders": 42, "logistics": 43}
+KEPT_PAYLOAD_BYTES = 65_536
+
+
+def encode(parsed: dict, stream: str, event: dict) -> bytes:
+    datum = io.BytesIO()
+    fastavro.schemaless_writer(datum, parsed[stream], event)
+    return b"\x00" + struct.pack(">I", SCHEMA_IDS[stream]) + datum.getvalue()
+
+
+def attacks(records: list[dict], parsed: dict) -> tuple[list[tuple[str, bytes, bytes]], dict[str, int]]:
+    """(stream, key, value) of each attack message, and how many of each reason they must give."""
+    rng = random.Random(32)
+    orders = [r for r in records if r["topic"] == "orders" and r["event"]["event_type"] == "paid"]
+    sent, reasons = [], {}
+
+    # An order event, written with the orders schema, on the clickstream topic.
+    for record in rng.sample(orders, 150):
+        sent.append(("clickstream", record["key"].encode(), encode(parsed, "orders", record["event"])))
+    reasons["incompatible_writer_schema"] = 150
+
+    # Paid orders whose amount would saturate a window's GMV, or whose units wrap 32 bits.
+    for n, record in enumerate(rng.sample(orders, 20)):
+        event = copy.deepcopy(record["event"])
+        event["event_id"] = f"absurd-{n}"
+        if n % 2:
+            event["paid_amount_minor"] = 4 * 10**18
+        else:
+            line = event["items"][0] if event["items"] else {"sku": "s", "category_id": None, "unit_price_minor": 1}
+            event["items"] = [dict(line, quantity=2_147_483_647)] * 3
+        sent.append(("orders", record["key"].encode(), encode(parsed, "orders", event)))
+    reasons["implausible_value"] = 20
+
+    # Junk far larger than any event (its first byte says it is not Confluent-framed).
+    for n in range(20):
+        sent.append(("orders", f"junk-{n}".encode(), b"junk" + rng.randbytes(900_000 - 4)))
+    reasons["unframed_payload"] = 20
+    return sent, reasons
+
+
+def produce(address: str, topics: str, records: list[dict], parsed: dict, extra=()) -> None:
+    producer = Producer({"bootstrap.servers": address, "linger.ms": 20, "message.max.bytes": 2_000_000})
+    for n, record in enumerate(records):
+        stream = record["topic"]
+        producer.produce(f"{topics}.{stream}", key=record["key"].encode(), value=encode(parsed, stream, record["event"]))
+        if n % 5_000 == 0:
+            producer.flush()
+    for stream, key, value in extra:
+        producer.produce(f"{topics}.{stream}", key=key, value=value)
+        producer.flush()
+    assert producer.flush(30) == 0
+
+
+def test_attacks_change_no_table_and_every_attack_message_is_a_dead_letter(broker, tmp_path):
+    broker.create_topics()
+    events = tmp_path / "events.jsonl"
+    storepulse("generate", "--brokers", broker.address, "--count", 12_000, "--seed", 32, "--events-file", events)
+    records = [r for r in map(json.loads, events.read_text().splitlines()) if r["injected"] != "malformed"]
+
+    schemas_dir = tmp_path / "writer-schemas"
+    schemas_dir.mkdir()
+    parsed = {}
+    for stream, schema_id in SCHEMA_IDS.items():
+        source = ROOT / "schemas" / f"{stream}.avsc"
+        shutil.copy(source, schemas_dir / f"{schema_id}-{stream}.avsc")
+        parsed[stream] = fastavro.parse_schema(json.loads(source.read_text()))
+    attack, reasons = attacks(records, parsed)
+
+    outs = {}
+    for run, extra in (("clean", ()), ("attacked", attack)):
+        topics = tuple(f"{run}.{stream}" for stream in SCHEMA_IDS)
+        broker.create_topics(topics)
+        produce(broker.address, run, records, parsed, extra)
+        outs[run] = tmp_path / run
+        config = write_config(tmp_path / f"{run}.toml", broker, outs[run], f"hostile-{run}", topics=topics,
+                              extra=f'\n[codec]\nwriter_schemas_dir = "{schemas_dir}"\n')
+        storepulse("run", "--bounded", "--config", config)
+
+    con = duckdb.connect()
+    compared = 0
+    for name in TABLES:
+        if name == "dead_letters":
+            continue
+        clean, attacked = (table(outs[run], name) if data_files(outs[run], name) else None for run in ("clean", "attacked"))
+        assert (clean is None) == (attacked is None), f"{name} written by one run only"
+        if clean is None:
+            continue
+        # The fulfillment backlog depends on how the orders and logistics partitions interleave
+        # in fetches (issue 32, class 6), whatever the input: it is compared apart from that.
+        columns = "* EXCLUDE (backlog_orders)" if name == "fulfillment" else "*"
+        for first, second in ((clean, attacked), (attacked, clean)):
+            extra = con.execute(f"SELECT count(*) FROM (SELECT {columns} FROM {first} EXCEPT ALL SELECT {columns} FROM {second})")
+            assert extra.fetchone()[0] == 0, f"{name} differs between the clean and the attacked run"
+        compared += con.execute(f"SELECT count(*) FROM {clean}").fetchone()[0]
+    assert compared > 1_000
+
+    assert not data_files(outs["clean"], "dead_letters")
+    letters = table(outs["attacked"], "dead_letters")
+    counted = dict(con.execute(f"SELECT reason, count(*) FROM {letters} GROUP BY reason").fetchall())
+    assert counted == reasons, f"dead letters by reason {counted}, attacks sent {reasons}"
+    junk = {hashlib.sha256(value).hexdigest() for stream, key, value in attack if key.startswith(b"junk-")}
+    kept = con.execute(f"""SELECT max(octet_length(payload)), min(payload_length), list(payload_sha256)
+                       FROM {letters} WHERE reason = 'unframed_payload'""").fetchone()
+    assert kept[0] == KEPT_PAYLOAD_BYTES and kept[1] == 900_000 and set(kept[2]) == junk
+    detail = con.execute(f"SELECT any_value(detail) FROM {letters} WHERE reason = 'incompatible_writer_schema'").fetchone()[0]
+    assert "com.storepulse.events.OrderEvent" in detail, detail
+    print(f"{compared} rows equal in both runs; dead letters {counted}")
+
+
+def test_orders_and_logistics_with_different_partition_counts_refuse_to_run(broker, tmp_path):
+    topics = ("skew.clickstream", "skew.orders", "skew.logistics")
+    broker.create_topics(topics[:2], partitions=4)
+    broker.create_topics(topics[2:], partitions=2)
+    config = write_config(tmp_path / "skew.toml", broker, tmp_path / "out", "skew", topics=topics)
+    for command in (["run", "--config", config], ["run", "--bounded", "--config", config]):
+        result = storepulse(*command, check=False, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "skew.orders" in result.stderr and "skew.logistics" in result.stderr, result.stderr[-2000:]
+        assert "4 partitions" in result.stderr and "2 partitions" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out" / "orders").exists(), "nothing was written"

@@ -132,6 +132,23 @@ impl ClientContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Counts and logs `count` offsets from `from` on that are gone from the log unprocessed.
+    fn skipped(&self, topic: &str, partition: i32, from: i64, count: i64) {
+        self.metrics
+            .offsets_skipped
+            .with_label_values(&[topic, &partition.to_string()])
+            .inc_by(u64::try_from(count).unwrap_or(0));
+        tracing::error!(
+            topic,
+            partition,
+            from,
+            to = from + count,
+            skipped = count,
+            "offsets removed from the log before they were processed: their events are lost to storepulse; \
+             replay them from elsewhere or accept the gap"
+        );
+    }
+
     fn record_assign(&self, partitions: &[TopicPartition]) {
         let mut assignment = lock(&self.assignment);
         assignment.extend(partitions.iter().cloned());
@@ -272,6 +289,10 @@ impl KafkaSource {
         let (topic, partition) = (message.topic(), message.partition());
         match self.resumes.check(topic, partition, message.offset(), Instant::now()) {
             Verdict::Deliver => Polled::Message(Record(message)),
+            Verdict::Skipped(missing) => {
+                self.consumer.context().skipped(topic, partition, message.offset() - missing, missing);
+                Polled::Message(Record(message))
+            }
             Verdict::SeekBack(offset) => {
                 let tp = (topic.to_owned(), partition);
                 if Self::seek_back(&self.consumer, &tp, offset) {
@@ -303,6 +324,23 @@ impl KafkaSource {
             Err(error) => {
                 tracing::warn!(%error, topic = tp.0, partition = tp.1, "seeking back failed; continuing from the broker's position");
                 false
+            }
+        }
+    }
+
+    /// Where `tp` can resume when its checkpoint says `next`: there, or at the start of its
+    /// log if retention removed `next` already (those offsets are counted and logged as
+    /// skipped). A broker that does not answer leaves `next`; the first message tells then.
+    fn resume_point(&self, tp: &TopicPartition, next: i64) -> i64 {
+        match self.consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(5)) {
+            Ok((log_start, _)) if log_start > next => {
+                self.consumer.context().skipped(&tp.0, tp.1, next, log_start - next);
+                log_start
+            }
+            Ok(_) => next,
+            Err(error) => {
+                tracing::warn!(%error, topic = tp.0, partition = tp.1, "cannot read where the log starts; resuming at the checkpoint");
+                next
             }
         }
     }
@@ -350,6 +388,9 @@ impl KafkaSource {
     /// # Errors
     /// When librdkafka refuses the assignment.
     pub fn accept(&mut self, partitions: &[TopicPartition], start: &BTreeMap<TopicPartition, i64>) -> KafkaResult<()> {
+        let start: BTreeMap<TopicPartition, i64> =
+            start.iter().map(|(tp, next)| (tp.clone(), self.resume_point(tp, *next))).collect();
+        let start = &start;
         self.resumes.clear();
         self.resumes.expect(start.iter().map(|(tp, next)| (tp.clone(), *next)), Instant::now());
         let mut tpl = TopicPartitionList::new();

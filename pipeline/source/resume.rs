@@ -7,7 +7,8 @@
 //! partition resumed at a checkpointed offset is checked: when it is past the resume point,
 //! the partition is sent back further, twice as far each time, until the broker delivers the
 //! resume point (what precedes it is already in the task's state, and the runtime skips it).
-//! A resumed partition that stays silent although it has messages to deliver is sent back too.
+//! A resumed partition that stays silent although it has messages to deliver is sent back too;
+//! one whose log no longer holds the resume point is handed on with the count it skipped.
 //! Pure decisions; the source performs the seeks.
 
 use super::TopicPartition;
@@ -37,6 +38,9 @@ pub enum Verdict {
     Deliver,
     /// Drop it and fetch the partition from this offset.
     SeekBack(i64),
+    /// Hand it on, although the offsets between the resume point and it are gone from the
+    /// log: this many were never processed.
+    Skipped(i64),
 }
 
 /// The partitions waiting for their first message since they were resumed.
@@ -70,11 +74,9 @@ impl Resumes {
         let tp = (topic.to_owned(), partition);
         let Some(resume) = self.waiting.get_mut(&tp) else { return Verdict::Deliver };
         if offset <= resume.next || resume.next - resume.rewind <= 0 {
-            if offset > resume.next {
-                tracing::warn!(topic, partition, expected = resume.next, got = offset, "offsets missing from the log");
-            }
+            let missing = offset - resume.next;
             self.waiting.remove(&tp);
-            return Verdict::Deliver;
+            return if missing > 0 { Verdict::Skipped(missing) } else { Verdict::Deliver };
         }
         tracing::info!(
             topic,
@@ -143,7 +145,7 @@ mod tests {
         resumes.expect([(tp(), 700)], now);
         assert_eq!(resumes.check("orders", 0, 800, now), Verdict::SeekBack(0));
         // Fetched from offset 0 and still past the resume point: the log lost those offsets.
-        assert_eq!(resumes.check("orders", 0, 800, now), Verdict::Deliver);
+        assert_eq!(resumes.check("orders", 0, 800, now), Verdict::Skipped(100));
     }
 
     #[test]

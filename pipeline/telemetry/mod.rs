@@ -106,6 +106,7 @@ pub struct Metrics {
     pub tasks_restored: IntCounter,
     pub buffered_rows: IntGauge,
     pub buffered_bytes: IntGauge,
+    pub offsets_skipped: IntCounterVec,
     pub consumption_paused: IntGauge,
     pub label_budget: LabelBudget,
     pub kafka_connected: IntGauge,
@@ -459,6 +460,13 @@ impl Metrics {
                 "storepulse_buffered_rows",
                 "Output rows waiting for the next checkpoint.",
             ))?,
+            offsets_skipped: IntCounterVec::new(
+                opts(
+                    "storepulse_offsets_skipped_total",
+                    "Offsets a partition resumed past because the log no longer held them (retention removed them before they were processed).",
+                ),
+                &["topic", "partition"],
+            )?,
             buffered_bytes: IntGauge::with_opts(opts(
                 "storepulse_buffered_bytes",
                 "Bytes of rejected messages (kept payloads, keys, details) waiting for the next checkpoint.",
@@ -606,6 +614,7 @@ impl Metrics {
             Box::new(m.tasks_restored.clone()),
             Box::new(m.buffered_rows.clone()),
             Box::new(m.buffered_bytes.clone()),
+            Box::new(m.offsets_skipped.clone()),
             Box::new(m.consumption_paused.clone()),
             Box::new(m.label_budget.folded.clone()),
             Box::new(m.kafka_connected.clone()),

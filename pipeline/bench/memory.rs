@@ -64,11 +64,11 @@ pub fn bytes_per_open_order(n: u64) -> f64 {
     let mut book = OrderBook::new(0, retention);
     for i in 0..n {
         let t = T0 + i as i64 * 10;
-        book.apply_order(&order_event(OrderEventType::Created, i, t));
-        book.apply_order(&order_event(OrderEventType::Paid, i, t + 20_000));
-        book.apply_scan(&scan(ShipmentStatus::LabelCreated, i, t + 2_400_000), true);
+        book.apply_order(&order_event(OrderEventType::Created, i, t), i64::MIN);
+        book.apply_order(&order_event(OrderEventType::Paid, i, t + 20_000), i64::MIN);
+        book.apply_scan(&scan(ShipmentStatus::LabelCreated, i, t + 2_400_000), true, i64::MIN);
         if i % 2 == 0 {
-            book.apply_scan(&scan(ShipmentStatus::PickedUp, i, t + 4 * 3_600_000), true);
+            book.apply_scan(&scan(ShipmentStatus::PickedUp, i, t + 4 * 3_600_000), true, i64::MIN);
         }
     }
     assert_eq!(book.open_orders() as u64, n, "every order stays open");

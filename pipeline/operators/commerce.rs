@@ -29,6 +29,10 @@ pub struct Commerce {
     pub(super) book: OrderBook,
     /// Fulfillment lateness, decided on the logistics partition's own watermark.
     pub(super) logistics_gate: LatenessGate,
+    /// The orders partition's own watermark after its latest event: with the logistics one,
+    /// it decides from when an event counts in the backlog.
+    #[serde(default)]
+    pub(super) orders_watermark: Option<i64>,
     /// Start of the base window in which the order book was last swept.
     pub(super) swept_at: Option<i64>,
     pub(super) base_window_ms: i64,
@@ -52,6 +56,7 @@ impl Family for Commerce {
             fulfillment: FulfillmentOperator::new(partition, sizes, time.lateness.of(FULFILLMENT)),
             book: OrderBook::new(partition, time.retention),
             logistics_gate: LatenessGate::new(time.base_window_ms(), time.lateness.of(FULFILLMENT)),
+            orders_watermark: None,
             swept_at: None,
             base_window_ms: time.base_window_ms(),
         }
@@ -79,6 +84,7 @@ impl super::Operator for Commerce {
 
     fn on_watermark(&mut self, clocks: &super::Clocks, out: &mut TaskOutput) {
         if let Some(w) = clocks.watermark(Stream::Orders) {
+            self.orders_watermark = Some(w);
             out.rows.extend(self.orders.advance_to(w));
         }
         if let Some(w) = clocks.watermark(Stream::Logistics) {
@@ -128,14 +134,18 @@ impl super::Operator for Commerce {
 
 impl Commerce {
     fn record_order(&mut self, e: &OrderEvent, out: &mut TaskOutput) -> Result<(), Late> {
-        let update = self.book.apply_order(e);
+        let update = self.book.apply_order(e, self.counts_from(self.orders_watermark));
         for sample in &update.resolved {
             self.join(sample, out);
         }
         self.orders.record(e, update.created_at)?;
         // Opens the fulfillment window too, so that its backlog row is written even when no parcel
-        // moves (a stalled warehouse); a window already closed for fulfillment just gets no row.
-        let _ = self.fulfillment.touch(e.event_time);
+        // moves (a stalled warehouse). Only while the orders partition has not passed it: then
+        // the window is surely still open, and whether it gets a row does not depend on the
+        // logistics partition's progress.
+        if self.counts_from(self.orders_watermark) < self.fulfillment_window_end(e.event_time) {
+            let _ = self.fulfillment.touch(e.event_time);
+        }
         if let Some(created_at) = update.created_at {
             out.latencies.push(LatencyObservation {
                 metric: LatencyMetric::CreatedToPaid,
@@ -148,7 +158,8 @@ impl Commerce {
 
     fn record_scan(&mut self, e: &ShipmentEvent, out: &mut TaskOutput) -> Result<(), Late> {
         let on_time = self.logistics_gate.check(e.event_time);
-        let update = self.book.apply_scan(e, on_time.is_ok());
+        let counts_from = self.counts_from(self.logistics_gate.watermark());
+        let update = self.book.apply_scan(e, on_time.is_ok(), counts_from);
         on_time?;
         self.fulfillment.touch(e.event_time)?;
         let (carrier, warehouse) = (update.carrier, update.warehouse);
@@ -167,6 +178,18 @@ impl Commerce {
             self.join(sample, out);
         }
         Ok(())
+    }
+
+    /// The earliest fulfillment window end an event can still change when its partition's
+    /// watermark is `watermark`: windows ending earlier are closed as far as that partition
+    /// is concerned, whether or not the other partition has closed them yet.
+    fn counts_from(&self, watermark: Option<i64>) -> i64 {
+        watermark.map_or(i64::MIN, |w| w - self.logistics_gate.lateness_ms())
+    }
+
+    /// End of the base fulfillment window holding `t`.
+    fn fulfillment_window_end(&self, t: i64) -> i64 {
+        window_start(t, self.base_window_ms) + self.base_window_ms
     }
 
     fn join(&mut self, sample: &JoinSample, out: &mut TaskOutput) {

@@ -84,6 +84,7 @@ pub(super) fn restore(cbor: &[u8], registry: &Registry, time: &TimeSettings) -> 
                 fulfillment: c.fulfillment,
                 book: c.book,
                 logistics_gate: c.logistics_gate,
+                orders_watermark: c.orders_watermark.current(),
                 swept_at: c.swept_at,
                 base_window_ms: c.base_window_ms,
             };

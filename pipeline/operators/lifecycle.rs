@@ -120,6 +120,11 @@ pub struct OrderState {
     last_refund_at: i64,
     promised_ship_by: i64,
     promised_deliver_by: i64,
+    /// When the order entered and left the backlog, as [`OrderBook::backlog_at`] counts them:
+    /// each event's time, but no earlier than the instants its own partition had already
+    /// closed when it arrived (see [`OrderBook::apply_order`]); the earliest over events.
+    backlog_paid_at: i64,
+    backlog_left_at: i64,
     items_subtotal_minor: i64,
     discount_minor: i64,
     shipping_minor: i64,
@@ -155,6 +160,8 @@ impl OrderState {
             last_refund_at: NONE,
             promised_ship_by: NONE,
             promised_deliver_by: NONE,
+            backlog_paid_at: NONE,
+            backlog_left_at: NONE,
             items_subtotal_minor: 0,
             discount_minor: 0,
             shipping_minor: 0,
@@ -174,8 +181,9 @@ impl OrderState {
         }
     }
 
-    /// The optional milestones, in encoding order.
-    fn milestones_mut(&mut self) -> [&mut i64; 11] {
+    /// The optional milestones, in encoding order; the last two came with state format 4's
+    /// successors and are absent (their bit clear) in states written before.
+    fn milestones_mut(&mut self) -> [&mut i64; 13] {
         [
             &mut self.created_at,
             &mut self.paid_at,
@@ -188,6 +196,8 @@ impl OrderState {
             &mut self.last_refund_at,
             &mut self.promised_ship_by,
             &mut self.promised_deliver_by,
+            &mut self.backlog_paid_at,
+            &mut self.backlog_left_at,
         ]
     }
 
@@ -209,6 +219,8 @@ impl OrderState {
             self.last_refund_at,
             self.promised_ship_by,
             self.promised_deliver_by,
+            self.backlog_paid_at,
+            self.backlog_left_at,
         ];
         let present = milestones.iter().enumerate().fold(0u64, |m, (i, t)| m | (u64::from(*t != NONE) << i));
         w.u64(present);
@@ -248,6 +260,13 @@ impl OrderState {
                 *t = r.i64()?.wrapping_add(first_seen);
             }
         }
+        // Written before the backlog had its own instants: the milestones stand in for them.
+        if state.backlog_paid_at == NONE {
+            state.backlog_paid_at = state.paid_at;
+        }
+        if state.backlog_left_at == NONE {
+            state.backlog_left_at = state.left_backlog_at();
+        }
         state.items_subtotal_minor = r.i64()?;
         state.discount_minor = r.i64()?;
         state.shipping_minor = r.i64()?;
@@ -286,17 +305,25 @@ impl OrderState {
         [self.delivered_at, self.returned_at, self.cancelled_at].into_iter().filter(|t| *t != NONE).max()
     }
 
-    /// Paid, and at `at` neither picked up, delivered, returned nor cancelled.
+    /// Paid, and at `at` neither picked up, delivered, returned nor cancelled, as far as the
+    /// backlog counts events (see [`OrderState::backlog_paid_at`]).
     fn unshipped_at(&self, at: i64) -> bool {
-        self.paid_at != NONE && self.paid_at < at && !self.left_backlog_before(at)
+        self.backlog_paid_at != NONE && self.backlog_paid_at < at && !self.left_backlog_before(at)
     }
 
-    /// Picked up, delivered, returned or cancelled before `at`. Once true, true for every
-    /// later `at` too: milestones only ever move earlier.
+    /// Left the backlog before `at`. Once true, true for every later `at` too: the instant
+    /// only ever moves earlier.
     fn left_backlog_before(&self, at: i64) -> bool {
+        self.backlog_left_at != NONE && self.backlog_left_at < at
+    }
+
+    /// The earliest of the milestones that take an order out of the backlog, or [`NONE`].
+    fn left_backlog_at(&self) -> i64 {
         [self.picked_up_at, self.delivered_at, self.returned_at, self.cancelled_at]
             .into_iter()
-            .any(|t| t != NONE && t < at)
+            .filter(|t| *t != NONE)
+            .min()
+            .unwrap_or(NONE)
     }
 
     fn final_state(&self) -> &'static str {
@@ -539,7 +566,13 @@ impl OrderBook {
     }
 
     /// Applies an order event (on time or late: lifecycle facts do not depend on windows).
-    pub fn apply_order(&mut self, e: &OrderEvent) -> OrderUpdate {
+    ///
+    /// `counts_from` is the earliest backlog instant the event may change: its partition's
+    /// watermark minus the fulfillment lateness when it arrived (`i64::MIN` before any). A
+    /// payment or cancellation counts in the backlog from the later of its time and that, so
+    /// the backlog at a window's end depends only on which events each partition delivered
+    /// before its own watermark passed the window, not on how the two partitions interleaved.
+    pub fn apply_order(&mut self, e: &OrderEvent, counts_from: i64) -> OrderUpdate {
         let currency = self.symbols.id(&e.currency);
         let region = e.region.as_deref().map_or(NO_SYMBOL, |r| self.symbols.id(r));
         let warehouse = e.warehouse.as_deref().map_or(NO_SYMBOL, |w| self.symbols.id(w));
@@ -582,6 +615,7 @@ impl OrderBook {
                 update.created_at = opt(state.created_at);
                 let first_payment = state.paid_at == NONE;
                 set_first(&mut state.paid_at, e.event_time);
+                set_first(&mut state.backlog_paid_at, e.event_time.max(counts_from));
                 if first_payment {
                     update.resolved = resolve_pending(state);
                 }
@@ -590,7 +624,10 @@ impl OrderBook {
                     self.backlog_watch.push(slot as u32);
                 }
             }
-            OrderEventType::Cancelled => set_first(&mut state.cancelled_at, e.event_time),
+            OrderEventType::Cancelled => {
+                set_first(&mut state.cancelled_at, e.event_time);
+                set_first(&mut state.backlog_left_at, e.event_time.max(counts_from));
+            }
             OrderEventType::Refunded => {
                 let refund = e.refund_amount_minor.unwrap_or(0);
                 state.refunded_minor = match state.refunded_minor {
@@ -605,8 +642,9 @@ impl OrderBook {
     }
 
     /// Applies a shipment scan. `on_time` says whether the scan's fulfillment window is still
-    /// open; a late scan updates the lifecycle but is not joined into windows.
-    pub fn apply_scan(&mut self, e: &ShipmentEvent, on_time: bool) -> ScanUpdate {
+    /// open; a late scan updates the lifecycle but is not joined into windows. `counts_from`
+    /// is as for [`OrderBook::apply_order`], from the logistics partition's watermark.
+    pub fn apply_scan(&mut self, e: &ShipmentEvent, on_time: bool, counts_from: i64) -> ScanUpdate {
         let carrier = self.symbols.id(&e.carrier);
         let warehouse = self.symbols.id(&e.warehouse);
         let slot = self.entry(&e.order_id, e.event_time);
@@ -617,6 +655,9 @@ impl OrderBook {
             state.warehouse = warehouse;
         }
         let t = e.event_time;
+        if matches!(e.status, ShipmentStatus::PickedUp | ShipmentStatus::Delivered | ShipmentStatus::Returned) {
+            set_first(&mut state.backlog_left_at, t.max(counts_from));
+        }
         let paid = state.paid_at != NONE;
         let mut update = ScanUpdate { carrier, warehouse, counts: false, pickup_to_delivery_ms: None, join: None };
         match e.status {
@@ -683,7 +724,7 @@ impl OrderBook {
         let slots = &mut self.slots;
         self.backlog_watch.retain(|slot| {
             let state = &mut slots[*slot as usize];
-            let watch = state.paid_at != NONE && !state.left_backlog_before(at);
+            let watch = state.backlog_paid_at != NONE && !state.left_backlog_before(at);
             if !watch {
                 state.flags &= !BACKLOG_WATCH;
             }
@@ -871,11 +912,11 @@ mod tests {
             for (kind, n, minute) in steps {
                 let (id, t) = (format!("o{n}"), minute * MIN);
                 match kind {
-                    0 | 1 => drop(book.apply_order(&order(OrderEventType::Paid, t, &id, "u"))),
-                    2 => drop(book.apply_scan(&scan(ShipmentStatus::PickedUp, t, &id), true)),
-                    3 => drop(book.apply_scan(&scan(ShipmentStatus::Delivered, t, &id), true)),
-                    4 => drop(book.apply_order(&order(OrderEventType::Cancelled, t, &id, "u"))),
-                    5 => drop(book.apply_scan(&scan(ShipmentStatus::Returned, t, &id), false)),
+                    0 | 1 => drop(book.apply_order(&order(OrderEventType::Paid, t, &id, "u"), i64::MIN)),
+                    2 => drop(book.apply_scan(&scan(ShipmentStatus::PickedUp, t, &id), true, i64::MIN)),
+                    3 => drop(book.apply_scan(&scan(ShipmentStatus::Delivered, t, &id), true, i64::MIN)),
+                    4 => drop(book.apply_order(&order(OrderEventType::Cancelled, t, &id, "u"), i64::MIN)),
+                    5 => drop(book.apply_scan(&scan(ShipmentStatus::Returned, t, &id), false, i64::MIN)),
                     6 => drop(book.sweep(at)),
                     _ => {
                         at += minute % 7 * MIN;
@@ -898,7 +939,7 @@ mod tests {
         #[test]
         fn order_states_round_trip_through_the_slab_encoding(
             ids in "[a-z0-9-]{0,20}(\u{1f}[a-z0-9]{1,12})?",
-            times in proptest::collection::vec((any::<i64>(), any::<bool>()), 13),
+            times in proptest::collection::vec((any::<i64>(), any::<bool>()), 15),
             money in proptest::collection::vec(any::<i64>(), 5),
             small in proptest::collection::vec(any::<u16>(), 6),
             (units, enums, flags) in (any::<u32>(), (0usize..32, 0usize..32, 0usize..32), any::<u8>()),
@@ -907,6 +948,13 @@ mod tests {
             s.last_event = times[1].0;
             for (slot, (v, absent)) in s.milestones_mut().into_iter().zip(&times[2..]) {
                 *slot = time(*v, *absent);
+            }
+            // Absent backlog instants are read as the milestones' (states of earlier releases).
+            if s.backlog_paid_at == NONE {
+                s.backlog_paid_at = s.paid_at;
+            }
+            if s.backlog_left_at == NONE {
+                s.backlog_left_at = s.left_backlog_at();
             }
             [s.items_subtotal_minor, s.discount_minor, s.shipping_minor, s.paid_amount_minor, s.refunded_minor] =
                 [money[0], money[1], money[2], money[3], money[4]];

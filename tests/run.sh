@@ -56,7 +56,9 @@ step "unit and integration tests (embedded mock Kafka cluster)"
 cargo test --locked
 
 step "end-to-end tests (tansu broker, DuckDB oracle)"
-cargo build --locked --bin storepulse
+# `cargo test` built the binary, with the tests' dependency features: a `cargo build` here
+# would compile most dependencies a third time.
+test -x target/debug/storepulse
 export STOREPULSE_BIN="$root/target/debug/storepulse"
 export TANSU_BIN="$tools/bin/tansu"
 "$venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider

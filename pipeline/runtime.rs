@@ -191,7 +191,7 @@ impl Pipeline {
             last_status: (now, 0),
             last_broker_warning: now,
             last_message: now,
-            next_partition_check: now + PARTITION_CHECK_INTERVAL,
+            next_partition_check: now,
             clock: WallClock::read(),
         };
         let mut drain = Drain::default();
@@ -215,9 +215,10 @@ impl Pipeline {
                 self.rebalance(source, rebalance, control);
             }
             self.on_timers(source, &mut timers, now);
-            if now >= timers.next_partition_check {
+            // As soon as a broker answers (before the group's first assignment), then again and
+            // again: partitions added to one topic only stop the job before another checkpoint.
+            if now >= timers.next_partition_check && self.health.brokers_up() {
                 timers.next_partition_check = now + PARTITION_CHECK_INTERVAL;
-                // Partitions added to one topic only: stop before another checkpoint commits.
                 let topics = &self.settings.topics;
                 source.check_co_partitioned(&topics.orders, &topics.logistics, Duration::from_secs(5))?;
             }

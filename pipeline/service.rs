@@ -12,7 +12,6 @@ use crate::telemetry::{Health, Metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Why a pipeline did not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +103,6 @@ fn spawn(
     std::thread::Builder::new().name("pipeline".into()).spawn(move || {
         let mut source =
             KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).map_err(RuntimeError::Source)?;
-        let topics = &settings.topics;
-        source.check_co_partitioned(&topics.orders, &topics.logistics, Duration::from_secs(10))?;
         Pipeline::new(settings, metrics, health, options)?.run(&mut source, &control)
     })
 }

@@ -150,6 +150,10 @@ impl SourceContext {
     }
 
     fn record_assign(&self, partitions: &[TopicPartition]) {
+        for (topic, partition) in partitions {
+            // Exported at zero, so that a first skip is an increase.
+            self.metrics.offsets_skipped.with_label_values(&[topic.as_str(), &partition.to_string()]);
+        }
         let mut assignment = lock(&self.assignment);
         assignment.extend(partitions.iter().cloned());
         tracing::info!(partitions = partitions.len(), "partitions assigned");

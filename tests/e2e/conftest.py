@@ -1,13 +1,16 @@
 """Fixtures for end-to-end tests: a real tansu broker per test, a moto S3 server, the
 storepulse binary, and helpers to run it (its tables are read back in oracle.py)."""
 
+import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
+import fastavro
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -172,3 +175,16 @@ def s3(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def writer_schemas(tmp_path: pathlib.Path, ids: dict[str, int]) -> tuple[pathlib.Path, dict]:
+    """A writer-schema directory holding the bundled schemas under `ids` (stream -> id), as an
+    external producer registers them, and the schemas parsed by fastavro."""
+    directory = tmp_path / "writer-schemas"
+    directory.mkdir()
+    parsed = {}
+    for stream, schema_id in ids.items():
+        source = ROOT / "schemas" / f"{stream}.avsc"
+        shutil.copy(source, directory / f"{schema_id}-{stream}.avsc")
+        parsed[stream] = fastavro.parse_schema(json.loads(source.read_text()))
+    return directory, parsed

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import random
-import shutil
 import signal
 import struct
 import subprocess
@@ -25,7 +24,7 @@ import urllib.request
 import duckdb
 import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition
-from conftest import ROOT, STOREPULSE, TOPICS, storepulse, write_config
+from conftest import STOREPULSE, TOPICS, storepulse, write_config, writer_schemas
 from oracle import TABLES, data_files, table
 
 SCHEMA_IDS = {"clickstream": 41, "orders": 42, "logistics": 43}
@@ -87,13 +86,7 @@ def test_attacks_change_no_table_and_every_attack_message_is_a_dead_letter(broke
     storepulse("generate", "--brokers", broker.address, "--count", 12_000, "--seed", 32, "--events-file", events)
     records = [r for r in map(json.loads, events.read_text().splitlines()) if r["injected"] != "malformed"]
 
-    schemas_dir = tmp_path / "writer-schemas"
-    schemas_dir.mkdir()
-    parsed = {}
-    for stream, schema_id in SCHEMA_IDS.items():
-        source = ROOT / "schemas" / f"{stream}.avsc"
-        shutil.copy(source, schemas_dir / f"{schema_id}-{stream}.avsc")
-        parsed[stream] = fastavro.parse_schema(json.loads(source.read_text()))
+    schemas_dir, parsed = writer_schemas(tmp_path, SCHEMA_IDS)
     attack, reasons = attacks(records, parsed)
 
     outs = {}

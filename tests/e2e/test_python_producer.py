@@ -3,13 +3,12 @@ schema ids from a writer-schema directory) gives the same numbers as storepulse'
 
 import io
 import json
-import shutil
 import struct
 
 import duckdb
 import fastavro
 from confluent_kafka import Producer
-from conftest import ROOT, storepulse, write_config
+from conftest import storepulse, write_config, writer_schemas
 from oracle import data_files, funnel_from_events, funnel_from_parquet, load_events, rows, sales_from_parquet
 
 PY_TOPICS = ("py.clickstream", "py.orders", "py.logistics")
@@ -22,13 +21,7 @@ def test_external_confluent_producer_decodes_to_the_same_numbers(broker, tmp_pat
     events = tmp_path / "events.jsonl"
     storepulse("generate", "--brokers", broker.address, "--count", 12_000, "--seed", 5, "--events-file", events)
 
-    schemas_dir = tmp_path / "writer-schemas"
-    schemas_dir.mkdir()
-    parsed = {}
-    for stream, schema_id in PY_SCHEMA_IDS.items():
-        source = ROOT / "schemas" / f"{stream}.avsc"
-        shutil.copy(source, schemas_dir / f"{schema_id}-{stream}.avsc")
-        parsed[stream] = fastavro.parse_schema(json.loads(source.read_text()))
+    schemas_dir, parsed = writer_schemas(tmp_path, PY_SCHEMA_IDS)
 
     producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 20})
     sent = 0

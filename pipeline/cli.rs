@@ -34,6 +34,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (colour only on a terminal) or as one JSON object per line, for a log
+    /// collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STOREPULSE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `time level target: message key=value`.
+    Text,
+    /// One JSON object per line, fields as keys.
+    Json,
 }
 
 /// Subcommands.
@@ -521,15 +534,15 @@ fn run_job(args: &RunArgs) -> anyhow::Result<()> {
         stop.stop();
     });
     let report = running.join()?;
-    print_report(&report);
+    tracing::info!("{}", report_line(&report));
     Ok(())
 }
 
-fn print_report(r: &RunReport) {
-    eprintln!(
+fn report_line(r: &RunReport) -> String {
+    format!(
         "consumed {} messages: {} events, {} dead letters, {} late, {} duplicates; {} windows closed; {} Parquet files written; {} checkpoints; {} partition tasks restored",
         r.consumed, r.decoded, r.rejected, r.late, r.duplicates, r.windows_closed, r.files, r.checkpoints, r.restored
-    );
+    )
 }
 
 fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
@@ -627,7 +640,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     running.control.drain();
     let report = running.join()?;
     println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
-    print_report(&report);
+    eprintln!("{}", report_line(&report));
     let query = "SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers \
                  FROM funnel WHERE window_size = '1m' AND device = 'all' AND NOT partial GROUP BY ALL ORDER BY ALL";
     match args.table_format {

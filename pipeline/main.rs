@@ -1,8 +1,9 @@
 //! The `storepulse` binary: parses the command line and runs it.
 
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use storepulse::cli::{Cli, run};
+use storepulse::cli::{Cli, LogFormat, run};
 use storepulse::config::ConfigError;
 use storepulse::runtime::RuntimeError;
 
@@ -15,15 +16,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // First, while this is the only thread.
     storepulse::allocator::keep_freed_memory_for_reuse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // Dependencies (librdkafka, delta-rs's kernel) log routine work at info.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,storepulse=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Dependencies (librdkafka, delta-rs's kernel) log routine work at info.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,storepulse=info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
             eprintln!("storepulse: invalid configuration: {error}");

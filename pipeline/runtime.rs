@@ -19,7 +19,7 @@ use crate::sink::prometheus::Gauges;
 use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, PendingRebalance, Polled, Record, TopicPartition};
 use crate::table::{LateEventRow, Progress, TableSpec};
-use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, Metrics, Outcomes};
+use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, LOG_EVERY, LogLimit, Metrics, Outcomes};
 use crate::time::{WallClock, system_time_ms};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +74,8 @@ struct Timers {
     next_checkpoint: Instant,
     checkpoint_backoff: Duration,
     last_status: (Instant, u64),
-    last_broker_warning: Instant,
+    last_broker_warning: Option<Instant>,
+    consume_error_log: LogLimit,
     last_message: Instant,
     next_partition_check: Instant,
     clock: WallClock,
@@ -189,7 +190,8 @@ impl Pipeline {
             next_checkpoint: now + self.settings.checkpoint.interval,
             checkpoint_backoff: Duration::from_secs(1),
             last_status: (now, 0),
-            last_broker_warning: now,
+            last_broker_warning: None,
+            consume_error_log: LogLimit::default(),
             last_message: now,
             next_partition_check: now,
             clock: WallClock::read(),
@@ -260,7 +262,9 @@ impl Pipeline {
         let record = match polled {
             Polled::Message(record) => record,
             Polled::Error(error) => {
-                tracing::warn!(%error, "Kafka consume error");
+                if let Some(suppressed) = timers.consume_error_log.allow() {
+                    tracing::warn!(%error, suppressed, "Kafka consume error");
+                }
                 return Ok(now);
             }
             Polled::Nothing => return Ok(now),
@@ -312,10 +316,10 @@ impl Pipeline {
             }
         }
         if !self.health.brokers_up()
-            && now.duration_since(timers.last_broker_warning) >= Duration::from_secs(10)
+            && timers.last_broker_warning.is_none_or(|last| now.duration_since(last) >= LOG_EVERY)
             && timers.started.elapsed() >= Duration::from_secs(5)
         {
-            timers.last_broker_warning = Instant::now();
+            timers.last_broker_warning = Some(now);
             tracing::warn!(brokers = %self.settings.brokers, "cannot reach any Kafka broker; not ready, retrying");
         }
         if now.duration_since(timers.last_status.0) >= Duration::from_secs(5) {

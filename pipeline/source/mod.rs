@@ -17,7 +17,7 @@ mod resume;
 pub use resume::{RESUME_SILENCE, Resumes, Verdict};
 
 use crate::config::Settings;
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Health, LogLimit, Metrics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -84,6 +84,8 @@ pub struct SourceContext {
     /// Whether rebalances wait for the loop; off while the consumer closes, so closing applies
     /// them at once.
     defer: AtomicBool,
+    /// Client errors repeat at every reconnect attempt during an outage: one line per kind.
+    error_logs: Mutex<Vec<(Option<RDKafkaErrorCode>, LogLimit)>>,
 }
 
 /// A rebalance the group is waiting for this member to apply.
@@ -121,12 +123,25 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+        let code = error.rdkafka_error_code();
+        let all_down = code == Some(RDKafkaErrorCode::AllBrokersDown);
+        if all_down {
             self.health.set_brokers_up(false);
             self.metrics.kafka_connected.set(0);
-            tracing::warn!(brokers = %self.brokers, %reason, "all Kafka brokers are down; retrying");
+        }
+        let suppressed = {
+            let mut logs = lock(&self.error_logs);
+            let index = logs.iter().position(|(seen, _)| *seen == code).unwrap_or_else(|| {
+                logs.push((code, LogLimit::default()));
+                logs.len() - 1
+            });
+            logs[index].1.allow()
+        };
+        let Some(suppressed) = suppressed else { return };
+        if all_down {
+            tracing::warn!(brokers = %self.brokers, %reason, suppressed, "all Kafka brokers are down; retrying");
         } else {
-            tracing::warn!(brokers = %self.brokers, %error, %reason, "Kafka client error");
+            tracing::warn!(brokers = %self.brokers, %error, %reason, suppressed, "Kafka client error");
         }
     }
 }
@@ -275,6 +290,7 @@ impl KafkaSource {
             high_watermarks: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
             defer: AtomicBool::new(false),
+            error_logs: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context)?;
         let topics =

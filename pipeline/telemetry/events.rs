@@ -53,16 +53,17 @@ impl RunReport {
     }
 }
 
-/// Lets a log line through at most every [`LOG_EVERY`], counting the ones it holds back.
+/// Lets a log line through at most every [`LOG_EVERY`], counting the ones it holds back: a
+/// condition that repeats (a broker outage reports every reconnect) gets one line per interval.
 #[derive(Debug, Default)]
-struct LogLimit {
+pub struct LogLimit {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogLimit {
     /// `Some(lines held back since the last one)` when a line may be written now.
-    fn allow(&mut self) -> Option<u64> {
+    pub fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         if self.last.is_some_and(|last| now.duration_since(last) < LOG_EVERY) {
             self.suppressed += 1;

@@ -5,7 +5,7 @@
 
 pub mod events;
 
-pub use events::{EventDuplicate, EventLate, EventRejected, Outcomes, RunReport};
+pub use events::{EventDuplicate, EventLate, EventRejected, LOG_EVERY, LogLimit, Outcomes, RunReport};
 
 use crate::codec::DecodeError;
 use crate::event::{Channel, Device, Stream};

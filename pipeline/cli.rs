@@ -16,7 +16,7 @@ use crate::sink::compact::compact;
 use crate::sink::parquet::STAGING;
 use crate::sink::storage::{Location, Storage};
 use crate::table::TableSpec;
-use crate::time::system_time_ms;
+use crate::time::{rfc3339_ms, system_time_ms};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -468,7 +468,7 @@ fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
         report.sent,
         options.brokers,
         started.elapsed().as_secs_f64(),
-        format_ms(report.last_event_ms)
+        rfc3339_ms(report.last_event_ms)
     );
     Ok(())
 }
@@ -493,7 +493,7 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
         tables.iter().filter_map(|t| Some((t.name.to_owned(), catalog.complete_through(t.name)?))).collect();
     let report = compact(&storage, &tables, &complete, (args.retention, args.debris_grace))
         .with_context(|| format!("compacting {}", args.out))?;
-    let through: Vec<String> = complete.iter().map(|(table, ms)| format!("{table} {}", format_ms(*ms))).collect();
+    let through: Vec<String> = complete.iter().map(|(table, ms)| format!("{table} {}", rfc3339_ms(*ms))).collect();
     println!(
         "compacted {} ({format}): {} partitions merged ({} files into {}, {} rows), {} hours newly complete, {} not complete yet; complete through: {}{}{}",
         args.out,
@@ -512,10 +512,6 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-fn format_ms(ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
@@ -639,7 +635,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
     let produced: ProduceReport = generator.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     running.control.drain();
     let report = running.join()?;
-    println!("generator sent {} messages (event time up to {})", produced.sent, format_ms(produced.last_event_ms));
+    println!("generator sent {} messages (event time up to {})", produced.sent, rfc3339_ms(produced.last_event_ms));
     eprintln!("{}", report_line(&report));
     let query = "SELECT window_start, channel, sum(visitors) AS visitors, sum(purchasing_visitors) AS purchasers \
                  FROM funnel WHERE window_size = '1m' AND device = 'all' AND NOT partial GROUP BY ALL ORDER BY ALL";

@@ -18,9 +18,9 @@ use crate::sink::dead_letter::{DeadLetterTopic, Rejected};
 use crate::sink::prometheus::Gauges;
 use crate::sink::storage::Storage;
 use crate::source::{KafkaSource, PendingRebalance, Polled, Record, TopicPartition};
-use crate::table::{LateEventRow, Progress, TableSpec};
+use crate::table::{LateEventRow, Progress, QuarantinedEventRow, TableSpec};
 use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, LOG_EVERY, LogLimit, Metrics, Outcomes};
-use crate::time::{WallClock, system_time_ms};
+use crate::time::{WallClock, rfc3339_ms, system_time_ms};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -125,6 +125,8 @@ pub struct Pipeline {
     paused: bool,
     last_backlog: Instant,
     progress: bool,
+    /// Quarantined events are logged at most every 10 s.
+    guard_log: LogLimit,
 }
 
 impl Pipeline {
@@ -172,6 +174,7 @@ impl Pipeline {
             dead_letter_topic,
             paused: false,
             last_backlog: Instant::now(),
+            guard_log: LogLimit::default(),
         })
     }
 
@@ -369,7 +372,7 @@ impl Pipeline {
             }
         }
         self.outcomes.decoded(stream);
-        let disposition = task.state.process(event, &mut self.scratch)?;
+        let disposition = task.state.process(event, record.offset(), &mut self.scratch)?;
         let progress = task.progress.entry(stream).or_default();
         progress.last_event_at_ms = now_ms;
         progress.watermark = task.state.watermark(stream);
@@ -419,8 +422,45 @@ impl Pipeline {
         if self.scratch.pending() == 0 {
             return;
         }
+        self.route_guarded();
         self.gauges.observe(&mut self.scratch);
         self.checkpoints.pending().append(&mut self.scratch.rows);
+    }
+
+    /// Tables and counts what the jump guard quarantined, and reports the jumps it let through.
+    fn route_guarded(&mut self) {
+        for q in self.scratch.quarantined.drain(..) {
+            self.metrics.events_quarantined.with_label_values(&[q.stream.as_str()]).inc();
+            if let Some(suppressed) = self.guard_log.allow() {
+                tracing::warn!(
+                    stream = q.stream.as_str(),
+                    partition = q.partition,
+                    offset = q.offset,
+                    event_id = %q.event_id,
+                    ahead_secs = (q.event_time - q.partition_time) / 1000,
+                    suppressed,
+                    "event far ahead of its partition's time, not corroborated: quarantined, not counted"
+                );
+            }
+            self.checkpoints.pending().push(QuarantinedEventRow {
+                stream: q.stream.as_str(),
+                partition: q.partition,
+                offset: q.offset,
+                event_id: q.event_id,
+                event_time: q.event_time,
+                partition_time: q.partition_time,
+                reason: q.reason,
+            });
+        }
+        for jump in self.scratch.jumps.drain(..) {
+            self.metrics.watermark_jumps.with_label_values(&[jump.stream.as_str()]).inc();
+            tracing::warn!(
+                stream = jump.stream.as_str(),
+                from = %rfc3339_ms(jump.from),
+                to = %rfc3339_ms(jump.to),
+                "a partition's event time jumped ahead, corroborated by events in a row: its watermark moves"
+            );
+        }
     }
 
     /// Periodic work: caught-up and idle flags, watermark and state gauges, releasing

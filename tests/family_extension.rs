@@ -210,14 +210,14 @@ fn a_familys_state_rides_in_the_task_snapshot_and_a_build_without_it_refuses_the
     let (first, second) = clicks.split_at(clicks.len() / 2);
     let mut out = TaskOutput::default();
     for event in first {
-        task.process(event, &mut out).expect("a click");
+        task.process(event, 0, &mut out).expect("a click");
     }
     let bytes = task.snapshot(0).expect("encodes");
     let mut restored = PartitionTask::restore(&bytes, &registry, &time).expect("restores");
     let (mut a, mut b) = (TaskOutput::default(), TaskOutput::default());
     for event in second {
-        task.process(event, &mut a).expect("a click");
-        restored.process(event, &mut b).expect("a click");
+        task.process(event, 0, &mut a).expect("a click");
+        restored.process(event, 0, &mut b).expect("a click");
     }
     task.close_all(&mut a);
     restored.close_all(&mut b);

@@ -4,7 +4,9 @@
 //! - every input event is counted exactly once across metrics, late events and duplicates;
 //! - snapshot → restore → continue gives the same outputs as an uninterrupted run;
 //! - whatever the arrival order, the outputs are the metric definitions applied to the events
-//!   that were neither late nor duplicates (a reference model computed in batch).
+//!   that were neither late nor duplicates (a reference model computed in batch);
+//! - any number of isolated far-future events (a device clock days fast) leaves every other
+//!   event's output unchanged, and each of them is quarantined.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,11 +15,13 @@ use storepulse::operators::{
     Disposition, FunnelCounts, FunnelRow, PartitionTask, SESSIONS, SessionRow, Step, TRAFFIC, TaskId, TaskOutput,
     builtin,
 };
-use storepulse::time::{FamilyLateness, TimeSettings};
+use storepulse::time::{FamilyLateness, JumpGuard, TimeSettings};
 
 const SEC: i64 = 1_000;
 const MIN: i64 = 60 * SEC;
 const OUT_OF_ORDERNESS: i64 = 5 * SEC;
+/// Beyond the longest gap [`clicks`] makes: in these streams only an attack jumps this far.
+const MAX_JUMP: i64 = 3 * 60 * MIN;
 
 fn settings(lateness_ms: i64) -> TimeSettings {
     TimeSettings {
@@ -27,6 +31,7 @@ fn settings(lateness_ms: i64) -> TimeSettings {
         session_gap_ms: 30 * MIN,
         // Far beyond any generated session: the length guard is the one order-dependent rule.
         session_max_length_ms: 48 * 60 * MIN,
+        jump_guard: Some(JumpGuard { max_jump_ms: MAX_JUMP, corroborating_events: 5 }),
         ..TimeSettings::default()
     }
 }
@@ -74,12 +79,13 @@ struct Outputs {
     sessions: Vec<SessionRow>,
     late: Vec<(&'static str, String)>,
     duplicates: usize,
+    quarantined: Vec<String>,
 }
 
 fn run(task: &mut PartitionTask, events: &[ClickEvent], into: &mut Outputs) {
     let mut out = TaskOutput::default();
     for e in events {
-        if task.process(&Event::Click(e.clone()), &mut out) == Ok(Disposition::Duplicate) {
+        if task.process(&Event::Click(e.clone()), 0, &mut out) == Ok(Disposition::Duplicate) {
             into.duplicates += 1;
         }
     }
@@ -96,6 +102,7 @@ fn collect(mut out: TaskOutput, into: &mut Outputs) {
     into.funnel.append(out.rows.table::<FunnelRow>());
     into.sessions.append(out.rows.table::<SessionRow>());
     into.late.extend(out.late.into_iter().map(|l| (l.family, l.event_id)));
+    into.quarantined.extend(out.quarantined.into_iter().map(|q| q.event_id));
 }
 
 fn run_to_end(events: &[ClickEvent], lateness_ms: i64) -> Outputs {
@@ -110,7 +117,41 @@ fn sorted(mut o: Outputs) -> Outputs {
     o.funnel.sort();
     o.sessions.sort();
     o.late.sort();
+    o.quarantined.sort();
     o
+}
+
+/// `events` with far-future copies inserted: `(after, ahead, copies)` puts `copies` (one to
+/// four, fewer than the guard's five in a row) events `ahead` past the jump limit right after
+/// event `after` (the first such group there), from a visitor and session of the real ones.
+/// Returns them and the ids inserted.
+fn with_far_future(
+    events: &[ClickEvent],
+    attacks: &[(prop::sample::Index, i64, usize)],
+) -> (Vec<ClickEvent>, Vec<String>) {
+    let mut after: BTreeMap<usize, Vec<ClickEvent>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for (n, (at, ahead, copies)) in attacks.iter().enumerate() {
+        let at = at.index(events.len());
+        if after.contains_key(&at) {
+            continue; // one group per place: two would make five in a row, a corroborated jump
+        }
+        let max_so_far = events[..=at].iter().map(|e| e.event_time).max().unwrap_or_default();
+        for copy in 0..*copies {
+            let template = &events[(at + copy) % events.len()];
+            let id = format!("far{n}-{copy}");
+            ids.push(id.clone());
+            let event_time = max_so_far + MAX_JUMP + 1 + ahead + copy as i64;
+            after.entry(at).or_default().push(ClickEvent { event_id: id, event_time, ..template.clone() });
+        }
+    }
+    let mut input = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        input.push(e.clone());
+        input.extend(after.remove(&i).unwrap_or_default());
+    }
+    ids.sort();
+    (input, ids)
 }
 
 /// The events plus a second copy of those `duplicated` picks (as a retrying producer sends).
@@ -277,5 +318,19 @@ proptest! {
             .collect();
         sessions.sort();
         prop_assert_eq!(sessions, reference_sessions(&accepted(&input, &outputs, SESSIONS)));
+    }
+
+    #[test]
+    fn isolated_far_future_events_leave_every_other_output_unchanged(
+        events in clicks(),
+        delays in prop::collection::vec(0..2 * MIN, 1..50),
+        attacks in prop::collection::vec((any::<prop::sample::Index>(), 0..2 * 24 * 60 * MIN, 1..=4usize), 0..12),
+    ) {
+        let clean = arrive(&events, &delays);
+        let (attacked, ids) = with_far_future(&clean, &attacks);
+        let mut expected = sorted(run_to_end(&clean, 0));
+        prop_assert!(expected.quarantined.is_empty(), "the clean stream has no jump beyond the limit");
+        expected.quarantined = ids;
+        prop_assert_eq!(sorted(run_to_end(&attacked, 0)), expected);
     }
 }

@@ -537,7 +537,7 @@ fn processing_round(messages: &[(Stream, i32, &[u8])], registry: &Registry, time
     let mut out = TaskOutput::default();
     let mut decoded = Stream::ALL.map(Event::placeholder);
     let mut rows = 0usize;
-    for (stream, partition, payload) in messages {
+    for (offset, (stream, partition, payload)) in (0i64..).zip(messages) {
         let now_ms = system_time_ms(SystemTime::now());
         let event = &mut decoded[stream.index()];
         if decoder.decode_into(*stream, payload, now_ms, event).is_err() {
@@ -545,7 +545,7 @@ fn processing_round(messages: &[(Stream, i32, &[u8])], registry: &Registry, time
         }
         let id = TaskId::of(*stream, *partition);
         let task = tasks.entry(id).or_insert_with(|| PartitionTask::new(id, registry, time));
-        if task.process(event, &mut out).is_err() {
+        if task.process(event, offset, &mut out).is_err() {
             continue;
         }
         rows += out.pending();

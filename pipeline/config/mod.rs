@@ -287,6 +287,13 @@ pub struct RawTime {
     /// At most this many event ids are remembered per partition (10–20 bytes each); the oldest go first.
     #[serde(default = "default_dedupe_max_ids_per_partition")]
     pub dedupe_max_ids_per_partition: usize,
+    /// An event more than this far past its partition's largest event time does not move the
+    /// watermark alone, seconds; 0 turns the guard off.
+    #[serde(default = "default_max_watermark_jump_secs")]
+    pub max_watermark_jump_secs: u64,
+    /// How many such events in a row move it (a real jump); fewer are quarantined.
+    #[serde(default = "default_watermark_corroborating_events")]
+    pub watermark_corroborating_events: usize,
 }
 
 impl Default for RawTime {
@@ -304,6 +311,8 @@ impl Default for RawTime {
             idle_timeout_secs: default_idle_timeout_secs(),
             dedupe_horizon_secs: default_dedupe_horizon_secs(),
             dedupe_max_ids_per_partition: default_dedupe_max_ids_per_partition(),
+            max_watermark_jump_secs: default_max_watermark_jump_secs(),
+            watermark_corroborating_events: default_watermark_corroborating_events(),
         }
     }
 }
@@ -383,6 +392,12 @@ fn default_dedupe_horizon_secs() -> u64 {
 }
 fn default_dedupe_max_ids_per_partition() -> usize {
     2_000_000
+}
+fn default_max_watermark_jump_secs() -> u64 {
+    600
+}
+fn default_watermark_corroborating_events() -> usize {
+    5
 }
 
 /// `[output]`
@@ -581,6 +596,14 @@ mod tests {
         assert!(err.to_string().contains("validation.max_amount_minor"), "{err}");
         let err = parse("[checkpoint]\nmax_buffered_bytes = 1000\n").expect_err("too small");
         assert!(err.to_string().contains("checkpoint.max_buffered_bytes"), "{err}");
+        let err = parse("[time]\nwatermark_corroborating_events = 1\n").expect_err("one event alone");
+        assert!(err.to_string().contains("time.watermark_corroborating_events"), "{err}");
+        let off = parse("[time]\nmax_watermark_jump_secs = 0\nwatermark_corroborating_events = 1\n").expect("valid");
+        assert_eq!(off.time.jump_guard, None);
+        assert_eq!(
+            parse("").expect("defaults").time.jump_guard,
+            Some(crate::time::JumpGuard { max_jump_ms: 600_000, corroborating_events: 5 })
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::event::Stream;
 use crate::operators::{FULFILLMENT, ORDERS, SESSIONS, TRAFFIC};
 use crate::sink::TableFormat;
 use crate::sink::storage::Location;
-use crate::time::{FamilyLateness, Retention, TimeSettings, system_time_ms};
+use crate::time::{FamilyLateness, JumpGuard, Retention, TimeSettings, system_time_ms};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -224,9 +224,28 @@ fn time(raw: &RawTime, orders: &RawOrders) -> Result<TimeSettings, ConfigError> 
             open_timeout_ms: secs_to_ms("orders.open_timeout_secs", orders.open_timeout_secs)?,
             orphan_after_ms: secs_to_ms("orders.orphan_after_secs", orders.orphan_after_secs)?,
         },
+        jump_guard: jump_guard(raw)?,
     };
     retention_outlasts_windows(&time)?;
     Ok(time)
+}
+
+/// `time.max_watermark_jump_secs` and `time.watermark_corroborating_events`.
+fn jump_guard(raw: &RawTime) -> Result<Option<JumpGuard>, ConfigError> {
+    if raw.max_watermark_jump_secs == 0 {
+        return Ok(None);
+    }
+    if raw.watermark_corroborating_events < 2 {
+        return Err(invalid(
+            "time.watermark_corroborating_events",
+            "must be at least 2 (one event alone would move the watermark); \
+             set time.max_watermark_jump_secs = 0 to turn the guard off",
+        ));
+    }
+    Ok(Some(JumpGuard {
+        max_jump_ms: secs_to_ms("time.max_watermark_jump_secs", raw.max_watermark_jump_secs)?,
+        corroborating_events: raw.watermark_corroborating_events,
+    }))
 }
 
 /// `time.window_secs`: sizes that divide a day, so windows align to UTC; ascending.

@@ -113,13 +113,13 @@ mod tests {
     const T0: i64 = 1_794_322_800_000;
 
     fn settings() -> TimeSettings {
-        TimeSettings { out_of_orderness_ms: 0, ..TimeSettings::default() }
+        TimeSettings { out_of_orderness_ms: 0, jump_guard: None, ..TimeSettings::default() }
     }
 
     fn feed(task: &mut PartitionTask, events: impl IntoIterator<Item = Event>) -> TaskOutput {
         let mut out = TaskOutput::default();
         for e in events {
-            task.process(&e, &mut out).expect("an event of the task's streams");
+            task.process(&e, 0, &mut out).expect("an event of the task's streams");
         }
         out
     }
@@ -205,7 +205,7 @@ mod tests {
 
         let bytes = with_header(2, &value);
         let mut restored = PartitionTask::restore(&bytes, &registry, &settings()).expect("restores");
-        assert_eq!(restored.process(&scanned, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
+        assert_eq!(restored.process(&scanned, 0, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
     }
 
     #[test]

@@ -11,10 +11,10 @@
 
 use super::registry::Registry;
 use super::{LatencyObservation, Operator};
-use crate::event::{Event, Stream};
+use crate::event::{ClickEvent, Event, OrderEvent, ShipmentEvent, Stream};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotWriter, read_cbor};
 use crate::table::Rows;
-use crate::time::{Dedupe, Late, PartitionWatermark, TimeSettings};
+use crate::time::{Dedupe, JumpGuard, Late, PartitionWatermark, TimeSettings};
 use serde::{Deserialize, Serialize};
 
 /// Which streams a task reads: partitions with the same number of co-partitioned topics.
@@ -79,17 +79,70 @@ impl std::fmt::Display for TaskId {
 }
 
 /// The watermark of one source partition of a task, and whether the runtime reports it idle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamClock {
     /// The stream.
     pub stream: Stream,
     watermark: PartitionWatermark,
     /// Caught up and quiet: it does not hold [`Clocks::joint`] back.
     idle: bool,
+    /// Events far ahead of the partition's time, held by the [`JumpGuard`] until corroborated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    held: Vec<HeldEvent>,
+}
+
+/// An event the jump guard holds, with its source offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct HeldEvent {
+    offset: i64,
+    event: StoredEvent,
+}
+
+/// An event in a snapshot, tagged by stream: [`Event`]'s own serde form is untagged, for the
+/// wire formats, and could not tell the streams apart on the way back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum StoredEvent {
+    Click(ClickEvent),
+    Order(OrderEvent),
+    Shipment(ShipmentEvent),
+}
+
+impl StoredEvent {
+    fn of(event: &Event) -> Self {
+        match event {
+            Event::Click(e) => StoredEvent::Click(e.clone()),
+            Event::Order(e) => StoredEvent::Order(e.clone()),
+            Event::Shipment(e) => StoredEvent::Shipment(e.clone()),
+        }
+    }
+
+    fn into_event(self) -> Event {
+        match self {
+            StoredEvent::Click(e) => Event::Click(e),
+            StoredEvent::Order(e) => Event::Order(e),
+            StoredEvent::Shipment(e) => Event::Shipment(e),
+        }
+    }
+
+    fn event_id(&self) -> &str {
+        match self {
+            StoredEvent::Click(e) => &e.event_id,
+            StoredEvent::Order(e) => &e.event_id,
+            StoredEvent::Shipment(e) => &e.event_id,
+        }
+    }
+
+    fn event_time(&self) -> i64 {
+        match self {
+            StoredEvent::Click(e) => e.event_time,
+            StoredEvent::Order(e) => e.event_time,
+            StoredEvent::Shipment(e) => e.event_time,
+        }
+    }
 }
 
 /// The watermarks of a task's partitions, one per stream it reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Clocks(Vec<StreamClock>);
 
 impl Clocks {
@@ -102,6 +155,7 @@ impl Clocks {
                     stream,
                     watermark: PartitionWatermark::new(out_of_orderness_ms),
                     idle: false,
+                    held: Vec::new(),
                 })
                 .collect(),
         )
@@ -109,7 +163,12 @@ impl Clocks {
 
     /// Clocks as they were (a checkpoint of an earlier format).
     pub(super) fn from_parts(parts: Vec<(Stream, PartitionWatermark, bool)>) -> Self {
-        Clocks(parts.into_iter().map(|(stream, watermark, idle)| StreamClock { stream, watermark, idle }).collect())
+        Clocks(
+            parts
+                .into_iter()
+                .map(|(stream, watermark, idle)| StreamClock { stream, watermark, idle, held: Vec::new() })
+                .collect(),
+        )
     }
 
     /// The clocks as parts (written in a checkpoint of an earlier format).
@@ -156,6 +215,41 @@ pub struct LateEvent {
     pub late: Late,
 }
 
+/// Why the jump guard kept an event out of every metric.
+pub const FAR_AHEAD_UNCORROBORATED: &str = "far_ahead_uncorroborated";
+
+/// An event the jump guard kept out of every metric: far ahead of its partition's time, and
+/// not followed by enough events as far ahead to prove that the partition moved on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedEvent {
+    /// Its stream.
+    pub stream: Stream,
+    /// Its source partition.
+    pub partition: i32,
+    /// Its source offset.
+    pub offset: i64,
+    /// Its id.
+    pub event_id: String,
+    /// Its event time, UTC ms.
+    pub event_time: i64,
+    /// The partition's largest event time when it arrived, UTC ms.
+    pub partition_time: i64,
+    /// Why: [`FAR_AHEAD_UNCORROBORATED`].
+    pub reason: &'static str,
+}
+
+/// A partition's time moved further than the jump guard's limit at once, corroborated by
+/// enough events in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkJump {
+    /// The stream.
+    pub stream: Stream,
+    /// The partition's largest event time before, UTC ms.
+    pub from: i64,
+    /// And after, UTC ms.
+    pub to: i64,
+}
+
 /// What tasks produce, accumulated until the runtime routes it.
 #[derive(Debug, Default)]
 pub struct TaskOutput {
@@ -167,6 +261,10 @@ pub struct TaskOutput {
     pub joins_late: u64,
     /// Durations recorded into windows, for the Prometheus histograms.
     pub latencies: Vec<LatencyObservation>,
+    /// Events the jump guard quarantined.
+    pub quarantined: Vec<QuarantinedEvent>,
+    /// Jumps the jump guard let through.
+    pub jumps: Vec<WatermarkJump>,
 }
 
 impl TaskOutput {
@@ -176,11 +274,18 @@ impl TaskOutput {
         self.late.clear();
         self.joins_late = 0;
         self.latencies.clear();
+        self.quarantined.clear();
+        self.jumps.clear();
     }
 
     /// Rows and observations waiting to be routed: non-zero after a call changed the state.
     pub fn pending(&self) -> usize {
-        self.rows.len() + self.late.len() + self.latencies.len() + usize::from(self.joins_late > 0)
+        self.rows.len()
+            + self.late.len()
+            + self.latencies.len()
+            + usize::from(self.joins_late > 0)
+            + self.quarantined.len()
+            + self.jumps.len()
     }
 
     /// Records that `event` missed its window for `family`, when `result` says so.
@@ -203,6 +308,9 @@ pub enum Disposition {
     Duplicate,
     /// Recorded by every family of its stream, or late for some (listed in the output).
     Processed,
+    /// Held by the jump guard: far ahead of its partition's time. Recorded once enough events
+    /// in a row corroborate the jump, quarantined otherwise.
+    Held,
 }
 
 /// An event handed to a task that does not read its stream: a bug in the caller's routing.
@@ -258,6 +366,7 @@ pub struct PartitionTask {
     head: TaskHead,
     /// The operators of the task's kind, in registry order, with their snapshot section names.
     operators: Vec<(&'static str, Box<dyn Operator>)>,
+    jump_guard: Option<JumpGuard>,
 }
 
 impl PartitionTask {
@@ -270,7 +379,7 @@ impl PartitionTask {
             dedupe: streams.iter().map(|_| Dedupe::new(time.dedupe_horizon_ms, time.dedupe_max_ids)).collect(),
         };
         let operators = registry.of_kind(id.kind).map(|f| (f.name, f.create(id.partition, time))).collect();
-        PartitionTask { head, operators }
+        PartitionTask { head, operators, jump_guard: time.jump_guard }
     }
 
     /// Which task this is.
@@ -278,15 +387,47 @@ impl PartitionTask {
         self.head.id
     }
 
-    /// Processes one event of this task's partitions; rows of windows it closes go to `out`.
+    /// Processes one event of this task's partitions, read at `offset`; rows of windows it
+    /// closes go to `out`.
     ///
     /// # Errors
     /// [`ForeignStream`] when the task does not read the event's stream; nothing changed.
-    pub fn process(&mut self, event: &Event, out: &mut TaskOutput) -> Result<Disposition, ForeignStream> {
+    pub fn process(&mut self, event: &Event, offset: i64, out: &mut TaskOutput) -> Result<Disposition, ForeignStream> {
         let stream = event.stream();
         let at = self.head.clocks.position(stream).ok_or(ForeignStream { task: self.head.id, stream })?;
-        if self.head.dedupe[at].is_duplicate(event.event_id(), event.event_time()) {
+        let Some(guard) = self.jump_guard else { return Ok(self.admit(at, event, out)) };
+        let partition = self.head.id.partition;
+        let clock = &mut self.head.clocks.0[at];
+        let max_event_time = clock.watermark.max_event_time();
+        if !guard.far_ahead(event.event_time(), max_event_time) {
+            // Back within reach: what was held was not a jump of the partition.
+            Self::quarantine(clock, partition, out);
+            return Ok(self.admit(at, event, out));
+        }
+        if clock.held.iter().any(|held| held.event.event_id() == event.event_id()) {
+            // A retry must not corroborate its own original.
             return Ok(Disposition::Duplicate);
+        }
+        clock.held.push(HeldEvent { offset, event: StoredEvent::of(event) });
+        if clock.held.len() < guard.corroborating_events {
+            return Ok(Disposition::Held);
+        }
+        let held = std::mem::take(&mut clock.held);
+        let from = max_event_time.unwrap_or_default();
+        let to = held.iter().map(|h| h.event.event_time()).max().unwrap_or(from);
+        out.jumps.push(WatermarkJump { stream, from, to });
+        let mut last = Disposition::Processed;
+        for held in held {
+            last = self.admit(at, &held.event.into_event(), out);
+        }
+        Ok(last)
+    }
+
+    /// Counts an event the guard let through: duplicate suppression, every operator, then the
+    /// watermark of its partition (clock `at`).
+    fn admit(&mut self, at: usize, event: &Event, out: &mut TaskOutput) -> Disposition {
+        if self.head.dedupe[at].is_duplicate(event.event_id(), event.event_time()) {
+            return Disposition::Duplicate;
         }
         for (_, operator) in &mut self.operators {
             operator.record(event, out);
@@ -295,7 +436,21 @@ impl PartitionTask {
         clock.watermark.observe(event.event_time());
         clock.idle = false;
         self.advance(out);
-        Ok(Disposition::Processed)
+        Disposition::Processed
+    }
+
+    /// Sends the events `clock` holds to quarantine.
+    fn quarantine(clock: &mut StreamClock, partition: i32, out: &mut TaskOutput) {
+        let partition_time = clock.watermark.max_event_time().unwrap_or_default();
+        out.quarantined.extend(clock.held.drain(..).map(|held| QuarantinedEvent {
+            stream: clock.stream,
+            partition,
+            offset: held.offset,
+            event_id: held.event.event_id().to_owned(),
+            event_time: held.event.event_time(),
+            partition_time,
+            reason: FAR_AHEAD_UNCORROBORATED,
+        }));
     }
 
     /// Tells the task whether `stream`'s partition is idle (caught up and quiet), so that it
@@ -325,7 +480,12 @@ impl PartitionTask {
     }
 
     /// Closes every window and session and finishes every order (end of a bounded input).
+    /// Events still held were never corroborated: they go to quarantine.
     pub fn close_all(&mut self, out: &mut TaskOutput) {
+        let partition = self.head.id.partition;
+        for clock in &mut self.head.clocks.0 {
+            Self::quarantine(clock, partition, out);
+        }
         for (_, operator) in &mut self.operators {
             operator.close_all(&self.head.clocks, out);
         }
@@ -394,7 +554,7 @@ impl PartitionTask {
                 None => (family.name, family.create(head.id.partition, time)),
             })
             .collect();
-        PartitionTask { head, operators }
+        PartitionTask { head, operators, jump_guard: time.jump_guard }
     }
 }
 
@@ -411,7 +571,7 @@ mod tests {
     const T0: i64 = 1_794_322_800_000;
 
     fn settings() -> TimeSettings {
-        TimeSettings { out_of_orderness_ms: 0, ..TimeSettings::default() }
+        TimeSettings { out_of_orderness_ms: 0, jump_guard: None, ..TimeSettings::default() }
     }
 
     fn commerce() -> PartitionTask {
@@ -421,7 +581,7 @@ mod tests {
     fn feed(task: &mut PartitionTask, events: impl IntoIterator<Item = Event>) -> TaskOutput {
         let mut out = TaskOutput::default();
         for e in events {
-            task.process(&e, &mut out).expect("an event of the task's streams");
+            task.process(&e, 0, &mut out).expect("an event of the task's streams");
         }
         out
     }
@@ -448,7 +608,7 @@ mod tests {
         let created = Event::Order(order(O::Created, T0 + 5 * HOUR, "o1", "u1"));
         feed(&mut task, [Event::Shipment(scan(S::LabelCreated, T0 + 4 * HOUR, "o0")), created.clone()]);
         feed(&mut task, late_scans(T0 + 4 * HOUR + 600_000));
-        assert_eq!(task.process(&created, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
+        assert_eq!(task.process(&created, 0, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
 
         // The other way round: the orders partition lags and catches up between a scan and its retry.
         let mut task = commerce();
@@ -458,7 +618,7 @@ mod tests {
             &mut task,
             (1..8).map(|i| Event::Order(order(O::Created, T0 + 4 * HOUR + i * 600_000, &format!("o{}", i + 3), "u"))),
         );
-        assert_eq!(task.process(&scanned, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
+        assert_eq!(task.process(&scanned, 0, &mut TaskOutput::default()), Ok(Disposition::Duplicate));
     }
 
     #[test]
@@ -641,9 +801,86 @@ mod tests {
             crate::event::Device::App,
         );
         let mut out = TaskOutput::default();
-        let refused = task.process(&Event::Click(click), &mut out).expect_err("a commerce task reads no clicks");
+        let refused = task.process(&Event::Click(click), 0, &mut out).expect_err("a commerce task reads no clicks");
         assert_eq!(refused, ForeignStream { task: TaskId::of(Stream::Orders, 2), stream: Stream::Clickstream });
         assert_eq!((out.pending(), task.watermark(Stream::Orders)), (0, None));
+    }
+
+    /// A commerce task whose jump guard holds orders more than an hour ahead until three in a row.
+    fn guarded() -> PartitionTask {
+        PartitionTask::new(TaskId::of(Stream::Orders, 2), &builtin(), &guarded_settings())
+    }
+
+    fn guarded_settings() -> TimeSettings {
+        TimeSettings { jump_guard: Some(JumpGuard { max_jump_ms: HOUR, corroborating_events: 3 }), ..settings() }
+    }
+
+    fn created(id: &str, t: i64) -> Event {
+        Event::Order(order(O::Created, t, id, "u"))
+    }
+
+    #[test]
+    fn a_far_ahead_event_is_held_then_quarantined_when_the_partition_goes_on_as_before() {
+        let mut task = guarded();
+        let mut out = feed(&mut task, [created("a", T0)]);
+        let fast_clock = created("fast-clock", T0 + 24 * HOUR);
+        assert_eq!(task.process(&fast_clock, 7, &mut out), Ok(Disposition::Held));
+        assert_eq!(task.watermark(Stream::Orders), Some(T0), "a held event does not move the watermark");
+        let next = feed(&mut task, [created("b", T0 + 60_000)]);
+        assert_eq!(
+            next.quarantined,
+            vec![QuarantinedEvent {
+                stream: Stream::Orders,
+                partition: 2,
+                offset: 7,
+                event_id: fast_clock.event_id().to_owned(),
+                event_time: T0 + 24 * HOUR,
+                partition_time: T0,
+                reason: FAR_AHEAD_UNCORROBORATED,
+            }]
+        );
+        assert_eq!(task.watermark(Stream::Orders), Some(T0 + 60_000));
+        assert!(next.late.is_empty() && next.jumps.is_empty());
+    }
+
+    #[test]
+    fn far_ahead_events_in_a_row_are_a_jump_and_all_count() {
+        let mut task = guarded();
+        let mut out = feed(&mut task, [created("a", T0)]);
+        let resumed = T0 + 8 * HOUR;
+        assert_eq!(task.process(&created("b", resumed), 1, &mut out), Ok(Disposition::Held));
+        // A producer's retry of a held event does not corroborate it.
+        assert_eq!(task.process(&created("b", resumed), 2, &mut out), Ok(Disposition::Duplicate));
+        assert_eq!(task.process(&created("c", resumed + 1), 3, &mut out), Ok(Disposition::Held));
+        assert_eq!(task.process(&created("d", resumed + 2), 4, &mut out), Ok(Disposition::Processed));
+        assert_eq!(out.jumps, vec![WatermarkJump { stream: Stream::Orders, from: T0, to: resumed + 2 }]);
+        assert_eq!(task.watermark(Stream::Orders), Some(resumed + 2));
+        assert!(out.quarantined.is_empty());
+        task.close_all(&mut out);
+        let created_rows: u64 = out
+            .rows
+            .of::<OrdersRow>()
+            .iter()
+            .filter(|r| r.window_ms == 60_000 && r.channel.is_none())
+            .map(|r| r.counts.created)
+            .sum();
+        assert_eq!(created_rows, 4, "a, b, c and d, each once");
+    }
+
+    #[test]
+    fn held_events_survive_a_snapshot_and_are_quarantined_at_the_end_of_input() {
+        let mut task = guarded();
+        let mut out = feed(&mut task, [created("a", T0)]);
+        let fast_clock = created("fast-clock", T0 + 24 * HOUR);
+        task.process(&fast_clock, 9, &mut out).expect("an order");
+        let bytes = task.snapshot(0).expect("encodes");
+        let mut restored = PartitionTask::restore(&bytes, &builtin(), &guarded_settings()).expect("restores");
+        let mut end = TaskOutput::default();
+        restored.close_all(&mut end);
+        assert_eq!(
+            end.quarantined.iter().map(|q| (q.event_id.as_str(), q.offset)).collect::<Vec<_>>(),
+            [(fast_clock.event_id(), 9)]
+        );
     }
 
     /// The two partitions' events of orders `(minute, fate, delays, jitter)`: created at
@@ -691,7 +928,7 @@ mod tests {
             } else {
                 l.next().or_else(|| o.next())
             };
-            task.process(next.expect("one of the two has an event"), &mut out).expect("a commerce event");
+            task.process(next.expect("one of the two has an event"), 0, &mut out).expect("a commerce event");
         }
         task.close_all(&mut out);
         let mut rows: Vec<String> = out

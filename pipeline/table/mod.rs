@@ -3,8 +3,8 @@
 //! implementing [`TableRow`] for its row types; the Parquet sink, compaction and the docs check
 //! read them through [`TableSpec`], so no list of tables is kept anywhere else.
 //!
-//! Two tables belong to the pipeline rather than to a family: [`LateEventRow`] and
-//! [`DeadLetterRow`], where events that no metric counted are kept.
+//! Three tables belong to the pipeline rather than to a family: [`LateEventRow`],
+//! [`QuarantinedEventRow`] and [`DeadLetterRow`], where events that no metric counted are kept.
 
 pub mod columns;
 mod rows;
@@ -143,7 +143,8 @@ pub fn all_nullable(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
 }
 
 /// The tables every pipeline writes, whatever its families.
-pub const PIPELINE_TABLES: [TableSpec; 2] = [TableSpec::of::<LateEventRow>(), TableSpec::of::<DeadLetterRow>()];
+pub const PIPELINE_TABLES: [TableSpec; 3] =
+    [TableSpec::of::<LateEventRow>(), TableSpec::of::<QuarantinedEventRow>(), TableSpec::of::<DeadLetterRow>()];
 
 /// An event that arrived after its window closed, for one metric family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +186,46 @@ impl TableRow for LateEventRow {
             ("missed_window_size", text(rows.iter().map(|r| window_label(r.missed_window_ms)))),
             ("missed_window_start", utc_millis(rows.iter().map(|r| r.missed_window_start))),
             ("behind_watermark_ms", int64(rows.iter().map(|r| r.behind_watermark_ms))),
+        ])
+    }
+}
+
+/// A valid event far ahead of its partition's time that no later events corroborated: kept
+/// out of every metric, so that it could not make the partition's other events late.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedEventRow {
+    /// Stream name.
+    pub stream: &'static str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's time, UTC ms.
+    pub event_time: i64,
+    /// The partition's largest event time when it arrived, UTC ms.
+    pub partition_time: i64,
+    /// Why it was quarantined.
+    pub reason: &'static str,
+}
+
+impl TableRow for QuarantinedEventRow {
+    const TABLE: &'static str = "quarantined_events";
+    const PARTITION_BY: &'static str = "partition_time (the partition's time it arrived at)";
+    fn partition_time(&self) -> i64 {
+        self.partition_time
+    }
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        RecordBatch::try_from_iter([
+            ("stream", text(rows.iter().map(|r| r.stream))),
+            ("source_partition", int32(rows.iter().map(|r| r.partition))),
+            ("source_offset", int64(rows.iter().map(|r| r.offset))),
+            ("event_id", text(rows.iter().map(|r| r.event_id.as_str()))),
+            ("event_time", utc_millis(rows.iter().map(|r| r.event_time))),
+            ("partition_time", utc_millis(rows.iter().map(|r| r.partition_time))),
+            ("ahead_ms", int64(rows.iter().map(|r| r.event_time - r.partition_time))),
+            ("reason", text(rows.iter().map(|r| r.reason))),
         ])
     }
 }

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub buffered_rows: IntGauge,
     pub buffered_bytes: IntGauge,
     pub offsets_skipped: IntCounterVec,
+    pub events_quarantined: IntCounterVec,
+    pub watermark_jumps: IntCounterVec,
     pub consumption_paused: IntGauge,
     pub label_budget: LabelBudget,
     pub kafka_connected: IntGauge,
@@ -467,6 +469,20 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            events_quarantined: IntCounterVec::new(
+                opts(
+                    "storepulse_events_quarantined_total",
+                    "Events far ahead of their partition's time that no later events corroborated, kept out of every metric and written to quarantined_events, by stream.",
+                ),
+                &["stream"],
+            )?,
+            watermark_jumps: IntCounterVec::new(
+                opts(
+                    "storepulse_watermark_jumps_total",
+                    "Times a partition's event time moved further than time.max_watermark_jump_secs at once, corroborated by enough events in a row, by stream.",
+                ),
+                &["stream"],
+            )?,
             buffered_bytes: IntGauge::with_opts(opts(
                 "storepulse_buffered_bytes",
                 "Bytes of rejected messages (kept payloads, keys, details) waiting for the next checkpoint.",
@@ -615,6 +631,8 @@ impl Metrics {
             Box::new(m.buffered_rows.clone()),
             Box::new(m.buffered_bytes.clone()),
             Box::new(m.offsets_skipped.clone()),
+            Box::new(m.events_quarantined.clone()),
+            Box::new(m.watermark_jumps.clone()),
             Box::new(m.consumption_paused.clone()),
             Box::new(m.label_budget.folded.clone()),
             Box::new(m.kafka_connected.clone()),
@@ -658,6 +676,8 @@ impl Metrics {
         for stream in Stream::ALL {
             self.events_decoded.with_label_values(&[stream.as_str()]);
             self.events_duplicate.with_label_values(&[stream.as_str()]);
+            self.events_quarantined.with_label_values(&[stream.as_str()]);
+            self.watermark_jumps.with_label_values(&[stream.as_str()]);
             for reason in DecodeError::REASONS {
                 self.events_rejected.with_label_values(&[stream.as_str(), reason]);
             }

@@ -10,7 +10,7 @@ mod settings;
 pub use clock::WallClock;
 pub use dedupe::Dedupe;
 pub use session::{Companion, KeyEntry, KeySessions, Lane, Merge, Session, SessionWindows};
-pub use settings::{FamilyLateness, Retention, TimeSettings};
+pub use settings::{FamilyLateness, JumpGuard, Retention, TimeSettings};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,6 +21,12 @@ pub fn system_time_ms(t: std::time::SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
     }
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds (times before 1970 as 1970).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let since_epoch = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
 }
 
 /// Start of the tumbling window of size `window_ms` containing `t` (windows align to the epoch).
@@ -44,6 +50,11 @@ impl PartitionWatermark {
     /// Takes an event time into account.
     pub fn observe(&mut self, event_time: i64) {
         self.max_event_time = Some(self.max_event_time.map_or(event_time, |m| m.max(event_time)));
+    }
+
+    /// The largest event time seen, once the partition has seen an event.
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time
     }
 
     /// The watermark, once the partition has seen an event.

@@ -25,6 +25,28 @@ pub struct TimeSettings {
     pub dedupe_max_ids: usize,
     /// How long order lifecycle state is kept.
     pub retention: Retention,
+    /// Which events may move a partition's watermark; `None`: every event.
+    pub jump_guard: Option<JumpGuard>,
+}
+
+/// An event far ahead of everything its partition has shown (a device clock a day fast, one
+/// mis-stamped producer) would move the watermark by itself and make every later event of the
+/// partition late. Such an event is held until more arrive in a row that are as far ahead (the
+/// partition really moved on: a quiet night, a producer back from an outage); an event back
+/// within reach of the partition's time first sends the held ones to quarantine instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JumpGuard {
+    /// How far past the partition's largest event time an event may be and still count, ms.
+    pub max_jump_ms: i64,
+    /// How many far-ahead events in a row prove a jump, including the first.
+    pub corroborating_events: usize,
+}
+
+impl JumpGuard {
+    /// Whether an event at `event_time` is too far ahead of `max_event_time` to count alone.
+    pub fn far_ahead(&self, event_time: i64, max_event_time: Option<i64>) -> bool {
+        max_event_time.is_some_and(|max| event_time.saturating_sub(max) > self.max_jump_ms)
+    }
 }
 
 impl TimeSettings {
@@ -50,6 +72,7 @@ impl Default for TimeSettings {
                 open_timeout_ms: 30 * 86_400_000,
                 orphan_after_ms: 3_600_000,
             },
+            jump_guard: Some(JumpGuard { max_jump_ms: 600_000, corroborating_events: 5 }),
         }
     }
 }

@@ -396,7 +396,8 @@ def rows(result) -> list[tuple]:
     return [tuple(r) for r in result]
 
 
-TABLES = ["funnel", "sessions", "orders", "fulfillment", "order_facts", "orphan_shipments", "late_events", "dead_letters"]
+TABLES = ["funnel", "sessions", "orders", "fulfillment", "order_facts", "orphan_shipments", "late_events",
+          "quarantined_events", "dead_letters"]
 
 
 def snapshot(out: pathlib.Path) -> dict[str, list[tuple]]:

@@ -5,7 +5,9 @@ for in `dead_letters` with its reason.
 
 Attacks: order events on the clickstream topic under the orders schema id (schema identity);
 orders with an absurd paid amount or line quantities that would wrap 32 bits (plausibility
-bounds); 900 KB junk messages (the dead letter keeps a capped payload, its length and hash).
+bounds); 900 KB junk messages (the dead letter keeps a capped payload, its length and hash);
+one valid event per stream stamped 20 hours ahead, early in the run (event-time poisoning: it
+goes to `quarantined_events` and moves no watermark; 12,000 events reach no scan, so two).
 Topics that contradict the job's contract (orders and logistics not co-partitioned) are refused,
 and offsets that retention removed before storepulse read them are counted, never skipped
 silently."""
@@ -67,11 +69,27 @@ def attacks(records: list[dict], parsed: dict) -> tuple[list[tuple[str, bytes, b
     return sent, reasons
 
 
-def produce(address: str, topics: str, records: list[dict], parsed: dict, extra=()) -> None:
+def far_future(records: list[dict], parsed: dict) -> dict[int, tuple[str, bytes, bytes]]:
+    """One valid event per stream that has traffic, 20 hours ahead of an event of its partition
+    (inside the 24 hours validation allows), to be sent right after that event: {position in
+    records: message}."""
+    inserted = {}
+    for stream in sorted({r["topic"] for r in records}):
+        position, record = next((n, r) for n, r in enumerate(records) if n > len(records) // 5 and r["topic"] == stream)
+        event = dict(record["event"], event_id=f"far-future-{stream}", event_time=record["event"]["event_time"] + 20 * 3_600_000)
+        inserted[position] = (stream, record["key"].encode(), encode(parsed, stream, event))
+    return inserted
+
+
+def produce(address: str, topics: str, records: list[dict], parsed: dict, extra=(), inserted=None) -> None:
+    """The records in order, each message of `inserted` right after its record, then `extra`."""
     producer = Producer({"bootstrap.servers": address, "linger.ms": 20, "message.max.bytes": 2_000_000})
     for n, record in enumerate(records):
         stream = record["topic"]
         producer.produce(f"{topics}.{stream}", key=record["key"].encode(), value=encode(parsed, stream, record["event"]))
+        if n in (inserted or {}):
+            stream, key, value = inserted[n]
+            producer.produce(f"{topics}.{stream}", key=key, value=value)
         if n % 5_000 == 0:
             producer.flush()
     for stream, key, value in extra:
@@ -88,12 +106,13 @@ def test_attacks_change_no_table_and_every_attack_message_is_a_dead_letter(broke
 
     schemas_dir, parsed = writer_schemas(tmp_path, SCHEMA_IDS)
     attack, reasons = attacks(records, parsed)
+    poison = far_future(records, parsed)
 
     outs = {}
-    for run, extra in (("clean", ()), ("attacked", attack)):
+    for run, extra, inserted in (("clean", (), {}), ("attacked", attack, poison)):
         topics = tuple(f"{run}.{stream}" for stream in SCHEMA_IDS)
         broker.create_topics(topics)
-        produce(broker.address, run, records, parsed, extra)
+        produce(broker.address, run, records, parsed, extra, inserted)
         outs[run] = tmp_path / run
         config = write_config(tmp_path / f"{run}.toml", broker, outs[run], f"hostile-{run}", topics=topics,
                               extra=f'\n[codec]\nwriter_schemas_dir = "{schemas_dir}"\n')
@@ -102,7 +121,7 @@ def test_attacks_change_no_table_and_every_attack_message_is_a_dead_letter(broke
     con = duckdb.connect()
     compared = 0
     for name in TABLES:
-        if name == "dead_letters":
+        if name in ("dead_letters", "quarantined_events"):
             continue
         clean, attacked = (table(outs[run], name) if data_files(outs[run], name) else None for run in ("clean", "attacked"))
         assert (clean is None) == (attacked is None), f"{name} written by one run only"
@@ -124,7 +143,15 @@ def test_attacks_change_no_table_and_every_attack_message_is_a_dead_letter(broke
     assert kept[0] == KEPT_PAYLOAD_BYTES and kept[1] == 900_000 and set(kept[2]) == junk
     detail = con.execute(f"SELECT any_value(detail) FROM {letters} WHERE reason = 'incompatible_writer_schema'").fetchone()[0]
     assert "com.storepulse.events.OrderEvent" in detail, detail
-    print(f"{compared} rows equal in both runs; dead letters {counted}")
+
+    assert not data_files(outs["clean"], "quarantined_events")
+    quarantined = con.execute(f"""SELECT stream, event_id, ahead_ms, reason
+                              FROM {table(outs['attacked'], 'quarantined_events')} ORDER BY stream""").fetchall()
+    assert [(stream, event_id, reason) for stream, event_id, _, reason in quarantined] == [
+        (stream, f"far-future-{stream}", "far_ahead_uncorroborated") for stream, _, _ in sorted(poison.values())
+    ], quarantined
+    assert all(ahead > 19 * 3_600_000 for _, _, ahead, _ in quarantined), quarantined
+    print(f"{compared} rows equal in both runs; dead letters {counted}; quarantined {len(quarantined)}")
 
 
 def test_orders_and_logistics_with_different_partition_counts_refuse_to_run(broker, tmp_path):

@@ -29,8 +29,9 @@ fn main() {
     let mut out = TaskOutput::default();
     for i in 0..orders {
         let t = T0 + i as i64;
-        task.process(&order(OrderEventType::Created, i, t), &mut out).expect("an orders task");
-        task.process(&order(OrderEventType::Paid, i, t + 1), &mut out).expect("an orders task");
+        let offset = 2 * i as i64;
+        task.process(&order(OrderEventType::Created, i, t), offset, &mut out).expect("an orders task");
+        task.process(&order(OrderEventType::Paid, i, t + 1), offset + 1, &mut out).expect("an orders task");
         out = TaskOutput::default();
     }
     assert_eq!(task.report(false).open_orders as u64, orders);

@@ -123,8 +123,8 @@ fn sorted(mut o: Outputs) -> Outputs {
 
 /// `events` with far-future copies inserted: `(after, ahead, copies)` puts `copies` (one to
 /// four, fewer than the guard's five in a row) events `ahead` past the jump limit right after
-/// event `after` (the first such group there), from a visitor and session of the real ones.
-/// Returns them and the ids inserted.
+/// event `after` (the first such group there; never after the last event), from a visitor and
+/// session of the real ones. Returns them and the ids inserted.
 fn with_far_future(
     events: &[ClickEvent],
     attacks: &[(prop::sample::Index, i64, usize)],
@@ -132,7 +132,8 @@ fn with_far_future(
     let mut after: BTreeMap<usize, Vec<ClickEvent>> = BTreeMap::new();
     let mut ids = Vec::new();
     for (n, (at, ahead, copies)) in attacks.iter().enumerate() {
-        let at = at.index(events.len());
+        // Isolated: a real event follows (after the last one, the end of input would count them).
+        let Some(at) = events.len().checked_sub(1).filter(|&n| n > 0).map(|n| at.index(n)) else { break };
         if after.contains_key(&at) {
             continue; // one group per place: two would make five in a row, a corroborated jump
         }

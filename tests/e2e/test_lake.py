@@ -21,7 +21,7 @@ from oracle import TABLES, data_files, delta_log, duplicate_rows, hour_end_ms, i
 PARTITIONED_BY = {"funnel": "window_start", "sessions": "session_start", "orders": "window_start",
                   "fulfillment": "window_start", "order_facts": "closed_at_watermark",
                   "orphan_shipments": "closed_at_watermark", "late_events": "event_time + to_milliseconds(behind_watermark_ms)",
-                  "dead_letters": "rejected_at"}
+                  "quarantined_events": "partition_time", "dead_letters": "rejected_at"}
 PARTITION_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
 FAULTS = ["--duplicate-fraction", "0.01", "--out-of-order-fraction", "0.02", "--out-of-order-max", "3s",
           "--malformed-fraction", "0.002"]

@@ -516,6 +516,7 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
 
 fn run_job(args: &RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
+    crate::preflight::check(&settings)?;
     if args.check {
         println!("{}: valid (brokers {}, output {})", args.config.display(), settings.brokers, settings.output);
         return Ok(());

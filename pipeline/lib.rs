@@ -44,6 +44,7 @@ pub mod event;
 pub mod generate;
 pub mod labels;
 pub mod operators;
+pub mod preflight;
 pub mod runtime;
 pub mod service;
 pub mod sink;

@@ -201,6 +201,7 @@ impl Pipeline {
         };
         let mut drain = Drain::default();
         loop {
+            self.health.beat();
             match control.get() {
                 Control::Stop => break,
                 Control::Drain if drain.target.is_none() => self.start_drain(&mut drain, source)?,
@@ -286,6 +287,8 @@ impl Pipeline {
                     }
                     let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
                     tracing::warn!(%error, topic, partition, offset, retry_in = ?backoff, "paused on an external outage");
+                    // Waiting on purpose is not a wedge.
+                    self.health.beat();
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     now_ms = system_time_ms(SystemTime::now());
@@ -336,6 +339,7 @@ impl Pipeline {
         self.tick(source);
         let deadline = Instant::now() + self.settings.checkpoint.shutdown_deadline;
         while !self.checkpoint(source) {
+            self.health.beat();
             if Instant::now() + Duration::from_secs(1) >= deadline {
                 return Err(RuntimeError::FinalCheckpoint(self.settings.checkpoint.shutdown_deadline));
             }

@@ -3,7 +3,6 @@
 //! `bench`) starts it here.
 
 use crate::config::Settings;
-use crate::labels::window_labels;
 use crate::operators::Registry;
 use crate::runtime::{Control, ControlHandle, Options, Pipeline, RunReport, RuntimeError};
 use crate::sink::http;
@@ -74,8 +73,9 @@ pub struct Running {
 /// [`StartError`] when the endpoint cannot listen or threads cannot start.
 pub fn start(settings: Settings, options: StartOptions) -> Result<Running, StartError> {
     let families: Vec<_> = options.registry.families().collect();
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms), &families)?;
+    let metrics = Metrics::new(&families)?;
     let health = Health::new();
+    health.set_liveness_timeout(settings.liveness_timeout);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -33,7 +33,7 @@ fn run_pipeline(
     settings.format = format;
     settings.output = storepulse::sink::storage::Location::Local(out.to_path_buf());
     settings.validation.min_event_time_ms = 0;
-    let metrics = Metrics::new(&["1m".to_owned()], &[]).expect("metrics");
+    let metrics = Metrics::new(&[]).expect("metrics");
     let health = Health::new();
     let mut source = KafkaSource::connect(&settings, metrics.clone(), Arc::clone(&health)).expect("consumer");
     let options = Options { progress: false, registry: builtin() };

@@ -93,7 +93,7 @@ fn run_until(
     settings.output = storepulse::sink::storage::Location::Local(out.path().to_path_buf());
     settings.checkpoint.interval = Duration::from_secs(1);
     settings.time.idle_timeout_ms = 1_000;
-    let metrics = Metrics::new(&["1m".to_owned(), "1h".to_owned()], &[]).expect("metrics");
+    let metrics = Metrics::new(&[]).expect("metrics");
     let window_end = metrics.window_end.with_label_values(&["1m"]);
     let health = Health::new();
     let control = ControlHandle::new(Control::Run);

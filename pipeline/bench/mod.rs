@@ -395,7 +395,7 @@ const STALL: Duration = Duration::from_secs(120);
 
 /// Phase 1: poll and decode every message, nothing else.
 fn ceiling(settings: &Settings, expected: u64) -> anyhow::Result<PhaseFigures> {
-    let metrics = Metrics::new(&window_labels(&settings.time.window_sizes_ms), &[])?;
+    let metrics = Metrics::new(&[])?;
     let mut source = KafkaSource::connect(settings, metrics, Health::new()).context("creating the Kafka consumer")?;
     let mut decoder = Decoder::new(settings.format, WriterSchemaSource::local(None), settings.validation);
     let mut meter = Meter::new();

@@ -501,12 +501,23 @@ pub struct RawMetrics {
     /// new values fold into `other`.
     #[serde(default = "default_max_values_per_label")]
     pub max_values_per_label: usize,
+    /// `/healthz` fails once the processing loop has not come round for this long, seconds.
+    #[serde(default = "default_liveness_timeout_secs")]
+    pub liveness_timeout_secs: u64,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        RawMetrics { listen_addr: default_listen_addr(), max_values_per_label: default_max_values_per_label() }
+        RawMetrics {
+            listen_addr: default_listen_addr(),
+            max_values_per_label: default_max_values_per_label(),
+            liveness_timeout_secs: default_liveness_timeout_secs(),
+        }
     }
+}
+
+fn default_liveness_timeout_secs() -> u64 {
+    120
 }
 
 fn default_max_values_per_label() -> usize {
@@ -517,15 +528,76 @@ fn default_listen_addr() -> String {
     "127.0.0.1:9464".into()
 }
 
+/// Environment variables that set a config key: `STOREPULSE_<SECTION>__<KEY>`, as a container
+/// is usually configured (`STOREPULSE_KAFKA__BROKERS=kafka:9092`). Keys with dots in their name
+/// (librdkafka's) are not reachable this way; use an `env:NAME` reference in the file for them.
+pub const ENV_PREFIX: &str = "STOREPULSE_";
+
 impl RawConfig {
-    /// Reads and parses a TOML config file.
+    /// Reads and parses a TOML config file, then applies the `STOREPULSE_<SECTION>__<KEY>`
+    /// variables of `env` over it.
     ///
     /// # Errors
-    /// [`ConfigError::Read`] or [`ConfigError::Parse`], naming the file (and key, for parse errors).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`], naming the file (and key, for parse
+    /// errors) or the variable.
+    pub fn from_file(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        Self::from_text(&text, env).map_err(|message| ConfigError::Parse { path: path.into(), message })
     }
+
+    /// Parses `text` with the overrides of `env`; the error is a message.
+    fn from_text(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|rest| rest.contains("__")) else { continue };
+            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(format!("environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>"));
+            }
+            set_key(&mut table, &keys, env_value(&value)).map_err(|e| format!("environment variable {name}: {e}"))?;
+            overridden.push(name);
+        }
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().trim_end().to_owned();
+            match overridden.is_empty() {
+                true => format!("key `{key}`: {message}"),
+                false => format!("key `{key}`: {message} (with {} from the environment)", overridden.join(", ")),
+            }
+        })
+    }
+}
+
+/// A TOML syntax error as line, column and message, without the offending line: it may hold a
+/// secret (`sasl.password = "..."` with a missing quote).
+fn parse_error(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else { return error.message().to_owned() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {}", error.message().trim_end())
+}
+
+/// The TOML value an environment variable spells (`60`, `true`, `[60, 3600]`, `"x"`), or the
+/// text itself as a string (`kafka:9092`).
+fn env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Sets the dotted key `keys` of `table` to `value`, creating the sections on the way.
+fn set_key(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, sections) = keys.split_last().ok_or("no key")?;
+    let mut at = table;
+    for section in sections {
+        let entry = at.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| format!("`{section}` is not a section"))?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -534,9 +606,55 @@ mod tests {
     use crate::time::TimeSettings;
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        parse_with_env(text, &[])
+    }
+
+    fn parse_with_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        let raw =
+            RawConfig::from_text(text, env).map_err(|message| ConfigError::Parse { path: "t".into(), message })?;
         Settings::try_from(raw)
+    }
+
+    #[test]
+    fn environment_variables_override_keys_of_the_file() {
+        let env = [
+            ("STOREPULSE_KAFKA__BROKERS", "kafka-0:9092,kafka-1:9092"),
+            ("STOREPULSE_TIME__WINDOW_SECS", "[300, 60]"),
+            ("STOREPULSE_CHECKPOINT__INTERVAL_SECS", "30"),
+            ("STOREPULSE_LOG_FORMAT", "json"),
+            ("PATH", "/bin"),
+        ];
+        let s = parse_with_env("[kafka]\nbrokers = \"file:9092\"\ngroup_id = \"g\"\n", &env).expect("valid");
+        assert_eq!((s.brokers.as_str(), s.group_id.as_str()), ("kafka-0:9092,kafka-1:9092", "g"));
+        assert_eq!(s.time.window_sizes_ms, vec![60_000, 300_000]);
+        assert_eq!(s.checkpoint.interval, std::time::Duration::from_secs(30));
+        let err = parse_with_env("", &[("STOREPULSE_KAFKA__BROKERZ", "x")]).expect_err("unknown key");
+        assert!(err.to_string().contains("brokerz") && err.to_string().contains("STOREPULSE_KAFKA__BROKERZ"), "{err}");
+        let err = parse_with_env("", &[("STOREPULSE_TIME__WINDOW_SECS", "7")]).expect_err("invalid value");
+        assert!(err.to_string().contains("time.window_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_broker_list_is_host_port_pairs() {
+        for good in
+            ["kafka:9092", "a:1,b:2", "kafka", "10.0.0.1:9092", "[::1]:9092", "SASL_SSL://kafka-0:9093, kafka-1:9093"]
+        {
+            let settings = parse(&format!("[kafka]\nbrokers = \"{good}\"\n"));
+            assert!(settings.is_ok(), "{good}: {settings:?}");
+        }
+        for bad in ["::::,,,", "kafka:9092,", "kafka:0", "kafka:99999", "kafka:port", "kafka 1:9092", "[::1", ":9092"] {
+            let err = parse(&format!("[kafka]\nbrokers = \"{bad}\"\n")).expect_err(bad);
+            assert!(err.to_string().contains("kafka.brokers"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_echoes_it() {
+        let text = "[kafka.client]\n\"sasl.password\" = \"hunter2\n";
+        let err = parse(text).expect_err("unterminated string");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -53,15 +53,19 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     /// Series budget per data-driven label.
     pub max_values_per_label: usize,
+    /// How long the processing loop may go without coming round before `/healthz` fails.
+    pub liveness_timeout: Duration,
 }
 
 impl Settings {
-    /// Loads and validates a config file.
+    /// Loads and validates a config file, with the `STOREPULSE_<SECTION>__<KEY>` environment
+    /// variables over it.
     ///
     /// # Errors
     /// Any [`ConfigError`], naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Settings::try_from(RawConfig::from_file(path)?)
+        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Settings::try_from(RawConfig::from_file(path, env)?)
     }
 }
 
@@ -77,7 +81,7 @@ impl TryFrom<RawConfig> for Settings {
         let time = time(&raw.time, &raw.orders)?;
         let output = Location::parse(&raw.output.dir).map_err(|e| invalid("output.dir", e))?;
         let checkpoint = checkpoint(&raw.checkpoint)?;
-        let (metrics_addr, max_values_per_label) = metrics(&raw.metrics)?;
+        let (metrics_addr, max_values_per_label, liveness_timeout) = metrics(&raw.metrics)?;
         Ok(Settings {
             brokers,
             group_id,
@@ -96,6 +100,7 @@ impl TryFrom<RawConfig> for Settings {
             checkpoint,
             metrics_addr,
             max_values_per_label,
+            liveness_timeout,
         })
     }
 }
@@ -108,6 +113,14 @@ const RESERVED_CLIENT_KEYS: &[&str] =
 fn kafka(raw: RawKafka) -> Result<(String, String, ClientProperties), ConfigError> {
     if raw.brokers.trim().is_empty() {
         return Err(invalid("kafka.brokers", "must list at least one host:port"));
+    }
+    for broker in raw.brokers.split(',').map(str::trim) {
+        if !is_broker_address(broker) {
+            return Err(invalid(
+                "kafka.brokers",
+                format!("{broker:?} is not host:port; list brokers as \"kafka-0:9092,kafka-1:9092\""),
+            ));
+        }
     }
     if raw.group_id.trim().is_empty() {
         return Err(invalid("kafka.group_id", "must not be empty"));
@@ -123,6 +136,28 @@ fn kafka(raw: RawKafka) -> Result<(String, String, ClientProperties), ConfigErro
         client.insert(key, resolved, referenced);
     }
     Ok((raw.brokers, raw.group_id, client))
+}
+
+/// `host`, `host:port` or `[v6]:port`, optionally after `scheme://`, as librdkafka reads them.
+fn is_broker_address(entry: &str) -> bool {
+    let address = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+    let (host, port) = match address.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, after)) => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match address.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (address, None),
+        },
+    };
+    !host.is_empty()
+        && !host.contains(|c: char| c.is_whitespace() || c == '/')
+        && port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0))
 }
 
 /// `[topics]`: three distinct input topics and an optional dead-letter topic.
@@ -347,15 +382,18 @@ fn checkpoint(c: &RawCheckpoint) -> Result<CheckpointSettings, ConfigError> {
     })
 }
 
-/// `[metrics]`: the endpoint's address and the series budget.
-fn metrics(raw: &RawMetrics) -> Result<(SocketAddr, usize), ConfigError> {
+/// `[metrics]`: the endpoint's address, the series budget and the liveness timeout.
+fn metrics(raw: &RawMetrics) -> Result<(SocketAddr, usize, Duration), ConfigError> {
     let addr = raw.listen_addr.parse::<SocketAddr>().map_err(|e| {
         invalid("metrics.listen_addr", format!("{:?} is not host:port ({e}); e.g. 0.0.0.0:9464", raw.listen_addr))
     })?;
     if raw.max_values_per_label == 0 {
         return Err(invalid("metrics.max_values_per_label", "must be at least 1"));
     }
-    Ok((addr, raw.max_values_per_label))
+    if raw.liveness_timeout_secs < 10 {
+        return Err(invalid("metrics.liveness_timeout_secs", "must be at least 10 (a checkpoint takes seconds)"));
+    }
+    Ok((addr, raw.max_values_per_label, Duration::from_secs(raw.liveness_timeout_secs)))
 }
 
 fn secs_to_ms(key: &str, secs: u64) -> Result<i64, ConfigError> {

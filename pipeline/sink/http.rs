@@ -1,5 +1,5 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (process alive) and
-//! `/readyz` (brokers reachable, partitions assigned, sinks writing).
+//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the processing loop
+//! comes round) and `/readyz` (brokers reachable, partitions assigned, sinks writing).
 
 use crate::telemetry::{Health, Metrics};
 use axum::Router;
@@ -53,7 +53,7 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics_health = Arc::clone(&health);
+    let (metrics_health, live_health) = (Arc::clone(&health), Arc::clone(&health));
     let app = Router::new()
         .route(
             "/metrics",
@@ -66,7 +66,24 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let stalled = live_health.stalled_for();
+                async move {
+                    match stalled {
+                        None => (StatusCode::OK, "ok\n".to_owned()),
+                        Some(silent) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "processing loop stalled: no heartbeat for {} s (metrics.liveness_timeout_secs)\n",
+                                silent.as_secs()
+                            ),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

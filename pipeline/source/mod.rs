@@ -260,27 +260,34 @@ pub enum Polled<'a> {
     Nothing,
 }
 
+/// The consumer's librdkafka configuration: storepulse's defaults, the pass-through client
+/// settings over them, and the keys storepulse owns over those.
+pub fn client_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("client.id", "storepulse")
+        // Range assignment gives co-partitioned orders/logistics partitions to one member.
+        .set("partition.assignment.strategy", "range")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "1000");
+    for (key, value) in settings.kafka_client.iter() {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    config
+}
+
 impl KafkaSource {
     /// Creates the consumer and subscribes to the three input topics.
     ///
     /// # Errors
     /// When librdkafka refuses the configuration (the message names the setting).
     pub fn connect(settings: &Settings, metrics: Metrics, health: Arc<Health>) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("client.id", "storepulse")
-            // Range assignment gives co-partitioned orders/logistics partitions to one member.
-            .set("partition.assignment.strategy", "range")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
-        for (key, value) in settings.kafka_client.iter() {
-            config.set(key, value);
-        }
-        config
-            .set("bootstrap.servers", &settings.brokers)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+        let config = client_config(settings);
         let context = SourceContext {
             health,
             metrics,

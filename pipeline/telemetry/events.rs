@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn each_outcome_counts_once_in_its_series_and_in_the_report() {
-        let metrics = Metrics::new(&["1m".to_owned()], &[("traffic", Stream::Clickstream)]).expect("metrics");
+        let metrics = Metrics::new(&[("traffic", Stream::Clickstream)]).expect("metrics");
         let mut outcomes = Outcomes::new(&metrics, |s| format!("topic-{}", s.as_str()));
         outcomes.consumed(Stream::Orders);
         outcomes.decoded(Stream::Orders);

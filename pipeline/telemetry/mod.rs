@@ -15,27 +15,55 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Flags that decide readiness, shared between the pipeline thread and the HTTP server.
-#[derive(Debug, Default)]
+/// Flags that decide readiness, and the processing loop's heartbeat that decides liveness,
+/// shared between the pipeline thread and the HTTP server.
+#[derive(Debug)]
 pub struct Health {
     brokers_up: AtomicBool,
     assigned: AtomicBool,
     checkpoint_ok: AtomicBool,
     dependencies_ok: AtomicBool,
+    /// What the heartbeat counts from.
+    started: Instant,
+    /// When the loop last came round, ms since `started`.
+    heartbeat_ms: AtomicU64,
+    /// How long it may go without, ms.
+    liveness_timeout_ms: AtomicU64,
 }
 
 impl Health {
-    /// Fresh flags: not ready until brokers answer and partitions are assigned.
+    /// Fresh flags: not ready until brokers answer and partitions are assigned; alive for two
+    /// minutes without a heartbeat (see [`Health::set_liveness_timeout`]).
     pub fn new() -> Arc<Self> {
         Arc::new(Health {
             brokers_up: AtomicBool::new(false),
             assigned: AtomicBool::new(false),
             checkpoint_ok: AtomicBool::new(true),
             dependencies_ok: AtomicBool::new(true),
+            started: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            liveness_timeout_ms: AtomicU64::new(120_000),
         })
+    }
+    /// How long the loop may go without a heartbeat before [`Health::stalled_for`] says so.
+    pub fn set_liveness_timeout(&self, timeout: Duration) {
+        self.liveness_timeout_ms.store(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+    /// The processing loop came round: it is not wedged.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(self.millis_since_start(), Ordering::Relaxed);
+    }
+    /// How long since the last heartbeat, when that is longer than the liveness timeout.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let silent = self.millis_since_start().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
+        (silent > self.liveness_timeout_ms.load(Ordering::Relaxed)).then(|| Duration::from_millis(silent))
+    }
+    fn millis_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
     /// Records whether at least one broker connection is up.
     pub fn set_brokers_up(&self, up: bool) {
@@ -367,12 +395,13 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Metrics {
-    /// Creates and registers every family, with series for `windows` and the late events of
-    /// `families` (each with the stream it counts) from the first scrape.
+    /// Creates and registers every family, with series for the late events of `families` (each
+    /// with the stream it counts) from the first scrape. Window gauges have none until their
+    /// first window closes: a zero before then would read as a real figure.
     ///
     /// # Errors
     /// Only on a programming error (duplicate or invalid metric names).
-    pub fn new(windows: &[String], families: &[(&str, Stream)]) -> Result<Self, prometheus::Error> {
+    pub fn new(families: &[(&str, Stream)]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let m = Metrics {
             messages_consumed: IntCounterVec::new(
@@ -662,13 +691,13 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c)?;
         }
-        m.pre_register(windows, families);
+        m.pre_register(families);
         Ok(m)
     }
 
     /// Creates zero-valued series for every bounded label value, so that rates and absence
     /// alerts work from the first scrape.
-    fn pre_register(&self, windows: &[String], families: &[(&str, Stream)]) {
+    fn pre_register(&self, families: &[(&str, Stream)]) {
         for label in ["warehouse", "carrier"] {
             self.label_budget.folded.with_label_values(&[label]);
         }
@@ -697,22 +726,6 @@ impl Metrics {
                 }
             }
         }
-        for window in windows.iter().map(String::as_str) {
-            for channel in Channel::ALL.iter().map(|c| c.as_str()).chain([TOTAL]) {
-                for gauge in
-                    [&self.orders.created, &self.orders.paid, &self.orders.paying_buyers, &self.orders.cancelled]
-                {
-                    gauge.with_label_values(&[window, channel]);
-                }
-                for device in Device::ALL.iter().map(|d| d.as_str()).chain([TOTAL]) {
-                    self.funnel_visitors.with_label_values(&[window, channel, device]);
-                    self.funnel_page_views.with_label_values(&[window, channel, device]);
-                    for step in Step::ALL {
-                        self.funnel_step_visitors.with_label_values(&[window, channel, device, step.as_str()]);
-                    }
-                }
-            }
-        }
     }
 
     /// The text exposition of every family.
@@ -727,8 +740,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn liveness_fails_after_the_timeout_without_a_heartbeat_and_recovers_with_one() {
+        let health = Health::new();
+        health.set_liveness_timeout(Duration::from_millis(50));
+        health.beat();
+        assert_eq!(health.stalled_for(), None);
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(health.stalled_for().is_some_and(|silent| silent >= Duration::from_millis(100)));
+        health.beat();
+        assert_eq!(health.stalled_for(), None);
+    }
+
+    #[test]
     fn the_label_budget_admits_the_first_values_then_folds_and_counts() {
-        let metrics = Metrics::new(&["1m".to_owned()], &[]).expect("metrics");
+        let metrics = Metrics::new(&[]).expect("metrics");
         let budget = &metrics.label_budget;
         budget.set_limit(2);
         assert_eq!(budget.admit("warehouse", "hangzhou-1"), "hangzhou-1");

@@ -58,10 +58,19 @@ def test_shipped_configurations_pass_storepulse_validation(tmp_path):
     configs = {"configmap.toml": documents(DEPLOY / "k8s" / "configmap.yaml")[0]["data"]["storepulse.toml"],
                "compose.toml": documents(DEPLOY / "compose.yaml")[0]["configs"]["storepulse-config"]["content"],
                "storepulse.toml": (DEPLOY / "storepulse.toml").read_text()}
+    # The ConfigMap is completed by the Deployment's STOREPULSE_<SECTION>__<KEY> variables; its
+    # S3 bucket is not reachable here (--check writes a probe), so the output goes to a directory.
+    deployment = next(doc for doc in documents(DEPLOY / "k8s" / "deployment.yaml") if doc["kind"] == "Deployment")
+    container_env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                     if e["name"].startswith("STOREPULSE_") and "value" in e}
+    assert container_env["STOREPULSE_KAFKA__BROKERS"]
     for name, text in configs.items():
         (tmp_path / name).write_text(text)
-        result = storepulse("run", "--config", tmp_path / name, "--check", timeout=30)
+        env = {**container_env, "STOREPULSE_OUTPUT__DIR": str(tmp_path / "out")} if name == "configmap.toml" else {}
+        result = storepulse("run", "--config", tmp_path / name, "--check", timeout=30, env=env)
         assert "valid" in result.stdout, name
+        if env:
+            assert f"brokers {container_env['STOREPULSE_KAFKA__BROKERS']}," in result.stdout, result.stdout
 
 
 def test_compose_prometheus_configuration_is_valid(tmp_path):

@@ -1,13 +1,16 @@
-"""What an operator sees when things are wrong: an unreachable broker and an invalid config."""
+"""What an operator sees when things are wrong: an unreachable broker, an invalid config, a
+wedged processing loop."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from conftest import STOREPULSE, free_port, storepulse, wait_for_port
+from conftest import STOREPULSE, free_port, storepulse, wait_for_port, write_config
 
 
 def test_unreachable_broker_warns_every_10s_is_not_ready_and_stops_cleanly(tmp_path):
@@ -70,3 +73,50 @@ def test_invalid_config_stops_startup_naming_the_key(tmp_path):
     config.write_text("[kafka]\nbrokerz = 'x'\n")
     result = storepulse("run", "--config", config, check=False, timeout=30)
     assert result.returncode == 2 and "brokerz" in result.stderr
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_liveness_fails_while_the_loop_is_stalled_and_recovers(broker, tmp_path):
+    """The loop hangs for 25 s at a checkpoint (as on a storage call that does not return):
+    /healthz answers 503 once it has been silent for metrics.liveness_timeout_secs (10), and
+    200 again when it comes round."""
+    broker.create_topics()
+    storepulse("generate", "--brokers", broker.address, "--count", 2_000, "--seed", 3)
+    config = write_config(tmp_path / "c.toml", broker, tmp_path / "out", "liveness", extra="liveness_timeout_secs = 10\n")
+    port = int(re.search(r'listen_addr = "127.0.0.1:(\d+)"', config.read_text()).group(1))
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([STOREPULSE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "STOREPULSE_STALL_AT": "checkpoint-committed:25"})
+    try:
+        wait_for_port(port)
+        timeline, stall_started = [], None
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            now = time.time()
+            if stall_started is None and "stalling 25 s" in log.read_text():
+                stall_started = now
+            timeline.append((now, healthz(port)))
+            if stall_started and now > stall_started + 30 and timeline[-1][1] == 200:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert stall_started is not None, log.read_text()[-3000:]
+    before = [status for at, status in timeline if at < stall_started]
+    failing = [at for at, status in timeline if status == 503]
+    assert before and set(before) == {200}, timeline
+    assert failing, "/healthz never failed while the loop was stalled"
+    assert stall_started + 9 <= failing[0] <= stall_started + 14, (failing[0] - stall_started, timeline)
+    assert failing[-1] <= stall_started + 27, (failing[-1] - stall_started, timeline)
+    assert timeline[-1][1] == 200, timeline
+    print(f"/healthz failed {failing[0] - stall_started:.1f} s into a 25 s stall, recovered after {failing[-1] - stall_started:.1f} s")

@@ -320,10 +320,38 @@ impl SessionCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::FunnelCounts;
+
+    #[test]
+    fn a_window_size_has_no_series_until_its_first_window_closes() {
+        let metrics = Metrics::new(&[]).expect("metrics");
+        let mut gauges = Gauges::new(metrics.clone(), &TimeSettings::default(), false);
+        assert!(!metrics.render().contains("window=\""), "nothing closed yet: no window series");
+        let row = |window_ms| FunnelRow {
+            window_ms,
+            window_start: 0,
+            partition: 0,
+            channel: None,
+            device: None,
+            counts: FunnelCounts { events: 4, visitors: 3, page_views: 2, step_visitors: [1, 1, 0, 0] },
+            partial: false,
+        };
+        let mut out = TaskOutput::default();
+        out.rows.table::<FunnelRow>().extend([row(60_000), row(3_600_000)]);
+        gauges.observe(&mut out);
+        assert_eq!(gauges.release_through(60_000), 1, "the minute closed, the hour is open");
+        let text = metrics.render();
+        assert!(text.contains("storepulse_funnel_visitors{channel=\"all\",device=\"all\",window=\"1m\"} 3"), "{text}");
+        assert!(!text.contains("window=\"1h\""), "a 1h series before the first hour closed:\n{text}");
+        assert_eq!(gauges.release_through(3_600_000), 1);
+        assert!(
+            metrics.render().contains("storepulse_funnel_visitors{channel=\"all\",device=\"all\",window=\"1h\"} 3")
+        );
+    }
 
     #[test]
     fn session_counters_count_each_session_into_its_own_series() {
-        let metrics = Metrics::new(&["1m".to_owned()], &[]).expect("metrics");
+        let metrics = Metrics::new(&[]).expect("metrics");
         let counters = SessionCounters::new(&metrics);
         let bounced = SessionRow {
             window_start: 0,

@@ -1,6 +1,7 @@
 //! Instance-wide windows (gauges, progress lines) against partitions that stop delivering, on
 //! librdkafka's mock cluster: a quiet partition that is caught up does not stall them; a
-//! partition that is behind (its leader unreachable) holds them back until it catches up.
+//! partition that is behind (its leader unreachable) holds them back until it catches up. And
+//! consumer lag is measured from what was processed, not from the last checkpoint's commit.
 
 use rdkafka::ClientConfig;
 use rdkafka::mocking::{MockCluster, MockCoordinator};
@@ -83,6 +84,19 @@ fn run_until(
     cluster: &Cluster,
     group: &str,
     within: Duration,
+    during: impl FnMut(Duration, f64),
+    done: impl Fn(f64) -> bool,
+) -> (f64, RunReport) {
+    run_with(cluster, group, Duration::from_secs(1), &Metrics::new(&[]).expect("metrics"), within, during, done)
+}
+
+/// [`run_until`] with a checkpoint interval and metrics of its own.
+fn run_with(
+    cluster: &Cluster,
+    group: &str,
+    checkpoint_interval: Duration,
+    metrics: &Metrics,
+    within: Duration,
     mut during: impl FnMut(Duration, f64),
     done: impl Fn(f64) -> bool,
 ) -> (f64, RunReport) {
@@ -91,9 +105,8 @@ fn run_until(
     settings.brokers = cluster.bootstrap_servers();
     settings.group_id = group.to_owned();
     settings.output = storepulse::sink::storage::Location::Local(out.path().to_path_buf());
-    settings.checkpoint.interval = Duration::from_secs(1);
+    settings.checkpoint.interval = checkpoint_interval;
     settings.time.idle_timeout_ms = 1_000;
-    let metrics = Metrics::new(&[]).expect("metrics");
     let window_end = metrics.window_end.with_label_values(&["1m"]);
     let health = Health::new();
     let control = ControlHandle::new(Control::Run);
@@ -179,4 +192,37 @@ fn a_partition_that_is_behind_holds_windows_back_until_it_catches_up() {
     assert!(next > t0 + 8 * MIN, "partition 0 ran ahead meanwhile");
     assert!(reached >= target, "windows never moved after partition 1 caught up (at {reached})");
     assert_eq!(report.late, 0, "partition 1's older events were not late");
+}
+
+#[test]
+fn lag_follows_processing_not_the_commits_of_checkpoints() {
+    let group = "lag-from-position";
+    let cluster = cluster(group);
+    let mut clicks = Clicks::new(&cluster);
+    let mut next = start_time();
+    let metrics = Metrics::new(&[]).expect("metrics");
+    let (lag, committed) = (
+        metrics.consumer_lag.with_label_values(&["clickstream", "0"]),
+        metrics.consumer_lag_committed.with_label_values(&["clickstream", "0"]),
+    );
+    let (mut max_lag, mut max_committed) = (0, 0);
+    // Partition 0 gets 15 messages a second; checkpoints (and commits) come every 12 s.
+    run_with(
+        &cluster,
+        group,
+        Duration::from_secs(12),
+        &metrics,
+        Duration::from_secs(22),
+        |elapsed, _| {
+            keep_busy(&mut clicks, &mut next);
+            if elapsed > Duration::from_secs(8) {
+                max_lag = max_lag.max(lag.get());
+                max_committed = max_committed.max(committed.get());
+            }
+        },
+        |_| false,
+    );
+    println!("lag from the position at most {max_lag}; from the committed offset at most {max_committed}");
+    assert!(max_committed > 100, "the committed offset fell behind between checkpoints ({max_committed})");
+    assert!(max_lag < 50, "lag from the position stays near zero while keeping up ({max_lag})");
 }

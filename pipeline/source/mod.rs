@@ -79,6 +79,8 @@ pub struct SourceContext {
     assignment: Mutex<BTreeSet<TopicPartition>>,
     assignment_version: AtomicU64,
     high_watermarks: Mutex<HashMap<TopicPartition, i64>>,
+    /// First offset in the log of each assigned partition, from statistics.
+    log_starts: Mutex<HashMap<TopicPartition, i64>>,
     /// Rebalances waiting for the processing loop.
     pending: Mutex<VecDeque<PendingRebalance>>,
     /// Whether rebalances wait for the loop; off while the consumer closes, so closing applies
@@ -108,16 +110,20 @@ impl ClientContext for SourceContext {
         self.health.set_brokers_up(up);
         self.metrics.kafka_connected.set(i64::from(up));
         let assignment = lock(&self.assignment).clone();
-        let mut highs = lock(&self.high_watermarks);
+        let (mut highs, mut starts) = (lock(&self.high_watermarks), lock(&self.log_starts));
         for (topic_name, topic) in &stats.topics {
             for (partition, p) in &topic.partitions {
                 let tp = (topic_name.clone(), *partition);
                 if *partition < 0 || !assignment.contains(&tp) || p.hi_offset < 0 {
                     continue;
                 }
-                highs.insert(tp, p.hi_offset);
-                let lag = if p.consumer_lag >= 0 { p.consumer_lag } else { p.hi_offset - p.lo_offset.max(0) };
-                self.metrics.consumer_lag.with_label_values(&[topic_name.as_str(), &partition.to_string()]).set(lag);
+                highs.insert(tp.clone(), p.hi_offset);
+                starts.insert(tp, p.lo_offset.max(0));
+                // Offsets are committed at checkpoints: this one is a sawtooth, kept for what a
+                // restart would reprocess. The loop exports the lag from its own position.
+                let committed = if p.consumer_lag >= 0 { p.consumer_lag } else { p.hi_offset - p.lo_offset.max(0) };
+                let labels = [topic_name.as_str(), &partition.to_string()];
+                self.metrics.consumer_lag_committed.with_label_values(&labels).set(committed);
             }
         }
     }
@@ -179,8 +185,11 @@ impl SourceContext {
     fn record_revoke(&self, partitions: &[TopicPartition]) {
         let mut assignment = lock(&self.assignment);
         for tp in partitions {
-            let _ = self.metrics.consumer_lag.remove_label_values(&[tp.0.as_str(), &tp.1.to_string()]);
+            let labels = [tp.0.as_str(), &tp.1.to_string()];
+            let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+            let _ = self.metrics.consumer_lag_committed.remove_label_values(&labels);
             lock(&self.high_watermarks).remove(tp);
+            lock(&self.log_starts).remove(tp);
             assignment.remove(tp);
         }
         tracing::info!(partitions = partitions.len(), "partitions revoked");
@@ -295,6 +304,7 @@ impl KafkaSource {
             assignment: Mutex::new(BTreeSet::new()),
             assignment_version: AtomicU64::new(0),
             high_watermarks: Mutex::new(HashMap::new()),
+            log_starts: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
             defer: AtomicBool::new(false),
             error_logs: Mutex::new(Vec::new()),
@@ -474,6 +484,11 @@ impl KafkaSource {
     /// Latest known high watermark of each assigned partition (from statistics).
     pub fn high_watermarks(&self) -> HashMap<TopicPartition, i64> {
         lock(&self.consumer.context().high_watermarks).clone()
+    }
+
+    /// Latest known first offset in the log of each assigned partition (from statistics).
+    pub fn log_starts(&self) -> HashMap<TopicPartition, i64> {
+        lock(&self.consumer.context().log_starts).clone()
     }
 
     /// For each assigned partition, where consumption starts (committed offset, else the log

@@ -125,6 +125,7 @@ pub struct Metrics {
     pub events_duplicate: IntCounterVec,
     pub dead_letter_publish_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    pub consumer_lag_committed: IntGaugeVec,
     pub partition_watermark: GaugeVec,
     pub event_time_lag: GaugeVec,
     pub checkpoint_duration: Histogram,
@@ -443,7 +444,14 @@ impl Metrics {
             consumer_lag: IntGaugeVec::new(
                 opts(
                     "storepulse_consumer_lag_messages",
-                    "Messages between the committed offset and the high watermark, per assigned partition.",
+                    "Messages not yet processed: from the next offset to process to the high watermark, per assigned partition.",
+                ),
+                &["topic", "partition"],
+            )?,
+            consumer_lag_committed: IntGaugeVec::new(
+                opts(
+                    "storepulse_consumer_lag_committed_messages",
+                    "Messages from the offset committed at the last checkpoint to the high watermark (what a restart would reprocess), per assigned partition.",
                 ),
                 &["topic", "partition"],
             )?,
@@ -650,6 +658,7 @@ impl Metrics {
             Box::new(m.events_duplicate.clone()),
             Box::new(m.dead_letter_publish_errors.clone()),
             Box::new(m.consumer_lag.clone()),
+            Box::new(m.consumer_lag_committed.clone()),
             Box::new(m.partition_watermark.clone()),
             Box::new(m.event_time_lag.clone()),
             Box::new(m.checkpoint_duration.clone()),

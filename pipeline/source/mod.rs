@@ -124,6 +124,9 @@ impl ClientContext for SourceContext {
                 let committed = if p.consumer_lag >= 0 { p.consumer_lag } else { p.hi_offset - p.lo_offset.max(0) };
                 let labels = [topic_name.as_str(), &partition.to_string()];
                 self.metrics.consumer_lag_committed.with_label_values(&labels).set(committed);
+                self.metrics.fetch_queue_messages.with_label_values(&labels).set(p.fetchq_cnt);
+                let queued_bytes = i64::try_from(p.fetchq_size).unwrap_or(i64::MAX);
+                self.metrics.fetch_queue_bytes.with_label_values(&labels).set(queued_bytes);
             }
         }
     }
@@ -188,6 +191,8 @@ impl SourceContext {
             let labels = [tp.0.as_str(), &tp.1.to_string()];
             let _ = self.metrics.consumer_lag.remove_label_values(&labels);
             let _ = self.metrics.consumer_lag_committed.remove_label_values(&labels);
+            let _ = self.metrics.fetch_queue_messages.remove_label_values(&labels);
+            let _ = self.metrics.fetch_queue_bytes.remove_label_values(&labels);
             lock(&self.high_watermarks).remove(tp);
             lock(&self.log_starts).remove(tp);
             assignment.remove(tp);

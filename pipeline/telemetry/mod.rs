@@ -126,6 +126,9 @@ pub struct Metrics {
     pub dead_letter_publish_errors: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub consumer_lag_committed: IntGaugeVec,
+    pub fetch_queue_messages: IntGaugeVec,
+    pub fetch_queue_bytes: IntGaugeVec,
+    pub build_info: IntGaugeVec,
     pub partition_watermark: GaugeVec,
     pub event_time_lag: GaugeVec,
     pub checkpoint_duration: Histogram,
@@ -455,6 +458,21 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            fetch_queue_messages: IntGaugeVec::new(
+                opts(
+                    "storepulse_kafka_fetch_queue_messages",
+                    "Messages fetched and waiting in librdkafka's queue, per assigned partition: near queued.max.messages.kbytes the consumer fetches as fast as the loop processes.",
+                ),
+                &["topic", "partition"],
+            )?,
+            fetch_queue_bytes: IntGaugeVec::new(
+                opts("storepulse_kafka_fetch_queue_bytes", "Bytes fetched and waiting in librdkafka's queue, per assigned partition."),
+                &["topic", "partition"],
+            )?,
+            build_info: IntGaugeVec::new(
+                opts("storepulse_build_info", "Always 1; the labels say which release and commit run."),
+                &["version", "commit"],
+            )?,
             partition_watermark: GaugeVec::new(
                 opts(
                     "storepulse_watermark_timestamp_seconds",
@@ -659,6 +677,12 @@ impl Metrics {
             Box::new(m.dead_letter_publish_errors.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.consumer_lag_committed.clone()),
+            Box::new(m.fetch_queue_messages.clone()),
+            Box::new(m.fetch_queue_bytes.clone()),
+            Box::new(m.build_info.clone()),
+            // CPU seconds, resident and virtual memory, open and maximum file descriptors,
+            // threads and start time, read from /proc at each scrape.
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.partition_watermark.clone()),
             Box::new(m.event_time_lag.clone()),
             Box::new(m.checkpoint_duration.clone()),
@@ -707,6 +731,7 @@ impl Metrics {
     /// Creates zero-valued series for every bounded label value, so that rates and absence
     /// alerts work from the first scrape.
     fn pre_register(&self, families: &[(&str, Stream)]) {
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("STOREPULSE_COMMIT")]).set(1);
         for label in ["warehouse", "carrier"] {
             self.label_budget.folded.with_label_values(&[label]);
         }
@@ -747,6 +772,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_and_build_series_are_exported() {
+        let text = Metrics::new(&[]).expect("metrics").render();
+        let build = format!(
+            "storepulse_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            env!("STOREPULSE_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        for family in
+            ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds"]
+        {
+            assert!(text.contains(&format!("\n{family} ")), "no {family} in\n{text}");
+        }
+    }
 
     #[test]
     fn liveness_fails_after_the_timeout_without_a_heartbeat_and_recovers_with_one() {

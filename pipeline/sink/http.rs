@@ -1,13 +1,30 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the processing loop
 //! comes round) and `/readyz` (brokers reachable, partitions assigned, sinks writing).
+//!
+//! Connections are served by a loop of its own rather than `axum::serve`, so that a client
+//! cannot hold one open without sending a request: headers must arrive within
+//! [`HEADER_TIMEOUT`], a connection lives at most [`CONNECTION_LIFETIME`], and at most
+//! [`MAX_CONNECTIONS`] are open at once (more are closed on accept).
 
 use crate::telemetry::{Health, Metrics};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// A request's headers must be complete this long after the connection opens or the last
+/// response (slow clients dripping bytes are cut off).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed this long after it opened, idle or not (Prometheus reconnects).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Connections open at once; one more is closed as soon as it is accepted.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Binds `addr`; the returned listener is then served by [`serve`].
 ///
@@ -99,5 +116,33 @@ pub async fn serve(
                 }
             }),
         );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or a connection reset before accept: keep serving.
+                Err(error) => {
+                    tracing::warn!(%error, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics endpoint: connection limit reached, closing");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
 }

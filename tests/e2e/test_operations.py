@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -120,3 +121,55 @@ def test_liveness_fails_while_the_loop_is_stalled_and_recovers(broker, tmp_path)
     assert failing[-1] <= stall_started + 27, (failing[-1] - stall_started, timeline)
     assert timeline[-1][1] == 200, timeline
     print(f"/healthz failed {failing[0] - stall_started:.1f} s into a 25 s stall, recovered after {failing[-1] - stall_started:.1f} s")
+
+
+def is_closed(sock) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def drip(sockets, seconds: float) -> None:
+    """Sends one more header byte to every socket each second, as a slow client would."""
+    for _ in range(int(seconds)):
+        for sock in sockets:
+            try:
+                sock.send(b"X")
+            except OSError:
+                pass
+        time.sleep(1)
+
+
+def test_slow_clients_are_cut_off_and_cannot_exhaust_the_endpoint(tmp_path):
+    """200 clients that never finish their headers: at most 64 connections are kept, each at most
+    10 s without complete headers; /metrics answers again once they are cut off."""
+    dead_port, metrics_port = free_port(), free_port()
+    config = tmp_path / "c.toml"
+    config.write_text(f'[kafka]\nbrokers = "127.0.0.1:{dead_port}"\n[output]\ndir = "{tmp_path / "out"}"\n'
+                      f'[metrics]\nlisten_addr = "127.0.0.1:{metrics_port}"\n')
+    proc = subprocess.Popen([STOREPULSE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow = []
+    try:
+        wait_for_port(metrics_port)
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", metrics_port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        drip(slow, 2)
+        kept = sum(not is_closed(sock) for sock in slow)
+        assert kept <= 64, f"{kept} slow connections kept open"
+        drip(slow, 10)
+        still_open = sum(not is_closed(sock) for sock in slow)
+        assert still_open == 0, f"{still_open} slow connections still open after the header timeout"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            assert response.status == 200 and b"storepulse_build_info" in response.read()
+        assert proc.poll() is None
+        print(f"200 slow clients: {kept} kept at most, none left after 12 s")
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

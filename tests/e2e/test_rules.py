@@ -53,6 +53,9 @@ def test_every_alert_is_documented_and_has_a_runbook_section():
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
         anchor = rule["annotations"]["runbook"].split("#", 1)[1]
         assert anchor == rule["alert"].lower() and anchor in sections, rule["alert"]
+        # Absolute, as Alertmanager templates link it; the base is the external label runbook_base.
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith("{{ or $externalLabels.runbook_base \"https://") and url.endswith(f"}}}}#{anchor}"), url
         assert "for" in rule, f"{rule['alert']} needs a for: duration against flapping"
 
 

@@ -88,6 +88,22 @@ def dashboard_queries() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
+def test_the_dashboard_is_portable_and_filterable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert {"channel", "warehouse", "instance"} <= set(variables)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    for panel in panels:
+        sources = [panel["datasource"]] + [t["datasource"] for t in panel.get("targets", []) if "datasource" in t]
+        assert all(s["uid"] == "${datasource}" for s in sources), panel["title"]
+    text = "\n".join(dashboard_queries())
+    for variable in ("$channel", "$warehouse", "$instance"):
+        assert variable in text, variable
+    money = [p for p in panels if any(word in p["title"] for word in ("GMV", "AOV", "客单价"))]
+    assert len(money) == 3 and all(p["fieldConfig"]["defaults"]["unit"] == "currencyCNY" for p in money)
+
+
 def test_the_dashboard_covers_operations_and_sre_and_uses_defined_rules():
     queries = dashboard_queries()
     assert len(queries) >= 30

@@ -103,9 +103,11 @@ pub struct BenchArgs {
     /// mock cluster, which says nothing about a real broker). Topics named bench-* are created.
     #[arg(long)]
     pub brokers: Option<String>,
-    /// Events to pre-produce and consume in the throughput phases.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: u64,
+    /// Events to pre-produce and consume in the throughput phases [default: 1000000 with
+    /// --brokers; 25000 per partition on the embedded cluster, which keeps about 5 MB per
+    /// partition and drops older messages].
+    #[arg(long)]
+    pub events: Option<u64>,
     /// Partitions per topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -412,15 +414,16 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", bench::processing_probe(*events, partitions)?);
         return Ok(());
     }
-    if args.events == 0 || args.partitions < 1 {
-        bail!("--events and --partitions must be at least 1");
+    if args.partitions < 1 {
+        bail!("--partitions must be at least 1");
     }
+    let events = bench_events(args.events, args.brokers.is_some(), args.partitions)?;
     if args.visitors_per_sec <= 0.0 {
         bail!("--visitors-per-sec must be positive");
     }
     let options = BenchOptions {
         brokers: args.brokers.clone(),
-        events: args.events,
+        events,
         partitions: args.partitions,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
         latency_for: args.latency_for,
@@ -433,6 +436,29 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     let report = bench::run(&options)?;
     println!("{}", report.render());
     Ok(())
+}
+
+/// Events the embedded mock cluster holds per partition in the bench: librdkafka's mock keeps
+/// 5 MB of batches per partition and drops the oldest beyond, and a generated event takes
+/// about 150 bytes, most of them on clickstream.
+const EMBEDDED_EVENTS_PER_PARTITION: u64 = 25_000;
+
+/// The throughput phases' event count: as asked, or the default for the broker; refused at once
+/// when the embedded cluster would drop events before phase 1 reads them.
+fn bench_events(asked: Option<u64>, external_broker: bool, partitions: i32) -> anyhow::Result<u64> {
+    let embedded_limit = EMBEDDED_EVENTS_PER_PARTITION * u64::try_from(partitions).unwrap_or(1);
+    let events = asked.unwrap_or(if external_broker { 1_000_000 } else { embedded_limit });
+    if events == 0 {
+        bail!("--events must be at least 1");
+    }
+    if !external_broker && events > embedded_limit {
+        bail!(
+            "the embedded mock cluster keeps about 5 MB per partition and drops older messages, so {events} events in \
+             {partitions} partitions would be gone before phase 1 reads them: pass --events {embedded_limit} or fewer, \
+             more --partitions, or --brokers for a real broker"
+        );
+    }
+    Ok(events)
 }
 
 fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
@@ -688,5 +714,15 @@ mod tests {
         assert!(parse_topic("orders:0").expect_err("no partitions").contains("at least one partition"));
         assert!(parse_topic("orders:many").expect_err("not a count").contains("\"many\""));
         assert!(parse_topic(":3").is_err());
+    }
+
+    #[test]
+    fn bench_events_default_to_what_the_broker_keeps() {
+        assert_eq!(bench_events(None, true, 4).expect("a real broker"), 1_000_000);
+        assert_eq!(bench_events(None, false, 4).expect("embedded"), 100_000);
+        assert_eq!(bench_events(Some(2_000_000), true, 4).expect("a real broker keeps them"), 2_000_000);
+        let refused = bench_events(Some(1_000_000), false, 4).expect_err("more than the embedded cluster keeps");
+        assert!(refused.to_string().contains("--events 100000 or fewer"), "{refused}");
+        assert!(bench_events(Some(0), true, 4).is_err());
     }
 }

@@ -53,7 +53,7 @@ impl BenchReport {
             if ceiling.wall < SHORTEST_MEANINGFUL_PHASE {
                 let _ = writeln!(
                     out,
-                    "  (the ceiling took {:.1} s: phases this short measure start-up, not throughput; use --events 1000000 or more)",
+                    "  (the ceiling took {:.1} s: phases this short measure start-up, not throughput; use --events 1000000 or more, with --brokers)",
                     ceiling.wall.as_secs_f64()
                 );
             }

@@ -1,8 +1,10 @@
 """`storepulse bench` against a real broker: every phase runs over the same pre-produced
 events and prints its figures; the full pipeline's Parquet is real output. Figures are not
-asserted (a shared machine is too noisy for that; BENCHMARKS.md records a run)."""
+asserted (a shared machine is too noisy for that; BENCHMARKS.md records a run). Its default
+invocation, on the embedded cluster, works."""
 
 import re
+import time
 
 import duckdb
 from conftest import storepulse
@@ -53,3 +55,15 @@ def test_bench_measures_every_phase_on_the_same_events(broker, tmp_path):
         f"SELECT sum(visitors) FROM {table(out / 'pipeline', 'funnel')}"
         " WHERE window_size = '1m' AND channel = 'all' AND device = 'all'").fetchone()[0]
     assert visitors and visitors > 0
+
+
+def test_bench_on_the_embedded_cluster_defaults_to_what_it_keeps_and_refuses_more(tmp_path):
+    """The embedded mock cluster keeps about 5 MB per partition: the default runs phase 1 over
+    every pre-produced event, and more events are refused at once, saying what to pass."""
+    started = time.monotonic()
+    refused = storepulse("bench", "--events", "1000000", check=False, timeout=30)
+    assert refused.returncode != 0 and time.monotonic() - started < 10
+    assert "--events 100000 or fewer" in refused.stderr and "--brokers" in refused.stderr, refused.stderr
+    result = storepulse("bench", "--latency-for", "0s", "--memory-entries", "0", "--out", tmp_path / "bench", timeout=600)
+    assert "events:  100000 pre-produced" in result.stdout, result.stdout
+    assert "full pipeline did: 100000 events" in result.stdout, result.stdout

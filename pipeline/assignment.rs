@@ -294,7 +294,7 @@ impl<'a> Retry<'a> {
                 Err(_) if self.control.get() == Control::Stop => return None,
                 Err(error) => {
                     self.health.set_checkpoint_ok(false);
-                    tracing::warn!(%error, retry_in = ?self.backoff, "cannot read the checkpoint store; waiting");
+                    tracing::warn!(%error, retry_in_ms = self.backoff.as_millis(), "cannot read the checkpoint store; waiting");
                     std::thread::sleep(self.backoff);
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
                 }

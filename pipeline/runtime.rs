@@ -286,7 +286,7 @@ impl Pipeline {
                         break;
                     }
                     let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
-                    tracing::warn!(%error, topic, partition, offset, retry_in = ?backoff, "paused on an external outage");
+                    tracing::warn!(%error, topic, partition, offset, retry_in_ms = backoff.as_millis(), "paused on an external outage");
                     // Waiting on purpose is not a wedge.
                     self.health.beat();
                     std::thread::sleep(backoff);
@@ -660,7 +660,11 @@ impl Pipeline {
         self.metrics.tasks_restored.inc_by(restored);
         self.metrics.checkpoint_restore_duration.observe(started.elapsed().as_secs_f64());
         if restored > 0 {
-            tracing::info!(tasks = restored, took = ?started.elapsed(), "restored partition state from checkpoints");
+            tracing::info!(
+                tasks = restored,
+                took_ms = started.elapsed().as_millis(),
+                "restored partition state from checkpoints"
+            );
             self.tidy(Republish::All);
         }
         start
@@ -677,8 +681,19 @@ impl Pipeline {
         match tidied {
             // Publishing another writer's files is a repair worth a line; routine removal of
             // superseded state is not.
-            Ok(report) if report.republished > 0 => tracing::info!(?report, "checkpoint store repaired"),
-            Ok(report) => tracing::debug!(?report, "checkpoint store tidied"),
+            Ok(report) if report.republished > 0 => tracing::info!(
+                republished = report.republished,
+                manifests_removed = report.manifests_removed,
+                states_removed = report.states_removed,
+                staged_discarded = report.staged_discarded,
+                "checkpoint store repaired"
+            ),
+            Ok(report) => tracing::debug!(
+                manifests_removed = report.manifests_removed,
+                states_removed = report.states_removed,
+                staged_discarded = report.staged_discarded,
+                "checkpoint store tidied"
+            ),
             Err(error) => tracing::warn!(%error, "tidying the checkpoint store failed; retried later"),
         }
     }

@@ -214,7 +214,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => PendingRebalance::Assign(partitions),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => PendingRebalance::Revoke(partitions),
             other => {
-                tracing::error!(error = ?other, "rebalance failed; releasing the assignment");
+                tracing::error!(error = %RDKafkaErrorCode::from(other), "rebalance failed; releasing the assignment");
                 PendingRebalance::Revoke(partitions)
             }
         };

@@ -56,6 +56,9 @@ pub enum RuntimeError {
     /// The pipeline thread panicked or could not start.
     #[error("the pipeline thread {0}")]
     Thread(String),
+    /// The schema registry's HTTP client could not be set up (its CA file).
+    #[error("schema registry client: {0}")]
+    SchemaRegistry(String),
 }
 
 /// How a pipeline reports and what it runs.
@@ -140,8 +143,8 @@ impl Pipeline {
         health: Arc<Health>,
         options: Options,
     ) -> Result<Self, RuntimeError> {
-        let schemas = match &settings.schema_registry_url {
-            Some(url) => WriterSchemaSource::registry(url),
+        let schemas = match &settings.schema_registry {
+            Some(registry) => WriterSchemaSource::registry_with(registry).map_err(RuntimeError::SchemaRegistry)?,
             None => WriterSchemaSource::local(settings.writer_schemas_dir.as_deref()),
         };
         let schemas = Stream::ALL

@@ -3,6 +3,7 @@
 
 use super::DecodeError;
 use super::avro_direct::{self, SpareStrings};
+use super::registry::{RegistryAuth, RegistryClient};
 use crate::event::{ClickEvent, Event, OrderEvent, ShipmentEvent, Stream};
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -63,8 +64,10 @@ pub enum WriterSchemaSource {
     Registry {
         /// Base URL, without trailing slash.
         url: String,
-        /// HTTP client with timeouts.
+        /// HTTP client with timeouts and the registry's trusted roots.
         agent: ureq::Agent,
+        /// The `Authorization` header, if the registry asks for credentials.
+        authorization: Option<String>,
         /// Schemas fetched so far.
         cache: SchemaCache,
     },
@@ -104,14 +107,28 @@ pub struct SchemaCache {
 }
 
 impl WriterSchemaSource {
-    /// Looks writer schemas up in a schema registry at `url`.
+    /// Looks writer schemas up in a schema registry at `url`, plain HTTP or HTTPS with the
+    /// system's roots, without credentials.
     pub fn registry(url: &str) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        WriterSchemaSource::Registry { url: url.trim_end_matches('/').to_owned(), agent, cache: SchemaCache::default() }
+        WriterSchemaSource::Registry {
+            url: url.trim_end_matches('/').to_owned(),
+            agent: super::registry::agent_trusting(ureq::tls::RootCerts::PlatformVerifier),
+            authorization: None,
+            cache: SchemaCache::default(),
+        }
+    }
+
+    /// Looks writer schemas up in the schema registry `client` describes.
+    ///
+    /// # Errors
+    /// A message when its extra roots are not PEM certificates.
+    pub fn registry_with(client: &RegistryClient) -> Result<Self, String> {
+        Ok(WriterSchemaSource::Registry {
+            url: client.url.clone(),
+            agent: client.agent()?,
+            authorization: client.auth.as_ref().map(RegistryAuth::header),
+            cache: SchemaCache::default(),
+        })
     }
 
     /// Looks writer schemas up in `dir` (if given), then among the bundled ids.
@@ -170,7 +187,9 @@ impl WriterSchemaSource {
             return Err(DecodeError::UnknownSchemaId(id));
         }
         let text = match self {
-            WriterSchemaSource::Registry { url, agent, .. } => fetch_from_registry(agent, url, id)?,
+            WriterSchemaSource::Registry { url, agent, authorization, .. } => {
+                fetch_from_registry(agent, url, authorization.as_deref(), id)?
+            }
             WriterSchemaSource::Local { dir, .. } => load_local(dir.as_deref(), id),
         };
         let cache = self.cache_mut();
@@ -229,14 +248,24 @@ fn load_local(dir: Option<&Path>, id: u32) -> Option<String> {
         .map(|(_, stream)| reader_schema_text(*stream).to_owned())
 }
 
-fn fetch_from_registry(agent: &ureq::Agent, url: &str, id: u32) -> Result<Option<String>, DecodeError> {
+fn fetch_from_registry(
+    agent: &ureq::Agent,
+    url: &str,
+    authorization: Option<&str>,
+    id: u32,
+) -> Result<Option<String>, DecodeError> {
     let endpoint = format!("{url}/schemas/ids/{id}");
     let mut last_error = String::new();
     for attempt in 0..REGISTRY_ATTEMPTS {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(200 << attempt));
         }
-        match agent.get(&endpoint).call() {
+        let request = agent.get(&endpoint);
+        let request = match authorization {
+            Some(value) => request.header("Authorization", value),
+            None => request,
+        };
+        match request.call() {
             Ok(mut response) if response.status().is_success() => {
                 let body = response.body_mut().read_to_string().map_err(|e| e.to_string());
                 let parsed = body.and_then(|b| {

@@ -7,12 +7,14 @@
 mod avro;
 mod avro_direct;
 mod json;
+mod registry;
 mod validate;
 
 pub use avro::{
     BUNDLED_SCHEMA_IDS, WriterSchemaSource, bundled_writer_schema_id, encode_avro_datum, encode_confluent,
     reader_schema, reader_schema_text, register_schema,
 };
+pub use registry::{RegistryAuth, RegistryClient};
 pub use validate::{DEFAULT_MAX_AMOUNT_MINOR, DEFAULT_MAX_LINE_QUANTITY, DEFAULT_MAX_ORDER_LINES, ValidationRules};
 
 use crate::event::{Event, Stream};

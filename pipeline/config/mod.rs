@@ -154,9 +154,22 @@ pub struct RawCodec {
     /// `confluent` (Avro, Confluent wire format), `avro-datum` or `json`.
     #[serde(default = "default_format")]
     pub format: WireFormat,
-    /// Confluent-compatible schema registry base URL; when set, writer schemas come from it.
+    /// Confluent-compatible schema registry base URL (`http://` or `https://`); when set,
+    /// writer schemas come from it.
     #[serde(default)]
     pub schema_registry_url: Option<String>,
+    /// PEM file of certificate authorities trusted for the registry besides the system's.
+    #[serde(default)]
+    pub schema_registry_ca_file: Option<PathBuf>,
+    /// Basic authentication user (API key) for the registry.
+    #[serde(default)]
+    pub schema_registry_username: Option<String>,
+    /// Basic authentication password (API secret); `env:NAME` or `file:PATH`.
+    #[serde(default)]
+    pub schema_registry_password: Option<String>,
+    /// Bearer token for the registry instead of basic authentication; `env:NAME` or `file:PATH`.
+    #[serde(default)]
+    pub schema_registry_bearer_token: Option<String>,
     /// Directory of writer schemas named `<id>.avsc` or `<id>-<name>.avsc`, used without a registry.
     #[serde(default)]
     pub writer_schemas_dir: Option<PathBuf>,
@@ -170,6 +183,10 @@ impl Default for RawCodec {
         RawCodec {
             format: default_format(),
             schema_registry_url: None,
+            schema_registry_ca_file: None,
+            schema_registry_username: None,
+            schema_registry_password: None,
+            schema_registry_bearer_token: None,
             writer_schemas_dir: None,
             accepted_record_names: RawRecordNames::default(),
         }
@@ -633,6 +650,37 @@ mod tests {
         assert!(err.to_string().contains("brokerz") && err.to_string().contains("STOREPULSE_KAFKA__BROKERZ"), "{err}");
         let err = parse_with_env("", &[("STOREPULSE_TIME__WINDOW_SECS", "7")]).expect_err("invalid value");
         assert!(err.to_string().contains("time.window_secs"), "{err}");
+    }
+
+    #[test]
+    fn registry_keys_are_checked_and_secrets_resolved() {
+        let https = "[codec]\nschema_registry_url = 'https://registry:8081/'\n";
+        let s = parse(&format!("{https}schema_registry_username = 'key'\nschema_registry_password = 'secret'\n"))
+            .expect("valid");
+        let registry = s.schema_registry.expect("a registry");
+        assert_eq!(registry.url, "https://registry:8081");
+        assert_eq!(
+            registry.auth,
+            Some(crate::codec::RegistryAuth::Basic { username: "key".into(), password: "secret".into() })
+        );
+        for (extra, key) in [
+            ("schema_registry_username = 'key'\n", "codec.schema_registry_password"),
+            ("schema_registry_password = 'x'\n", "codec.schema_registry_username"),
+            (
+                "schema_registry_bearer_token = 'env:STOREPULSE_TEST_NO_SUCH_TOKEN'\n",
+                "codec.schema_registry_bearer_token",
+            ),
+            ("schema_registry_ca_file = '/nonexistent.pem'\n", "codec.schema_registry_ca_file"),
+            ("schema_registry_ca_file = 'Cargo.toml'\n", "codec.schema_registry_ca_file"),
+        ] {
+            let err = parse(&format!("{https}{extra}")).expect_err(extra);
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
+        let plain = "[codec]\nschema_registry_url = 'http://registry'\nschema_registry_bearer_token = 't'\n";
+        let err = parse(plain).expect_err("credentials over http");
+        assert!(err.to_string().contains("codec.schema_registry_url") && !err.to_string().contains("'t'"), "{err}");
+        let err = parse("[codec]\nschema_registry_username = 'key'\n").expect_err("no registry");
+        assert!(err.to_string().contains("needs codec.schema_registry_url"), "{err}");
     }
 
     #[test]

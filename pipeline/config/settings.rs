@@ -4,7 +4,7 @@ use super::{
     ConfigError, RawCheckpoint, RawCodec, RawConfig, RawKafka, RawMetrics, RawOrders, RawTime, RawTopics,
     RawValidation, default_clickstream, default_logistics, default_orders, invalid,
 };
-use crate::codec::{ValidationRules, WireFormat};
+use crate::codec::{RegistryAuth, RegistryClient, ValidationRules, WireFormat};
 use crate::event::Stream;
 use crate::operators::{FULFILLMENT, ORDERS, SESSIONS, TRAFFIC};
 use crate::sink::TableFormat;
@@ -30,8 +30,8 @@ pub struct Settings {
     pub dead_letter_topic: Option<String>,
     /// Input wire format.
     pub format: WireFormat,
-    /// Schema registry URL, if any.
-    pub schema_registry_url: Option<String>,
+    /// The schema registry and how to reach it, if any.
+    pub schema_registry: Option<RegistryClient>,
     /// Writer schema directory, if any.
     pub writer_schemas_dir: Option<PathBuf>,
     /// Per stream (indexed as [`Stream::ALL`]), writer record names accepted besides the
@@ -77,6 +77,7 @@ impl TryFrom<RawConfig> for Settings {
         let (brokers, group_id, kafka_client) = kafka(raw.kafka)?;
         let (topics, dead_letter_topic) = topics(raw.topics)?;
         let accepted_record_names = codec(&raw.codec)?;
+        let schema_registry = schema_registry(&raw.codec)?;
         let validation = validation(&raw.validation)?;
         let time = time(&raw.time, &raw.orders)?;
         let output = Location::parse(&raw.output.dir).map_err(|e| invalid("output.dir", e))?;
@@ -89,7 +90,7 @@ impl TryFrom<RawConfig> for Settings {
             topics,
             dead_letter_topic,
             format: raw.codec.format,
-            schema_registry_url: raw.codec.schema_registry_url,
+            schema_registry,
             writer_schemas_dir: raw.codec.writer_schemas_dir,
             accepted_record_names,
             validation,
@@ -182,11 +183,6 @@ fn topics(raw: RawTopics) -> Result<(TopicNames, Option<String>), ConfigError> {
 
 /// `[codec]`: where writer schemas come from, and the record names each topic accepts.
 fn codec(raw: &RawCodec) -> Result<[Vec<String>; 3], ConfigError> {
-    if let Some(url) = &raw.schema_registry_url
-        && !url.starts_with("http://")
-    {
-        return Err(invalid("codec.schema_registry_url", "must be an http:// URL (https is not supported yet)"));
-    }
     if let Some(dir) = &raw.writer_schemas_dir
         && !dir.is_dir()
     {
@@ -201,6 +197,60 @@ fn codec(raw: &RawCodec) -> Result<[Vec<String>; 3], ConfigError> {
         }
     }
     Ok(accepted.map(Clone::clone))
+}
+
+/// The `codec.schema_registry_*` keys: where the registry is, which CAs it may be signed by,
+/// and its credentials (`env:` / `file:` references resolved).
+fn schema_registry(raw: &RawCodec) -> Result<Option<RegistryClient>, ConfigError> {
+    let Some(url) = &raw.schema_registry_url else {
+        for (key, set) in [
+            ("codec.schema_registry_ca_file", raw.schema_registry_ca_file.is_some()),
+            ("codec.schema_registry_username", raw.schema_registry_username.is_some()),
+            ("codec.schema_registry_password", raw.schema_registry_password.is_some()),
+            ("codec.schema_registry_bearer_token", raw.schema_registry_bearer_token.is_some()),
+        ] {
+            if set {
+                return Err(invalid(key, "needs codec.schema_registry_url"));
+            }
+        }
+        return Ok(None);
+    };
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Err(invalid("codec.schema_registry_url", "must be an http:// or https:// URL"));
+    }
+    let extra_roots_pem = match &raw.schema_registry_ca_file {
+        None => None,
+        Some(_) if !https => {
+            return Err(invalid("codec.schema_registry_ca_file", "needs an https:// codec.schema_registry_url"));
+        }
+        Some(path) => {
+            let key = "codec.schema_registry_ca_file";
+            let pem = std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+            RegistryClient::certificates(&pem).map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+            Some(pem)
+        }
+    };
+    let secret = |key: &str, value: &Option<String>| value.as_deref().map(|v| resolve_secret(key, v)).transpose();
+    let password = secret("codec.schema_registry_password", &raw.schema_registry_password)?;
+    let token = secret("codec.schema_registry_bearer_token", &raw.schema_registry_bearer_token)?;
+    let auth = match (raw.schema_registry_username.clone(), password, token) {
+        (None, None, None) => None,
+        (Some(username), Some(password), None) => Some(RegistryAuth::Basic { username, password }),
+        (None, None, Some(token)) => Some(RegistryAuth::Bearer(token)),
+        (Some(_), None, _) => return Err(invalid("codec.schema_registry_password", "needs to be set with a username")),
+        (None, Some(_), _) => return Err(invalid("codec.schema_registry_username", "needs to be set with a password")),
+        (Some(_), Some(_), Some(_)) => {
+            return Err(invalid("codec.schema_registry_bearer_token", "is an alternative to username and password"));
+        }
+    };
+    if auth.is_some() && !https {
+        return Err(invalid(
+            "codec.schema_registry_url",
+            "must be https:// when credentials are set: they would travel in clear",
+        ));
+    }
+    Ok(Some(RegistryClient { url: url.trim_end_matches('/').to_owned(), extra_roots_pem, auth }))
 }
 
 /// `[validation]`: the bounds every event must satisfy.

@@ -1,8 +1,8 @@
 """The schema registry over HTTPS with basic authentication, as managed registries are: a local
 TLS server signed by a throwaway CA serves the registry's REST contract and checks the
 credentials. storepulse, trusting that CA through `codec.schema_registry_ca_file` and reading
-the password from the environment, decodes the same events as from a writer-schema directory;
-the password appears in no log line and no metric."""
+the password from the environment, decodes the same events as from the same registry over
+plain HTTP; the password appears in no log line and no metric."""
 
 import base64
 import http.server
@@ -41,14 +41,15 @@ def certificates(directory):
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
 
-def serve_registry(schemas: dict[int, str], cert, key) -> tuple[http.server.ThreadingHTTPServer, dict]:
-    """GET /schemas/ids/{id} over TLS, for basic-authenticated clients only."""
+def serve_registry(schemas: dict[int, str], tls=None) -> tuple[http.server.ThreadingHTTPServer, dict]:
+    """GET /schemas/ids/{id}: over plain HTTP to anyone, or with `tls` (certificate and key
+    files) to basic-authenticated clients only."""
     seen = {"authorized": 0, "refused": 0}
-    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() if tls else None
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            if self.headers.get("Authorization") != expected:
+            if expected and self.headers.get("Authorization") != expected:
                 seen["refused"] += 1
                 self.send_response(401)
                 self.end_headers()
@@ -67,9 +68,10 @@ def serve_registry(schemas: dict[int, str], cert, key) -> tuple[http.server.Thre
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, seen
 
@@ -96,12 +98,13 @@ def test_registry_over_tls_with_basic_auth_decodes_the_same_events_and_never_sho
 
     ca, cert, key = certificates(tmp_path)
     schemas = {SCHEMA_IDS[p.name.split("-", 1)[1][:-5]]: p.read_text() for p in schemas_dir.glob("*.avsc")}
-    server, seen = serve_registry(schemas, cert, key)
+    server, seen = serve_registry(schemas, (cert, key))
+    plain_server, _ = serve_registry(schemas)
     try:
-        local_out, tls_out = tmp_path / "local", tmp_path / "tls"
+        plain_out, tls_out = tmp_path / "plain", tmp_path / "tls"
         storepulse("run", "--bounded", "--config", write_config(
-            tmp_path / "local.toml", broker, local_out, "e2e-tls-local", topics=TOPICS,
-            extra=f'\n[codec]\nwriter_schemas_dir = "{schemas_dir}"\n'))
+            tmp_path / "plain.toml", broker, plain_out, "e2e-plain-registry", topics=TOPICS,
+            extra=f'\n[codec]\nschema_registry_url = "http://127.0.0.1:{plain_server.server_address[1]}"\n'))
         config = write_config(
             tmp_path / "tls.toml", broker, tls_out, "e2e-tls-registry", topics=TOPICS,
             extra=f'\n[codec]\nschema_registry_url = "https://127.0.0.1:{server.server_address[1]}"\n'
@@ -123,6 +126,7 @@ def test_registry_over_tls_with_basic_auth_decodes_the_same_events_and_never_sho
         assert proc.returncode == 0, (tmp_path / "tls.log").read_text()[-3000:]
     finally:
         server.shutdown()
+        plain_server.shutdown()
     logs = (tmp_path / "tls.log").read_text()
     assert scraped, "the endpoint was never scraped during the run"
     assert PASSWORD not in logs and all(PASSWORD not in text for text in scraped)
@@ -133,13 +137,13 @@ def test_registry_over_tls_with_basic_auth_decodes_the_same_events_and_never_sho
     assert not data_files(tls_out, "dead_letters"), "events fetched their schemas over TLS"
     compared = 0
     for name in TABLES:
-        local, tls = (table(out, name) if data_files(out, name) else None for out in (local_out, tls_out))
-        assert (local is None) == (tls is None), name
-        if local is None:
+        plain, tls = (table(out, name) if data_files(out, name) else None for out in (plain_out, tls_out))
+        assert (plain is None) == (tls is None), name
+        if plain is None:
             continue
-        for first, second in ((local, tls), (tls, local)):
+        for first, second in ((plain, tls), (tls, plain)):
             extra = con.execute(f"SELECT count(*) FROM (SELECT * FROM {first} EXCEPT ALL SELECT * FROM {second})")
-            assert extra.fetchone()[0] == 0, f"{name} differs between the local schemas and the TLS registry"
-        compared += con.execute(f"SELECT count(*) FROM {local}").fetchone()[0]
+            assert extra.fetchone()[0] == 0, f"{name} differs between the plain and the TLS registry"
+        compared += con.execute(f"SELECT count(*) FROM {plain}").fetchone()[0]
     assert compared > 500
     print(f"{compared} rows equal; registry answered {seen['authorized']} authenticated requests over TLS")

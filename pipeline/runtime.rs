@@ -21,7 +21,7 @@ use crate::source::{KafkaSource, PendingRebalance, Polled, Record, TopicPartitio
 use crate::table::{LateEventRow, Progress, QuarantinedEventRow, TableSpec};
 use crate::telemetry::{EventDuplicate, EventLate, EventRejected, Health, LOG_EVERY, LogLimit, Metrics, Outcomes};
 use crate::time::{WallClock, rfc3339_ms, system_time_ms};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -478,7 +478,7 @@ impl Pipeline {
         let positions = self.owned.positions();
         let caught_up =
             |tp: &TopicPartition| highs.get(tp).is_some_and(|high| positions.get(tp).copied().unwrap_or(0) >= *high);
-        self.export_lag(&highs, &positions, &source.log_starts());
+        source.set_positions(&positions);
         let now_ms = system_time_ms(SystemTime::now());
         let (partition_watermark, event_time_lag) = (&self.metrics.partition_watermark, &self.metrics.event_time_lag);
         self.owned.update_progress(&caught_up, now_ms, &mut self.scratch, &mut |(topic, partition), w| {
@@ -495,21 +495,6 @@ impl Pipeline {
         self.low_watermark = self.owned.low_watermark(source.assignment(), &caught_up, now_ms);
         if let Some(low) = self.low_watermark {
             self.outcomes.report.windows_closed += self.gauges.release_through(low);
-        }
-    }
-
-    /// Lag from what has been processed, not from the last commit: offsets are committed at
-    /// checkpoints, and lag measured from them rises and falls with every interval.
-    fn export_lag(
-        &self,
-        highs: &HashMap<TopicPartition, i64>,
-        positions: &BTreeMap<TopicPartition, i64>,
-        log_starts: &HashMap<TopicPartition, i64>,
-    ) {
-        for (tp, high) in highs {
-            let position = positions.get(tp).or_else(|| log_starts.get(tp)).copied().unwrap_or(0);
-            let labels = [tp.0.as_str(), &tp.1.to_string()];
-            self.metrics.consumer_lag.with_label_values(&labels).set((high - position).max(0));
         }
     }
 

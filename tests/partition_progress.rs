@@ -8,7 +8,7 @@ use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use storepulse::codec::{bundled_writer_schema_id, encode_confluent, reader_schema};
+use storepulse::codec::{RegistryClient, bundled_writer_schema_id, encode_confluent, reader_schema};
 use storepulse::config::{RawConfig, Settings};
 use storepulse::event::{Channel, ClickEvent, ClickEventType, Device, Event, Stream};
 use storepulse::operators::builtin;
@@ -39,13 +39,14 @@ fn cluster(group: &str) -> Cluster {
 struct Clicks {
     producer: BaseProducer,
     sent: usize,
+    schema_id: u32,
 }
 
 impl Clicks {
     fn new(cluster: &Cluster) -> Self {
         let producer =
             ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().expect("producer");
-        Clicks { producer, sent: 0 }
+        Clicks { producer, sent: 0, schema_id: bundled_writer_schema_id(Stream::Clickstream) }
     }
 
     /// Clicks every 10 s of event time from `from` to `to`, into one partition.
@@ -58,12 +59,8 @@ impl Clicks {
                 channel: Some(Channel::Direct),
                 ..ClickEvent::new(id, ClickEventType::PageView, t, visitor, Device::App)
             };
-            let payload = encode_confluent(
-                &Event::Click(click),
-                reader_schema(Stream::Clickstream),
-                bundled_writer_schema_id(Stream::Clickstream),
-            )
-            .expect("encodes");
+            let payload = encode_confluent(&Event::Click(click), reader_schema(Stream::Clickstream), self.schema_id)
+                .expect("encodes");
             self.producer
                 .send(BaseRecord::<str, [u8]>::to("clickstream").partition(partition).key("k").payload(&payload))
                 .expect("queued");
@@ -87,14 +84,23 @@ fn run_until(
     during: impl FnMut(Duration, f64),
     done: impl Fn(f64) -> bool,
 ) -> (f64, RunReport) {
-    run_with(cluster, group, Duration::from_secs(1), &Metrics::new(&[]).expect("metrics"), within, during, done)
+    let metrics = Metrics::new(&[]).expect("metrics");
+    run_with(
+        cluster,
+        group,
+        &|settings| settings.checkpoint.interval = Duration::from_secs(1),
+        &metrics,
+        within,
+        during,
+        done,
+    )
 }
 
-/// [`run_until`] with a checkpoint interval and metrics of its own.
+/// [`run_until`] with settings changed by `configure` and metrics of its own.
 fn run_with(
     cluster: &Cluster,
     group: &str,
-    checkpoint_interval: Duration,
+    configure: &dyn Fn(&mut Settings),
     metrics: &Metrics,
     within: Duration,
     mut during: impl FnMut(Duration, f64),
@@ -105,8 +111,8 @@ fn run_with(
     settings.brokers = cluster.bootstrap_servers();
     settings.group_id = group.to_owned();
     settings.output = storepulse::sink::storage::Location::Local(out.path().to_path_buf());
-    settings.checkpoint.interval = checkpoint_interval;
     settings.time.idle_timeout_ms = 1_000;
+    configure(&mut settings);
     let window_end = metrics.window_end.with_label_values(&["1m"]);
     let health = Health::new();
     let control = ControlHandle::new(Control::Run);
@@ -210,7 +216,7 @@ fn lag_follows_processing_not_the_commits_of_checkpoints() {
     run_with(
         &cluster,
         group,
-        Duration::from_secs(12),
+        &|settings| settings.checkpoint.interval = Duration::from_secs(12),
         &metrics,
         Duration::from_secs(22),
         |elapsed, _| {
@@ -225,4 +231,35 @@ fn lag_follows_processing_not_the_commits_of_checkpoints() {
     println!("lag from the position at most {max_lag}; from the committed offset at most {max_committed}");
     assert!(max_committed > 100, "the committed offset fell behind between checkpoints ({max_committed})");
     assert!(max_lag < 50, "lag from the position stays near zero while keeping up ({max_lag})");
+}
+
+#[test]
+fn lag_keeps_rising_while_the_loop_is_paused_on_a_registry_outage() {
+    let group = "lag-during-outage";
+    let cluster = cluster(group);
+    let mut clicks = Clicks::new(&cluster);
+    // A schema id only a registry knows, and a registry nothing listens on: the loop pauses on
+    // the first message and retries it.
+    clicks.schema_id = 4242;
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mut next = start_time();
+    let metrics = Metrics::new(&[]).expect("metrics");
+    let lag = metrics.consumer_lag.with_label_values(&["clickstream", "0"]);
+    let mut max_lag = 0;
+    let (_, report) = run_with(
+        &cluster,
+        group,
+        &|settings| settings.schema_registry = Some(RegistryClient::plain(&format!("http://{unreachable}"))),
+        &metrics,
+        Duration::from_secs(15),
+        |_, _| {
+            keep_busy(&mut clicks, &mut next);
+            max_lag = max_lag.max(lag.get());
+        },
+        |_| false,
+    );
+    let sent = clicks.sent as i64;
+    println!("{sent} clicks sent to a paused loop; lag rose to {max_lag}");
+    assert_eq!(report.decoded, 0, "nothing decodes without the registry");
+    assert!(max_lag >= sent / 2, "lag must rise while nothing is processed ({max_lag} of {sent} sent)");
 }

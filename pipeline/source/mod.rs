@@ -12,6 +12,7 @@
 //! Messages leave the source as [`Record`]s, after [`resume`] has checked that a resumed
 //! partition starts at its checkpointed offset.
 
+mod lag;
 mod resume;
 
 pub use resume::{RESUME_SILENCE, Resumes, Verdict};
@@ -79,8 +80,8 @@ pub struct SourceContext {
     assignment: Mutex<BTreeSet<TopicPartition>>,
     assignment_version: AtomicU64,
     high_watermarks: Mutex<HashMap<TopicPartition, i64>>,
-    /// First offset in the log of each assigned partition, from statistics.
-    log_starts: Mutex<HashMap<TopicPartition, i64>>,
+    /// The next offset the processing loop will handle, per partition it has handled one of.
+    positions: Mutex<HashMap<TopicPartition, i64>>,
     /// Rebalances waiting for the processing loop.
     pending: Mutex<VecDeque<PendingRebalance>>,
     /// Whether rebalances wait for the loop; off while the consumer closes, so closing applies
@@ -110,17 +111,16 @@ impl ClientContext for SourceContext {
         self.health.set_brokers_up(up);
         self.metrics.kafka_connected.set(i64::from(up));
         let assignment = lock(&self.assignment).clone();
-        let (mut highs, mut starts) = (lock(&self.high_watermarks), lock(&self.log_starts));
+        let mut highs = lock(&self.high_watermarks);
         for (topic_name, topic) in &stats.topics {
             for (partition, p) in &topic.partitions {
                 let tp = (topic_name.clone(), *partition);
                 if *partition < 0 || !assignment.contains(&tp) || p.hi_offset < 0 {
                     continue;
                 }
-                highs.insert(tp.clone(), p.hi_offset);
-                starts.insert(tp, p.lo_offset.max(0));
+                highs.insert(tp, p.hi_offset);
                 // Offsets are committed at checkpoints: this one is a sawtooth, kept for what a
-                // restart would reprocess. The loop exports the lag from its own position.
+                // restart would reprocess. [`lag`] exports the lag from the loop's position.
                 let committed = if p.consumer_lag >= 0 { p.consumer_lag } else { p.hi_offset - p.lo_offset.max(0) };
                 let labels = [topic_name.as_str(), &partition.to_string()];
                 self.metrics.consumer_lag_committed.with_label_values(&labels).set(committed);
@@ -194,7 +194,7 @@ impl SourceContext {
             let _ = self.metrics.fetch_queue_messages.remove_label_values(&labels);
             let _ = self.metrics.fetch_queue_bytes.remove_label_values(&labels);
             lock(&self.high_watermarks).remove(tp);
-            lock(&self.log_starts).remove(tp);
+            lock(&self.positions).remove(tp);
             assignment.remove(tp);
         }
         tracing::info!(partitions = partitions.len(), "partitions revoked");
@@ -236,6 +236,7 @@ impl ConsumerContext for SourceContext {
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     resumes: Resumes,
+    _lag: lag::LagWatcher,
 }
 
 /// One consumed message.
@@ -309,16 +310,17 @@ impl KafkaSource {
             assignment: Mutex::new(BTreeSet::new()),
             assignment_version: AtomicU64::new(0),
             high_watermarks: Mutex::new(HashMap::new()),
-            log_starts: Mutex::new(HashMap::new()),
+            positions: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
             defer: AtomicBool::new(false),
             error_logs: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context)?;
+        let lag = lag::LagWatcher::start(&config, Arc::clone(consumer.context()))?;
         let topics =
             [settings.topics.clickstream.as_str(), settings.topics.orders.as_str(), settings.topics.logistics.as_str()];
         consumer.subscribe(&topics)?;
-        Ok(KafkaSource { consumer, resumes: Resumes::default() })
+        Ok(KafkaSource { consumer, resumes: Resumes::default(), _lag: lag })
     }
 
     /// Waits up to `timeout` for the next message; serves rebalances and statistics meanwhile.
@@ -491,9 +493,11 @@ impl KafkaSource {
         lock(&self.consumer.context().high_watermarks).clone()
     }
 
-    /// Latest known first offset in the log of each assigned partition (from statistics).
-    pub fn log_starts(&self) -> HashMap<TopicPartition, i64> {
-        lock(&self.consumer.context().log_starts).clone()
+    /// Records the next offset the loop will handle in each partition, for the lag.
+    pub fn set_positions(&self, positions: &BTreeMap<TopicPartition, i64>) {
+        let mut known = lock(&self.consumer.context().positions);
+        known.clear();
+        known.extend(positions.iter().map(|(tp, offset)| (tp.clone(), *offset)));
     }
 
     /// For each assigned partition, where consumption starts (committed offset, else the log

@@ -1,17 +1,20 @@
 """Fixtures for end-to-end tests: a real tansu broker per test, a moto S3 server, the
 storepulse binary, and helpers to run it (its tables are read back in oracle.py)."""
 
+import io
 import json
 import os
 import pathlib
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 
 import fastavro
 import pytest
+from confluent_kafka import Producer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STOREPULSE = os.environ.get("STOREPULSE_BIN", str(ROOT / "target" / "debug" / "storepulse"))
@@ -188,3 +191,27 @@ def writer_schemas(tmp_path: pathlib.Path, ids: dict[str, int]) -> tuple[pathlib
         shutil.copy(source, directory / f"{schema_id}-{stream}.avsc")
         parsed[stream] = fastavro.parse_schema(json.loads(source.read_text()))
     return directory, parsed
+
+
+def produce_as_external_producer(address: str, prefix: str, events: pathlib.Path, parsed: dict,
+                                 ids: dict[str, int]) -> set[str]:
+    """Sends the generator's valid events from `events` to `<prefix>.<stream>` as a producer
+    outside the project would (confluent-kafka, fastavro, Confluent framing with schema `ids`);
+    returns the streams that had events."""
+    producer = Producer({"bootstrap.servers": address, "linger.ms": 20})
+    streams = set()
+    with open(events) as lines:
+        for sent, line in enumerate(lines):
+            record = json.loads(line)
+            if record["injected"] == "malformed":
+                continue
+            stream = record["topic"]
+            streams.add(stream)
+            datum = io.BytesIO()
+            fastavro.schemaless_writer(datum, parsed[stream], record["event"])
+            value = b"\x00" + struct.pack(">I", ids[stream]) + datum.getvalue()
+            producer.produce(f"{prefix}.{stream}", key=record["key"].encode(), value=value)
+            if sent % 5_000 == 0:
+                producer.flush()
+    assert producer.flush(30) == 0
+    return streams

@@ -1,14 +1,8 @@
 """A producer outside the project (confluent-kafka + fastavro, Confluent wire format, its own
 schema ids from a writer-schema directory) gives the same numbers as storepulse's generator."""
 
-import io
-import json
-import struct
-
 import duckdb
-import fastavro
-from confluent_kafka import Producer
-from conftest import storepulse, write_config, writer_schemas
+from conftest import produce_as_external_producer, storepulse, write_config, writer_schemas
 from oracle import data_files, funnel_from_events, funnel_from_parquet, load_events, rows, sales_from_parquet
 
 PY_TOPICS = ("py.clickstream", "py.orders", "py.logistics")
@@ -22,23 +16,7 @@ def test_external_confluent_producer_decodes_to_the_same_numbers(broker, tmp_pat
     storepulse("generate", "--brokers", broker.address, "--count", 12_000, "--seed", 5, "--events-file", events)
 
     schemas_dir, parsed = writer_schemas(tmp_path, PY_SCHEMA_IDS)
-
-    producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 20})
-    sent = 0
-    with open(events) as lines:
-        for line in lines:
-            record = json.loads(line)
-            if record["injected"] == "malformed":
-                continue
-            stream = record["topic"]
-            datum = io.BytesIO()
-            fastavro.schemaless_writer(datum, parsed[stream], record["event"])
-            value = b"\x00" + struct.pack(">I", PY_SCHEMA_IDS[stream]) + datum.getvalue()
-            producer.produce(f"py.{stream}", key=record["key"].encode(), value=value)
-            sent += 1
-            if sent % 5_000 == 0:
-                producer.flush()
-    assert producer.flush(30) == 0
+    produce_as_external_producer(broker.address, "py", events, parsed, PY_SCHEMA_IDS)
 
     own_out, py_out = tmp_path / "own", tmp_path / "py"
     storepulse("run", "--bounded", "--config", write_config(tmp_path / "own.toml", broker, own_out, "e2e-own"))

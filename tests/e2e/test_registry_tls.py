@@ -6,22 +6,17 @@ plain HTTP; the password appears in no log line and no metric."""
 
 import base64
 import http.server
-import io
 import json
 import os
 import re
 import ssl
-import struct
 import subprocess
 import threading
 import time
 import urllib.request
 
-import duckdb
-import fastavro
-from confluent_kafka import Producer
-from conftest import STOREPULSE, storepulse, write_config, writer_schemas
-from oracle import TABLES, data_files, table
+from conftest import STOREPULSE, produce_as_external_producer, storepulse, write_config, writer_schemas
+from oracle import TABLES, data_files, snapshot
 
 TOPICS = ("tls.clickstream", "tls.orders", "tls.logistics")
 SCHEMA_IDS = {"clickstream": 51, "orders": 52, "logistics": 53}
@@ -82,19 +77,7 @@ def test_registry_over_tls_with_basic_auth_decodes_the_same_events_and_never_sho
     events = tmp_path / "events.jsonl"
     storepulse("generate", "--brokers", broker.address, "--count", 6_000, "--seed", 9, "--events-file", events)
     schemas_dir, parsed = writer_schemas(tmp_path, SCHEMA_IDS)
-    producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 20})
-    streams = set()
-    for line in events.read_text().splitlines():
-        record = json.loads(line)
-        if record["injected"] == "malformed":
-            continue
-        stream = record["topic"]
-        streams.add(stream)
-        datum = io.BytesIO()
-        fastavro.schemaless_writer(datum, parsed[stream], record["event"])
-        producer.produce(f"tls.{stream}", key=record["key"].encode(),
-                         value=b"\x00" + struct.pack(">I", SCHEMA_IDS[stream]) + datum.getvalue())
-    assert producer.flush(30) == 0
+    streams = produce_as_external_producer(broker.address, "tls", events, parsed, SCHEMA_IDS)
 
     ca, cert, key = certificates(tmp_path)
     schemas = {SCHEMA_IDS[p.name.split("-", 1)[1][:-5]]: p.read_text() for p in schemas_dir.glob("*.avsc")}
@@ -133,17 +116,9 @@ def test_registry_over_tls_with_basic_auth_decodes_the_same_events_and_never_sho
     # One lookup per schema id in use: the schemas are cached.
     assert seen["authorized"] == len(streams) and seen["refused"] == 0, (seen, streams)
 
-    con = duckdb.connect()
     assert not data_files(tls_out, "dead_letters"), "events fetched their schemas over TLS"
-    compared = 0
-    for name in TABLES:
-        plain, tls = (table(out, name) if data_files(out, name) else None for out in (plain_out, tls_out))
-        assert (plain is None) == (tls is None), name
-        if plain is None:
-            continue
-        for first, second in ((plain, tls), (tls, plain)):
-            extra = con.execute(f"SELECT count(*) FROM (SELECT * FROM {first} EXCEPT ALL SELECT * FROM {second})")
-            assert extra.fetchone()[0] == 0, f"{name} differs between the plain and the TLS registry"
-        compared += con.execute(f"SELECT count(*) FROM {plain}").fetchone()[0]
+    plain, tls = snapshot(plain_out), snapshot(tls_out)
+    assert plain == tls, [name for name in TABLES if plain[name] != tls[name]]
+    compared = sum(len(rows) for rows in plain.values())
     assert compared > 500
     print(f"{compared} rows equal; registry answered {seen['authorized']} authenticated requests over TLS")

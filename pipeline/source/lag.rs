@@ -37,7 +37,7 @@ impl LagWatcher {
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    measure(&client, &context);
+                    measure(&client, &context, &stopping);
                     while started.elapsed() < EVERY && !stopping.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
                     }
@@ -59,10 +59,15 @@ impl Drop for LagWatcher {
 
 /// One round: ends of the log first (network, no lock held), then the gauges of partitions
 /// still assigned, under the assignment's lock so that a revoked partition's series stays gone.
-fn measure(client: &BaseConsumer, context: &SourceContext) {
+/// A stop ends the round between partitions: with the broker gone each one waits out its
+/// timeout, and a shutdown should not wait for all of them.
+fn measure(client: &BaseConsumer, context: &SourceContext, stop: &AtomicBool) {
     let assigned: Vec<TopicPartition> = lock(&context.assignment).iter().cloned().collect();
     let mut bounds: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
     for (topic, partition) in assigned {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(low_high) = client.fetch_watermarks(&topic, partition, EVERY) {
             bounds.insert((topic, partition), low_high);
         }

@@ -1,5 +1,5 @@
-"""Live proof of the conversion alerts: a real Prometheus server (Debian's package) scrapes
-storepulse while the generator runs. With a conversion drop injected for live_stream, the
+"""Live proof of the conversion and consumer-lag alerts: a real Prometheus server (Debian's
+package) scrapes storepulse while the generator runs. With a conversion drop injected for live_stream, the
 paid-conversion alert for live_stream reaches `firing` and no conversion alert fires for any
 other channel (one may turn `pending` on noise; `for:` keeps it from firing); in a run over
 the same traffic without the injection, no conversion alert fires.
@@ -12,10 +12,12 @@ the pipeline runs a second behind on a busy machine. (At 60 times, a window per 
 pipeline slowed by a parallel build published windows in bursts; the gauges of the skipped
 ones were never scraped and the 15-minute averages of a small channel swung enough to fire.)"""
 
+import os
 import re
 import subprocess
 import time
 
+import yaml
 from conftest import STOREPULSE, storepulse, wait_for_port, write_config
 from test_prometheus import query, ready, wait_until
 from test_rules import PROMTOOL, RULES
@@ -154,6 +156,79 @@ def test_conversion_drop_fires_for_its_channel_only_and_not_without_injection(br
         assert quiet == [], f"conversion alerts firing without an injected drop: {[q['metric'] for q in quiet]}"
         # The baseline had the traffic the guards ask for, so silence is the rules' judgement.
         assert query(steady_url, 'storepulse:purchasers_15m:sum{channel="live_stream"} >= 30')
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def with_committed_lag_control(rules: str) -> str:
+    """The rules plus a control: the consumer-lag alert over the lag from committed offsets, the
+    measure it used before, which saws up and down with every checkpoint."""
+    document = yaml.safe_load(rules)
+    lag_rule = next(rule for group in document["groups"] for rule in group["rules"]
+                    if rule.get("alert") == "StorepulseConsumerLagGrowing")
+    control = {**lag_rule, "alert": "CommittedLagGrowing",
+               "expr": lag_rule["expr"].replace("storepulse_consumer_lag_messages",
+                                                "storepulse_consumer_lag_committed_messages")}
+    document["groups"].append({"name": "control", "interval": "1s", "rules": [control]})
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def test_consumer_lag_alert_stays_quiet_while_healthy_and_fires_when_consumption_stops(broker, tmp_path):
+    """3,000 events/s with the default 60 s checkpoint interval; the processing loop wedges for
+    70 s at its second checkpoint (STOREPULSE_STALL_AT) while the generator goes on. Rule
+    durations are divided by 30 as above, which makes the alert quicker to fire on a sawtooth
+    than the shipped one, while the checkpoint interval is not."""
+    rules = with_committed_lag_control(scale_rules(RULES.read_text()))
+    assert "[20s:2s]" in rules and "storepulse_consumer_lag_committed_messages" in rules
+    broker.create_topics()
+    config = write_config(tmp_path / "lag.toml", broker, tmp_path / "out", "alerts-lag")
+    address = config.read_text().split('listen_addr = "')[1].split('"')[0]
+    stderr = tmp_path / "storepulse.stderr"
+    environment = {**os.environ, "STOREPULSE_CHECKPOINT__INTERVAL_SECS": "60",
+                   "STOREPULSE_STALL_AT": "checkpoint-committed:70:2"}
+    procs = []
+    try:
+        with open(stderr, "wb") as err:
+            procs.append(subprocess.Popen([STOREPULSE, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                                          stderr=err, env=environment))
+        wait_for_port(int(address.rsplit(":", 1)[1]))
+        prometheus, url = start_prometheus(tmp_path, "lag", address, rules)
+        procs.append(prometheus)
+        procs.append(subprocess.Popen(
+            [STOREPULSE, "generate", "--brokers", broker.address, "--count", "900000", "--seed", "3",
+             "--profile", "steady", "--rate", "3000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        started = time.time()
+
+        wait_until("the loop to stall at its second checkpoint", lambda: b"stalling" in stderr.read_bytes(),
+                   timeout=240)
+        stalled = time.time()
+        healthy = f"[{int(stalled - started)}s]"
+        peak = "max(max_over_time((sum by (topic) ({}))" + healthy[:-1] + ":1s]))"
+        lag = query(url, peak.format("storepulse_consumer_lag_messages"))
+        committed = query(url, peak.format("storepulse_consumer_lag_committed_messages"))
+        print(f"healthy for {stalled - started:.0f}s: peak lag {lag[0]['value'][1]}, "
+              f"peak committed lag {committed[0]['value'][1]}")
+        consumed = query(url, "sum(storepulse_messages_consumed_total)")
+        assert float(consumed[0]["value"][1]) > 100_000, "the healthy phase carried traffic"
+        # The control proves the traffic is enough for the rule's threshold and `for:`.
+        assert query(url, f'count_over_time(ALERTS{{alertname="CommittedLagGrowing", alertstate="firing"}}{healthy})'), \
+            "the committed-offset lag should saw past the rule at a 60 s checkpoint interval"
+        quiet = query(url, f'count_over_time(ALERTS{{alertname="StorepulseConsumerLagGrowing"}}{healthy})')
+        assert quiet == [], f"the lag alert went {[q['metric']['alertstate'] for q in quiet]} on a healthy run"
+
+        firing = wait_until("the lag alert to fire while the loop is stalled", lambda: query(
+            url, 'ALERTS{alertname="StorepulseConsumerLagGrowing", alertstate="firing"}'), timeout=65)
+        print(f"firing {time.time() - stalled:.0f}s into the stall: {firing[0]['metric']['topic']}")
+
+        wait_until("the alert to resolve once the loop resumes", lambda: not query(
+            url, 'ALERTS{alertname="StorepulseConsumerLagGrowing"}'), timeout=120)
+        print(f"resolved {time.time() - stalled:.0f}s after the stall began (it lasts 70s)")
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -507,6 +507,18 @@ fn run_compact(args: &CompactArgs) -> anyhow::Result<()> {
     }
     let storage = Storage::open(&args.out)?;
     let all = crate::operators::builtin().tables();
+    // A wrong --out (the parent directory, a mistyped S3 prefix) would otherwise "compact"
+    // nothing and exit 0 hour after hour. Checkpoints first: they are few, tables may be many.
+    let mut holds_a_lake = false;
+    for root in std::iter::once(CHECKPOINTS).chain(all.iter().map(|t| t.name)) {
+        if !storage.list(root)?.is_empty() {
+            holds_a_lake = true;
+            break;
+        }
+    }
+    if !holds_a_lake {
+        bail!("--out {}: no storepulse tables or checkpoints there (it should be the pipeline's output.dir)", args.out);
+    }
     let tables: Vec<TableSpec> =
         all.iter().filter(|t| args.tables.is_empty() || args.tables.iter().any(|n| n == t.name)).copied().collect();
     let format = TableFormat::of(&storage, &all)?;

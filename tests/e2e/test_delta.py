@@ -157,8 +157,12 @@ def test_a_replay_of_hours_at_full_speed_marks_no_hour_complete_before_its_last_
 
     def compact_both() -> None:
         for out in lakes.values():
-            if out.exists():
-                storepulse("compact", "--out", out, "--retention", "1h")
+            if not out.exists():
+                continue
+            # Before a run's first checkpoint its output holds nothing to compact, and compact says so.
+            result = storepulse("compact", "--out", out, "--retention", "1h", check=False)
+            assert result.returncode == 0 or "no storepulse tables or checkpoints there" in result.stderr, \
+                result.stderr
         for name in TABLES:
             for success in (lakes["parquet"] / name).glob("*/*/_SUCCESS"):
                 partition = (success.parent.parent.name[3:], int(success.parent.name[5:]))

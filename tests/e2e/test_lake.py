@@ -103,6 +103,8 @@ def test_a_day_on_s3_and_in_plain_parquet_equals_the_local_delta_run_and_compact
     url = "s3://shop-lake/storepulse/prod"
     storepulse("run", "--config", write_config(tmp_path / "s3.toml", broker, url, "lake-s3"), "--bounded", env=s3.env)
     assert not [k for k in s3.keys("shop-lake") if not k.startswith("storepulse/prod/")]
+    typo = storepulse("compact", "--out", "s3://shop-lake/storepulse/prdo", env=s3.env, check=False)
+    assert typo.returncode != 0 and "no storepulse tables or checkpoints there" in typo.stderr, typo.stderr
     remote = s3.download("shop-lake", "storepulse/prod/", tmp_path / "s3-copy")
 
     for out in [local, remote, plain]:
@@ -196,6 +198,17 @@ def kill_at_random(lake: Lake, args: list[str], low: float, high: float, rng: ra
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     return running
+
+
+def test_compact_refuses_a_location_without_a_lake(tmp_path):
+    missing = tmp_path / "storepulse-dta"
+    result = storepulse("compact", "--out", missing, check=False)
+    assert result.returncode != 0 and f"--out {missing}: no such directory" in result.stderr, result.stderr
+    assert not missing.exists(), "compact must not create its --out"
+    (tmp_path / "notes.txt").write_text("not a lake")
+    result = storepulse("compact", "--out", tmp_path, check=False)
+    assert result.returncode != 0 and "no storepulse tables or checkpoints there" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])

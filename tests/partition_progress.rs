@@ -212,6 +212,7 @@ fn lag_follows_processing_not_the_commits_of_checkpoints() {
         metrics.consumer_lag_committed.with_label_values(&["clickstream", "0"]),
     );
     let (mut max_lag, mut max_committed) = (0, 0);
+    let mut fetch_queue_seen = false;
     // Partition 0 gets 15 messages a second; checkpoints (and commits) come every 12 s.
     run_with(
         &cluster,
@@ -225,12 +226,20 @@ fn lag_follows_processing_not_the_commits_of_checkpoints() {
                 max_lag = max_lag.max(lag.get());
                 max_committed = max_committed.max(committed.get());
             }
+            // Sizing series from librdkafka's statistics, while the partition is assigned.
+            fetch_queue_seen = fetch_queue_seen || {
+                let exported = metrics.render();
+                ["storepulse_kafka_fetch_queue_messages", "storepulse_kafka_fetch_queue_bytes"]
+                    .iter()
+                    .all(|series| exported.contains(&format!("{series}{{partition=\"0\",topic=\"clickstream\"}} ")))
+            };
         },
         |_| false,
     );
     println!("lag from the position at most {max_lag}; from the committed offset at most {max_committed}");
     assert!(max_committed > 100, "the committed offset fell behind between checkpoints ({max_committed})");
     assert!(max_lag < 50, "lag from the position stays near zero while keeping up ({max_lag})");
+    assert!(fetch_queue_seen, "librdkafka's fetch-queue series are exported for an assigned partition");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 """Live proof of the conversion and consumer-lag alerts: a real Prometheus server (Debian's
-package) scrapes storepulse while the generator runs. With a conversion drop injected for live_stream, the
-paid-conversion alert for live_stream reaches `firing` and no conversion alert fires for any
-other channel (one may turn `pending` on noise; `for:` keeps it from firing); in a run over
-the same traffic without the injection, no conversion alert fires.
+package) scrapes storepulse while the generator runs. With a conversion drop injected for
+live_stream, the paid-conversion alert for live_stream reaches `firing` and no conversion alert
+fires for any other channel (one may turn `pending` on noise; `for:` keeps it from firing); in
+a run over the same traffic without the injection, no conversion alert fires. The lag alert
+stays silent on a healthy run and fires when the processing loop stops.
 
 Event time runs 30 times faster than wall time (the generator's --speed 30), so every
 duration in the shipped rules (ranges, offsets, `for:`) is divided by 30 in the copy loaded
@@ -208,10 +209,10 @@ def test_consumer_lag_alert_stays_quiet_while_healthy_and_fires_when_consumption
         wait_until("the loop to stall at its second checkpoint", lambda: b"stalling" in stderr.read_bytes(),
                    timeout=240)
         stalled = time.time()
-        healthy = f"[{int(stalled - started)}s]"
-        peak = "max(max_over_time((sum by (topic) ({}))" + healthy[:-1] + ":1s]))"
-        lag = query(url, peak.format("storepulse_consumer_lag_messages"))
-        committed = query(url, peak.format("storepulse_consumer_lag_committed_messages"))
+        seconds = int(stalled - started)
+        healthy = f"[{seconds}s]"
+        lag, committed = (query(url, f"max(max_over_time((sum by (topic) ({series}))[{seconds}s:1s]))")
+                          for series in ["storepulse_consumer_lag_messages", "storepulse_consumer_lag_committed_messages"])
         print(f"healthy for {stalled - started:.0f}s: peak lag {lag[0]['value'][1]}, "
               f"peak committed lag {committed[0]['value'][1]}")
         consumed = query(url, "sum(storepulse_messages_consumed_total)")

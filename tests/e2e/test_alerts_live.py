@@ -89,6 +89,17 @@ scrape_configs:
     return proc, url
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Stops the processes, the last started first, killing any that outlast a minute."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_conversion_drop_fires_for_its_channel_only_and_not_without_injection(broker, tmp_path):
     rules = scale_rules(RULES.read_text())
     assert "[240s] offset 60s" in rules and "for: 20s" in rules
@@ -158,13 +169,7 @@ def test_conversion_drop_fires_for_its_channel_only_and_not_without_injection(br
         # The baseline had the traffic the guards ask for, so silence is the rules' judgement.
         assert query(steady_url, 'storepulse:purchasers_15m:sum{channel="live_stream"} >= 30')
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 def with_committed_lag_control(rules: str) -> str:
@@ -231,10 +236,4 @@ def test_consumer_lag_alert_stays_quiet_while_healthy_and_fires_when_consumption
             url, 'ALERTS{alertname="StorepulseConsumerLagGrowing"}'), timeout=120)
         print(f"resolved {time.time() - stalled:.0f}s after the stall began (it lasts 70s)")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
